@@ -1,0 +1,3 @@
+"""Triton kernels of sinkattn, shipped as ``sinkattn.kernels`` (this folder is mapped there
+by pyproject.toml; it is never importable as a top-level ``kernels``). Kernels only: host
+launchers live in ``sinkattn.launch``."""

@@ -1,0 +1,172 @@
+"""The public op: check the call, then run it on the Triton kernels (CUDA tensors, or any
+tensors under TRITON_INTERPRET=1) or on the reference (everything else, with a one-time
+warning).
+
+The kernel pipeline is registered as one torch.library custom op, ``sinkattn::sink_attention``,
+with a fake implementation, so torch.compile(fullgraph=True) traces models that call it.
+Random control draws its keys outside the op (generators cannot cross the op boundary) and
+hands them in as explicit indices.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+from torch import Tensor
+
+from . import reference
+from .reference import SinkAttentionResult
+from .selection import per_head, random_keys, ranked_keys
+from .validation import check_call
+
+__all__ = ["sink_attention", "SinkAttentionResult", "kernels_available"]
+
+# Below this remaining probability (1 - (1 - eta) * removed mass) in some row, the exact
+# correction of the unintervened output divides away too many significant bits; the call
+# is then recomputed with the masked attention pass. See kernels/NOTES.md for the measurement.
+CORRECTION_MIN_REMAINING = 0.25
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def kernels_available(device: torch.device | None = None) -> bool:
+    """True when calls on ``device`` run on the Triton kernels."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    if _interpreting():
+        return True
+    return device is not None and torch.device(device).type == "cuda"
+
+
+_warned_reference = False
+
+
+def _warn_reference_once(reason: str) -> None:
+    global _warned_reference
+    if not _warned_reference:
+        _warned_reference = True
+        warnings.warn(
+            f"sinkattn: {reason}; using the PyTorch reference (exact, but it builds attention "
+            "matrices chunk by chunk and is slow). Run on a CUDA device for the Triton kernels.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def sink_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    top_k: int | None = None,
+    path: str = "score",
+    select: str = "head",
+    control: str = "sink",
+    eta: float = 0.0,
+    mass_queries=None,
+    candidates=None,
+    apply_queries=None,
+    sinks: Tensor | None = None,
+    scale: float | None = None,
+    generator: torch.Generator | int | None = None,
+    return_mass: bool | None = None,
+) -> SinkAttentionResult:
+    """Attention that finds the keys with the most attention mass and suppresses them.
+
+    Args:
+        q: (B, H, Nq, D), k: (B, H, Nk, D), v: (B, H, Nk, Dv); float16, bfloat16 or float32
+            (float64 runs on the reference); any strides with stride(-1) == 1.
+        top_k: keys intervened per group; 0 is plain attention. Default 1, or
+            ``sinks.shape[-1]`` when explicit sinks are given.
+        path: "score" (logits of the selected keys += log(eta)), "value" (their value
+            vectors *= eta) or "none" (no intervention: tracing).
+        select: "head" (top_k per (b, h)) or "shared" (top_k per b by head-mean mass, the
+            same keys in every head; the paper's counterfactual runs used top_k = k * H).
+        control: "sink" (most mass), "random" (uniform over the candidates, reproducible
+            from ``generator``) or "bottom" (least mass).
+        eta: in [0, 1]; 0 removes the keys, 1 leaves attention unchanged.
+        mass_queries, candidates, apply_queries: half-open (start, stop) pairs or slices;
+            None means all. Mass is averaged over ``mass_queries``, keys are chosen from
+            ``candidates``, and the intervention applies to the ``apply_queries`` rows.
+        sinks: explicit int64 indices, (B, H, top_k) or (B, top_k), skipping selection.
+        scale: score scale, default D ** -0.5.
+        generator: torch.Generator or int seed for control="random".
+        return_mass: force the mass on or off (default: on unless the call is plain).
+
+    Returns:
+        SinkAttentionResult(out (B, H, Nq, Dv) in the input dtype, mass (B, H, Nk) float32
+        of the unintervened attention or None, sinks int64 (B, H, top_k) or (B, top_k)).
+    """
+    call = check_call(q, k, v, top_k, path, select, control, eta, mass_queries, candidates,
+                      apply_queries, sinks, scale, generator, return_mass)
+    if q.dtype == torch.float64 or not kernels_available(q.device):
+        if q.dtype != torch.float64:
+            _warn_reference_once(f"no Triton kernels for tensors on {q.device}")
+        return reference.sink_attention(
+            q, k, v, top_k=call.top_k, path=call.path, select=call.select, control=call.control,
+            eta=call.eta, mass_queries=call.mass_rows, candidates=call.candidates,
+            apply_queries=call.apply_rows, sinks=call.sinks, scale=call.scale,
+            generator=call.generator, return_mass=call.want_mass,
+        )
+    explicit = call.sinks
+    if explicit is None and call.top_k > 0 and call.control == "random":
+        groups = (q.shape[0], q.shape[1]) if call.select == "head" else (q.shape[0],)
+        explicit = random_keys(groups, call.top_k, call.candidates, call.generator, q.device)
+    out, mass, chosen = torch.ops.sinkattn.sink_attention(
+        q, k, v, explicit, call.top_k, call.path, call.select, call.control, call.eta,
+        list(call.mass_rows), list(call.candidates), list(call.apply_rows), call.scale, call.want_mass,
+    )
+    return SinkAttentionResult(out, mass if call.want_mass else None, chosen)
+
+
+@torch.library.custom_op("sinkattn::sink_attention", mutates_args=())
+def _sink_attention_op(
+    q: Tensor, k: Tensor, v: Tensor, sinks: Tensor | None, top_k: int, path: str, select: str,
+    control: str, eta: float, mass_rows: list[int], candidates: list[int], apply_rows: list[int],
+    scale: float, want_mass: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    from . import launch
+
+    batch, heads, _, _ = q.shape
+    groups = (batch, heads) if select == "head" else (batch,)
+    intervene = path != "none" and top_k > 0
+    need_mass = want_mass or (sinks is None and top_k > 0)
+    # Keep O in float32 while a correction may still be applied to it.
+    out, lse = launch.attention(q, k, v, scale, out_dtype=torch.float32 if intervene else q.dtype)
+    mass = launch.key_mass(q, k, lse, scale, tuple(mass_rows)) if need_mass else q.new_empty(0, dtype=torch.float32)
+    if sinks is not None:
+        chosen = sinks.clone()
+    elif top_k > 0:
+        chosen = ranked_keys(mass, top_k, select, control, tuple(candidates))
+    else:
+        chosen = torch.zeros((*groups, 0), dtype=torch.int64, device=q.device)
+    if not intervene:
+        return out, mass, chosen
+    heads_sinks = per_head(chosen, heads)
+    corrected, remaining = launch.correct(q, k, v, out, lse, heads_sinks, eta, path, tuple(apply_rows), scale, q.dtype)
+    if path == "score" and float(remaining) < CORRECTION_MIN_REMAINING:
+        key_weight = torch.ones(k.shape[:3], dtype=torch.float32, device=q.device)
+        key_weight.scatter_(-1, heads_sinks, eta)
+        corrected, _ = launch.attention(q, k, v, scale, out_dtype=q.dtype, key_weight=key_weight,
+                                        weight_path=path, apply_rows=tuple(apply_rows))
+    return corrected, mass, chosen
+
+
+@_sink_attention_op.register_fake
+def _(q, k, v, sinks, top_k, path, select, control, eta, mass_rows, candidates, apply_rows, scale, want_mass):
+    batch, heads, n_q, _ = q.shape
+    need_mass = want_mass or (sinks is None and top_k > 0)
+    out = q.new_empty((batch, heads, n_q, v.shape[-1]))
+    mass = q.new_empty(k.shape[:3] if need_mass else (0,), dtype=torch.float32)
+    if sinks is not None:
+        chosen = torch.empty_like(sinks)
+    else:
+        groups = (batch, heads) if select == "head" else (batch,)
+        chosen = q.new_empty((*groups, top_k), dtype=torch.int64)
+    return out, mass, chosen
+

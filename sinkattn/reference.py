@@ -1,0 +1,189 @@
+"""The executable form of SPEC section 2, in plain PyTorch, written to be obviously right.
+
+Everything else in sinkattn (the Triton kernels, the CPU fallback of the public op, the
+processors' tests, the benchmarks) is checked against this module. It imports nothing of
+ours, so a bug in shared code cannot hide from the equivalence tests.
+
+It computes in float32 for half-precision and float32 inputs and in float64 for float64
+inputs (upcast the inputs to get a float64 reference), and walks the queries in chunks so
+that it never holds more than ``chunk_size * Nk`` scores per (batch, head).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["SinkAttentionResult", "sink_attention", "resolve_range"]
+
+PATHS = ("score", "value", "none")
+SELECTS = ("head", "shared")
+CONTROLS = ("sink", "random", "bottom")
+
+
+class SinkAttentionResult(NamedTuple):
+    """out (B, H, Nq, Dv) in the input dtype; mass (B, H, Nk) float32 (float64 for float64
+    inputs), the per-key attention mass of the unintervened attention, or None on the plain
+    path; sinks: int64 indices of the intervened keys, (B, H, top_k) for ``select="head"``
+    and (B, top_k) for ``select="shared"``, in selection order."""
+
+    out: Tensor
+    mass: Tensor | None
+    sinks: Tensor
+
+
+def resolve_range(name: str, rng, n: int) -> tuple[int, int]:
+    """A half-open (start, stop) pair, a slice (step 1) or None (everything) as a pair of
+    ints with 0 <= start < stop <= n."""
+    if rng is None:
+        return 0, n
+    if isinstance(rng, slice):
+        if rng.step not in (None, 1):
+            raise ValueError(f"{name}: a slice must have step 1, got {rng!r}")
+        start = 0 if rng.start is None else rng.start
+        stop = n if rng.stop is None else rng.stop
+    elif isinstance(rng, (tuple, list)) and len(rng) == 2:
+        start, stop = rng
+    else:
+        raise TypeError(f"{name} must be None, a (start, stop) pair or a slice, got {rng!r}")
+    if isinstance(start, bool) or isinstance(stop, bool) or not all(
+        isinstance(x, int) or (isinstance(x, Tensor) and x.dim() == 0) for x in (start, stop)
+    ):
+        raise TypeError(f"{name} bounds must be ints, got {rng!r}")
+    start, stop = int(start), int(stop)
+    if not 0 <= start < stop <= n:
+        raise ValueError(
+            f"{name}={rng!r} is outside the sequence or empty: need 0 <= start < stop <= {n}"
+        )
+    return start, stop
+
+
+def _generator(generator, device: torch.device) -> torch.Generator | None:
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, int) and not isinstance(generator, bool):
+        return torch.Generator(device="cpu").manual_seed(generator)
+    raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {generator!r}")
+
+
+def _key_mass(q: Tensor, k: Tensor, scale: float, rows: tuple[int, int], chunk: int) -> Tensor:
+    """m[b, h, j] = mean over the query rows of softmax(scale * q k^T)[b, h, row, j]."""
+    total = torch.zeros(k.shape[:3], dtype=q.dtype, device=q.device)
+    for start in range(rows[0], rows[1], chunk):
+        stop = min(start + chunk, rows[1])
+        probs = torch.softmax(scale * q[:, :, start:stop] @ k.transpose(-1, -2), dim=-1)
+        total += probs.sum(dim=-2)
+    return total / (rows[1] - rows[0])
+
+
+def _select(mass, shape, top_k, select, control, candidates, generator, device) -> Tensor:
+    """Indices of the top_k keys per group, taken from the candidate range, in order."""
+    c0, c1 = candidates
+    if control == "random":
+        # A uniform subset of the candidates: the first top_k of a random permutation,
+        # drawn as argsort of uniform numbers on the generator's device (CPU for a seed).
+        draw_device = generator.device if generator is not None else device
+        u = torch.rand((*shape, c1 - c0), generator=generator, device=draw_device)
+        order = torch.sort(u, dim=-1, stable=True).indices
+    else:
+        per_group = mass if select == "head" else mass.mean(dim=1)
+        # Stable sorts keep equal masses in index order: ties break toward the lower index.
+        order = torch.sort(per_group[..., c0:c1], dim=-1, descending=control == "sink", stable=True).indices
+    return (order[..., :top_k] + c0).to(device=device, dtype=torch.int64)
+
+
+def sink_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    top_k: int | None = None,
+    path: str = "score",
+    select: str = "head",
+    control: str = "sink",
+    eta: float = 0.0,
+    mass_queries=None,
+    candidates=None,
+    apply_queries=None,
+    sinks: Tensor | None = None,
+    scale: float | None = None,
+    generator: torch.Generator | int | None = None,
+    return_mass: bool | None = None,
+    chunk_size: int = 1024,
+) -> SinkAttentionResult:
+    """Attention with the top_k keys of largest attention mass suppressed (SPEC section 2).
+
+    q (B, H, Nq, D), k (B, H, Nk, D), v (B, H, Nk, Dv). ``top_k`` defaults to 1, or to
+    ``sinks.shape[-1]`` when explicit sinks are given. Mass is computed unless the call is
+    plain attention (top_k = 0 and path != "none"); ``return_mass`` forces it on or off.
+    """
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if select not in SELECTS:
+        raise ValueError(f"select must be one of {SELECTS}, got {select!r}")
+    if control not in CONTROLS:
+        raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
+    if not 0.0 <= float(eta) <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta!r}")
+    batch, heads, n_q, dim = q.shape
+    n_k = k.shape[2]
+    scale = dim**-0.5 if scale is None else float(scale)
+    mass_rows = resolve_range("mass_queries", mass_queries, n_q)
+    cand = resolve_range("candidates", candidates, n_k)
+    apply_rows = resolve_range("apply_queries", apply_queries, n_q)
+    group_shape = (batch, heads) if select == "head" else (batch,)
+    if sinks is not None:
+        top_k = sinks.shape[-1] if top_k is None else top_k
+        if top_k != sinks.shape[-1]:
+            raise ValueError(f"top_k={top_k} does not match sinks.shape[-1]={sinks.shape[-1]}")
+    top_k = 1 if top_k is None else int(top_k)
+    if top_k < 0 or top_k > cand[1] - cand[0]:
+        raise ValueError(f"top_k={top_k} must be in [0, {cand[1] - cand[0]}] (the number of candidates)")
+    if path == "score" and float(eta) == 0.0 and top_k >= n_k:
+        raise ValueError(f"top_k={top_k} on the score path with eta=0 would remove every key of a row")
+
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qc, kc, vc = (t.to(compute) for t in (q, k, v))
+    plain = top_k == 0 and path != "none"
+    want_mass = (not plain) if return_mass is None else return_mass
+    mass = _key_mass(qc, kc, scale, mass_rows, chunk_size) if want_mass else None
+
+    if sinks is not None:
+        chosen = sinks.to(device=q.device, dtype=torch.int64)
+        group_shape = tuple(chosen.shape[:-1])
+    elif top_k == 0:
+        chosen = torch.zeros((*group_shape, 0), dtype=torch.int64, device=q.device)
+    else:
+        gen = _generator(generator, q.device)
+        sel_mass = mass if mass is not None else _key_mass(qc, kc, scale, mass_rows, chunk_size)
+        chosen = _select(sel_mass, group_shape, top_k, select, control, cand, gen, q.device)
+
+    # Per-key weight: eta on the intervened keys, 1 elsewhere. On the score path its log is
+    # added to the logits (eta probabilities, renormalised; -inf at eta = 0); on the value
+    # path it scales the value vectors.
+    weight = torch.ones((batch, heads, n_k), dtype=compute, device=q.device)
+    if path != "none" and chosen.shape[-1] > 0:
+        idx = chosen if chosen.dim() == 3 else chosen[:, None, :].expand(batch, heads, -1)
+        weight.scatter_(-1, idx, float(eta))
+    log_weight = torch.log(weight)
+    v_weighted = vc * weight[..., None]
+
+    out = torch.empty((batch, heads, n_q, v.shape[-1]), dtype=compute, device=q.device)
+    for start in range(0, n_q, chunk_size):
+        stop = min(start + chunk_size, n_q)
+        scores = scale * qc[:, :, start:stop] @ kc.transpose(-1, -2)
+        rows = torch.arange(start, stop, device=q.device)
+        applied = ((rows >= apply_rows[0]) & (rows < apply_rows[1]))[None, None, :, None]
+        if path == "score":
+            scores = torch.where(applied, scores + log_weight[:, :, None, :], scores)
+        probs = torch.softmax(scores, dim=-1)
+        plain_out = probs @ vc
+        if path == "value":
+            out[:, :, start:stop] = torch.where(applied, probs @ v_weighted, plain_out)
+        else:
+            out[:, :, start:stop] = plain_out
+    if mass is not None:
+        mass = mass.to(torch.float64 if compute == torch.float64 else torch.float32)
+    return SinkAttentionResult(out.to(q.dtype), mass, chosen)
+
