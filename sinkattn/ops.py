@@ -23,12 +23,6 @@ from .validation import check_call
 
 __all__ = ["sink_attention", "SinkAttentionResult", "kernels_available"]
 
-# Below this remaining probability (1 - (1 - eta) * removed mass) in some row, the exact
-# correction of the unintervened output divides away too many significant bits; the call
-# is then recomputed with the masked attention pass. See kernels/NOTES.md for the measurement.
-CORRECTION_MIN_REMAINING = 0.25
-
-
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -148,12 +142,13 @@ def _sink_attention_op(
     if not intervene:
         return out, mass, chosen
     heads_sinks = per_head(chosen, heads)
-    corrected, remaining = launch.correct(q, k, v, out, lse, heads_sinks, eta, path, tuple(apply_rows), scale, q.dtype)
-    if path == "score" and float(remaining) < CORRECTION_MIN_REMAINING:
+    corrected, inaccurate = launch.correct(q, k, v, out, lse, heads_sinks, eta, path, tuple(apply_rows), scale, q.dtype)
+    if bool(inaccurate.any()):
+        # Recompute the heads whose correction would lose accuracy with the masked pass.
         key_weight = torch.ones(k.shape[:3], dtype=torch.float32, device=q.device)
         key_weight.scatter_(-1, heads_sinks, eta)
-        corrected, _ = launch.attention(q, k, v, scale, out_dtype=q.dtype, key_weight=key_weight,
-                                        weight_path=path, apply_rows=tuple(apply_rows))
+        launch.attention(q, k, v, scale, out_dtype=q.dtype, key_weight=key_weight, weight_path=path,
+                         apply_rows=tuple(apply_rows), heads=inaccurate.flatten().nonzero().flatten(), out=corrected)
     return corrected, mass, chosen
 
 

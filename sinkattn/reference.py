@@ -111,12 +111,15 @@ def sink_attention(
     generator: torch.Generator | int | None = None,
     return_mass: bool | None = None,
     chunk_size: int = 1024,
+    compute_dtype: torch.dtype | None = None,
 ) -> SinkAttentionResult:
     """Attention with the top_k keys of largest attention mass suppressed (SPEC section 2).
 
     q (B, H, Nq, D), k (B, H, Nk, D), v (B, H, Nk, Dv). ``top_k`` defaults to 1, or to
     ``sinks.shape[-1]`` when explicit sinks are given. Mass is computed unless the call is
     plain attention (top_k = 0 and path != "none"); ``return_mass`` forces it on or off.
+    ``compute_dtype`` overrides the arithmetic dtype (float32, or float64 for float64
+    inputs); the tests set it to the input dtype to measure PyTorch's own rounding error.
     """
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
@@ -143,7 +146,7 @@ def sink_attention(
     if path == "score" and float(eta) == 0.0 and top_k >= n_k:
         raise ValueError(f"top_k={top_k} on the score path with eta=0 would remove every key of a row")
 
-    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    compute = compute_dtype or (torch.float64 if q.dtype == torch.float64 else torch.float32)
     qc, kc, vc = (t.to(compute) for t in (q, k, v))
     plain = top_k == 0 and path != "none"
     want_mass = (not plain) if return_mass is None else return_mass
@@ -184,6 +187,6 @@ def sink_attention(
         else:
             out[:, :, start:stop] = plain_out
     if mass is not None:
-        mass = mass.to(torch.float64 if compute == torch.float64 else torch.float32)
+        mass = mass.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
     return SinkAttentionResult(out.to(q.dtype), mass, chosen)
 

@@ -1,0 +1,121 @@
+"""Flash-style attention forward: O and the row log-sum-exp, never the Nq x Nk matrix.
+
+One program owns BLOCK_M query rows of one (batch, head) and walks the keys in BLOCK_N
+tiles with the online softmax. Scores live in the log2 domain (the scale is folded into
+one multiplier with log2(e), so exp2 does the exponentials); the saved LSE is in that
+domain too (``lse2 = max + log2(sum)``), which is what the key-mass and correction kernels
+read. Only the last key tile is masked (sequence lengths are runtime values: no padding,
+no recompiles per resolution).
+
+The optional per-key weight ``W`` (B, H, Nk) is the masked pass of the intervention:
+on the score path log2(W) is added to the logits (W = eta on the intervened keys, so
+eta = 0 gives a -inf logit); on the value path W scales the probabilities that multiply V
+but not the normaliser (v_j <- W_j v_j). It applies to query rows in [APPLY_START, APPLY_STOP).
+With ``HEADS`` the grid's second axis walks a list of flattened (b * H + h) heads instead
+of all of them (the per-head fallback of the correction route).
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _attend_tile(
+    acc, l_i, m_i, q, K, V, W, start_n, offs_n, offs_d, offs_dv, row_applied,
+    stride_kn, stride_vn, N_K, qk_scale,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    MASK_N: tl.constexpr, HAS_WEIGHT: tl.constexpr, WEIGHT_ON_VALUE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    cols = start_n + offs_n  # [BN]
+    p_k = K + cols[:, None] * stride_kn + offs_d[None, :]  # [BN, BD]
+    p_v = V + cols[:, None] * stride_vn + offs_dv[None, :]  # [BN, BDV]
+    if MASK_N or BLOCK_D != D:
+        b_k = tl.load(p_k, mask=(cols[:, None] < N_K) & (offs_d[None, :] < D), other=0.0)
+    else:
+        b_k = tl.load(p_k)
+    if MASK_N or BLOCK_DV != DV:
+        b_v = tl.load(p_v, mask=(cols[:, None] < N_K) & (offs_dv[None, :] < DV), other=0.0)
+    else:
+        b_v = tl.load(p_v)
+    b_s = tl.dot(q, tl.trans(b_k), input_precision=DOT_PRECISION) * qk_scale  # [BM, BN]
+    if MASK_N:
+        b_s = tl.where(cols[None, :] < N_K, b_s, float("-inf"))
+    if HAS_WEIGHT:
+        b_w = tl.load(W + cols, mask=cols < N_K, other=1.0)  # [BN]
+        if not WEIGHT_ON_VALUE:
+            b_s = b_s + tl.where(row_applied[:, None], tl.log2(b_w)[None, :], 0.0)
+    m_new = tl.maximum(m_i, tl.max(b_s, 1))  # [BM]
+    if HAS_WEIGHT:
+        # A row whose keys so far were all removed has m = -inf: keep exp2 finite.
+        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+    b_p = tl.math.exp2(b_s - m_new[:, None])  # [BM, BN]
+    alpha = tl.math.exp2(m_i - m_new)  # [BM]
+    l_i = l_i * alpha + tl.sum(b_p, 1)
+    if HAS_WEIGHT:
+        if WEIGHT_ON_VALUE:
+            b_p = b_p * tl.where(row_applied[:, None], b_w[None, :], 1.0)
+    acc = acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)  # [BM, BDV]
+    return acc, l_i, m_new
+
+
+@triton.heuristics({
+    "HAS_WEIGHT": lambda a: a["W"] is not None,
+    "HAS_HEADS": lambda a: a["HEADS"] is not None,
+})
+@triton.jit(do_not_specialize=["N_Q", "N_K", "APPLY_START", "APPLY_STOP"])
+def attention_forward_kernel(
+    Q, K, V, O, LSE, W, HEADS,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_om,
+    H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, WEIGHT_ON_VALUE: tl.constexpr, HAS_HEADS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    if HAS_HEADS:
+        bh = tl.load(HEADS + tl.program_id(1)).to(tl.int64)
+    else:
+        bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    Q += b * stride_qb + h * stride_qh
+    K += b * stride_kb + h * stride_kh
+    V += b * stride_vb + h * stride_vh
+    O += b * stride_ob + h * stride_oh
+    LSE += bh * N_Q
+    if HAS_WEIGHT:
+        W += bh * N_K
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+    offs_n = tl.arange(0, BLOCK_N)  # [BN]
+    offs_d = tl.arange(0, BLOCK_D)  # [BD]
+    offs_dv = tl.arange(0, BLOCK_DV)  # [BDV]
+    mask_m = offs_m < N_Q
+    row_applied = (offs_m >= APPLY_START) & (offs_m < APPLY_STOP)  # [BM]
+    b_q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :],
+                  mask=mask_m[:, None] & (offs_d[None, :] < D), other=0.0)  # [BM, BD]
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    n_full = (N_K // BLOCK_N) * BLOCK_N
+    for start_n in range(0, n_full, BLOCK_N):
+        acc, l_i, m_i = _attend_tile(
+            acc, l_i, m_i, b_q, K, V, W, start_n, offs_n, offs_d, offs_dv, row_applied,
+            stride_kn, stride_vn, N_K, qk_scale,
+            D, DV, BLOCK_D, BLOCK_DV, False, HAS_WEIGHT, WEIGHT_ON_VALUE, DOT_PRECISION)
+    if n_full < N_K:
+        acc, l_i, m_i = _attend_tile(
+            acc, l_i, m_i, b_q, K, V, W, n_full, offs_n, offs_d, offs_dv, row_applied,
+            stride_kn, stride_vn, N_K, qk_scale,
+            D, DV, BLOCK_D, BLOCK_DV, True, HAS_WEIGHT, WEIGHT_ON_VALUE, DOT_PRECISION)
+
+    b_o = acc / l_i[:, None]  # [BM, BDV]
+    tl.store(LSE + offs_m, m_i + tl.math.log2(l_i), mask=mask_m)
+    tl.store(O + offs_m[:, None] * stride_om + offs_dv[None, :], b_o.to(O.dtype.element_ty),
+             mask=mask_m[:, None] & (offs_dv[None, :] < DV))

@@ -1,0 +1,142 @@
+"""Host launchers of the Triton kernels: allocate outputs, pick the dot precision and the
+config (from sinkattn.kernels.configs), launch. Inputs are already checked by
+sinkattn.validation; strided views go to the kernels as they are (no copies), except under
+the Triton interpreter, whose tl.dot cannot multiply bfloat16 (it multiplies the raw bit
+patterns: triton issue 11584), so bfloat16 operands are handed over as float32 there.
+bfloat16 numerics proper are checked on the GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+from torch import Tensor
+
+from .kernels import configs
+
+LOG2E = 1.0 / math.log(2.0)
+MAX_HEAD_DIM = 256
+# Target accuracy of a corrected row over the rounding of p in the forward's P V product
+# (see kernels/correction.py): for half precision the correction must not add more error
+# than the output's own rounding; fp32 with IEEE dots has 2^-24 rounding on p against the
+# 1e-6 we aim for.
+_MAX_AMPLIFICATION = {torch.float16: 1.0, torch.bfloat16: 1.0, torch.float32: 16.0}
+
+
+def _output(shape, dtype: torch.dtype, device) -> Tensor:
+    """Every buffer a launcher hands to a kernel comes from here (tests poison it)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    """Full-precision dots for float32 inputs unless SINKATTN_ALLOW_TF32=1 asks for TF32."""
+    if dtype == torch.float32 and os.environ.get("SINKATTN_ALLOW_TF32", "0") in ("", "0"):
+        return "ieee"
+    return "tf32"
+
+
+def _operand(t: Tensor) -> Tensor:
+    if t.dtype == torch.bfloat16 and _interpreting():
+        return t.float()
+    return t
+
+
+def _head_dims(q: Tensor, v: Tensor) -> dict:
+    dim, dim_v = q.shape[-1], v.shape[-1]
+    if max(dim, dim_v) > MAX_HEAD_DIM:
+        raise ValueError(f"head dim {max(dim, dim_v)} is not supported by the kernels (max {MAX_HEAD_DIM})")
+    return {"D": dim, "DV": dim_v, "BLOCK_D": max(16, triton.next_power_of_2(dim)),
+            "BLOCK_DV": max(16, triton.next_power_of_2(dim_v))}
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: torch.dtype,
+              key_weight: Tensor | None = None, weight_path: str = "score",
+              apply_rows: tuple[int, int] | None = None, heads: Tensor | None = None,
+              out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """O (B, H, Nq, Dv) in ``out_dtype`` and lse2 (B, H, Nq) float32, the row log-sum-exp in
+    log2 units of the scaled scores. With ``key_weight`` (B, H, Nk) float32 the intervention
+    is applied inside the pass (the masked route); with ``heads`` (int64 flat b * H + h)
+    only those heads are computed, into ``out``."""
+    batch, n_heads, n_q, _ = q.shape
+    n_k = k.shape[2]
+    dims = _head_dims(q, v)
+    if out is None:
+        out = _output((batch, n_heads, n_q, v.shape[-1]), out_dtype, q.device)
+    lse = _output((batch, n_heads, n_q), torch.float32, q.device)
+    apply_start, apply_stop = apply_rows if apply_rows is not None else (0, n_q)
+    qo, ko, vo = _operand(q), _operand(k), _operand(v)
+    n_programs = heads.numel() if heads is not None else batch * n_heads
+
+    def grid(meta):
+        return (triton.cdiv(n_q, meta["BLOCK_M"]), n_programs)
+
+    configs.forward(
+        grid, qo, ko, vo, out, lse, key_weight, heads,
+        qo.stride(0), qo.stride(1), qo.stride(2),
+        ko.stride(0), ko.stride(1), ko.stride(2),
+        vo.stride(0), vo.stride(1), vo.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        n_heads, n_q, n_k, apply_start, apply_stop, scale * LOG2E,
+        WEIGHT_ON_VALUE=weight_path == "value", DOT_PRECISION=_dot_precision(q.dtype), **dims,
+    )
+    return out, lse
+
+
+def key_mass(q: Tensor, k: Tensor, lse: Tensor, scale: float, rows: tuple[int, int]) -> Tensor:
+    """m (B, H, Nk) float32: the mean over query rows [rows) of the attention probabilities."""
+    batch, n_heads, n_q, _ = q.shape
+    n_k = k.shape[2]
+    dims = _head_dims(q, q)
+    mass = _output((batch, n_heads, n_k), torch.float32, q.device)
+    qo, ko = _operand(q), _operand(k)
+
+    def grid(meta):
+        return (triton.cdiv(n_k, meta["BLOCK_N"]), batch * n_heads)
+
+    configs.key_mass(
+        grid, qo, ko, lse, mass,
+        qo.stride(0), qo.stride(1), qo.stride(2),
+        ko.stride(0), ko.stride(1), ko.stride(2),
+        n_heads, n_q, n_k, rows[0], rows[1], scale * LOG2E, 1.0 / (rows[1] - rows[0]),
+        D=dims["D"], BLOCK_D=dims["BLOCK_D"], DOT_PRECISION=_dot_precision(q.dtype),
+    )
+    return mass
+
+
+def _without_duplicates(sinks: Tensor) -> Tensor:
+    """(B, H, t) int64, contiguous, with repeated indices of a row replaced by -1 (an
+    intervened set counts each key once)."""
+    ordered = sinks.sort(dim=-1).values
+    repeated = torch.zeros_like(ordered, dtype=torch.bool)
+    repeated[..., 1:] = ordered[..., 1:] == ordered[..., :-1]
+    return ordered.masked_fill(repeated, -1).contiguous()
+
+
+def correct(q: Tensor, k: Tensor, v: Tensor, out32: Tensor, lse: Tensor, sinks: Tensor, eta: float,
+            path: str, apply_rows: tuple[int, int], scale: float, out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The intervened output from the unintervened float32 one and the selected keys
+    (B, H, t), plus a (B, H) bool tensor of heads whose correction would lose accuracy."""
+    batch, n_heads, n_q, _ = q.shape
+    dims = _head_dims(q, v)
+    out = _output((batch, n_heads, n_q, v.shape[-1]), out_dtype, q.device)
+    flags = _output((batch, n_heads, n_q), torch.int8, q.device)
+    unique = _without_duplicates(sinks)
+    grid = (triton.cdiv(n_q, configs.CORRECTION_BLOCK_M), batch * n_heads)
+    configs.correction(
+        grid, q, k, v, out32, lse, unique, out, flags,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out32.stride(0), out32.stride(1), out32.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        n_heads, n_q, unique.shape[-1], apply_rows[0], apply_rows[1], scale * LOG2E,
+        1.0 - eta, _MAX_AMPLIFICATION[q.dtype], SCORE_PATH=path == "score", **dims,
+    )
+    return out, flags.amax(dim=-1) > 0

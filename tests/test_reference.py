@@ -1,0 +1,223 @@
+"""The reference against a brute-force formulation written differently (Python loops and
+scalar math over tiny sizes), and the properties SPEC section 2 promises."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sinkattn.reference import sink_attention
+
+
+def brute_force(q, k, v, top_k, path, select, control, eta, mass_rows, cand, apply_rows, scale, random_keys=None):
+    """SPEC section 2 with loops: probabilities row by row, mass as a Python sum, selection
+    by sorting (mass, index) pairs, intervention as reweighted sums."""
+    B, H, Nq, D = q.shape
+    Nk, Dv = k.shape[2], v.shape[3]
+    probs = [[[None] * Nq for _ in range(H)] for _ in range(B)]
+    for b in range(B):
+        for h in range(H):
+            for i in range(Nq):
+                s = [scale * sum(q[b, h, i, d].item() * k[b, h, j, d].item() for d in range(D)) for j in range(Nk)]
+                top = max(s)
+                e = [math.exp(x - top) for x in s]
+                z = sum(e)
+                probs[b][h][i] = [x / z for x in e]
+    mass = [[[sum(probs[b][h][i][j] for i in range(*mass_rows)) / (mass_rows[1] - mass_rows[0]) for j in range(Nk)]
+             for h in range(H)] for b in range(B)]
+
+    def pick(values):
+        keys = list(range(*cand))
+        if control == "sink":
+            keys.sort(key=lambda j: (-values[j], j))
+        elif control == "bottom":
+            keys.sort(key=lambda j: (values[j], j))
+        return keys[:top_k]
+
+    chosen = {}
+    for b in range(B):
+        if select == "shared":
+            head_mean = [sum(mass[b][h][j] for h in range(H)) / H for j in range(Nk)]
+            keys = random_keys[b] if control == "random" else pick(head_mean)
+            for h in range(H):
+                chosen[b, h] = list(keys)
+        else:
+            for h in range(H):
+                chosen[b, h] = random_keys[b][h] if control == "random" else pick(mass[b][h])
+    out = torch.zeros(B, H, Nq, Dv, dtype=torch.float64)
+    for b in range(B):
+        for h in range(H):
+            for i in range(Nq):
+                p = probs[b][h][i]
+                w = [1.0] * Nk
+                if path != "none" and apply_rows[0] <= i < apply_rows[1]:
+                    for j in chosen[b, h]:
+                        w[j] = eta
+                if path == "score":
+                    z = sum(p[j] * w[j] for j in range(Nk))
+                    weights = [p[j] * w[j] / z for j in range(Nk)]
+                    vals = [v[b, h, j] for j in range(Nk)]
+                elif path == "value":
+                    weights = p
+                    vals = [v[b, h, j] * w[j] for j in range(Nk)]
+                else:
+                    weights, vals = p, [v[b, h, j] for j in range(Nk)]
+                out[b, h, i] = sum(wt * val for wt, val in zip(weights, vals))
+    return out, torch.tensor(mass, dtype=torch.float64), chosen
+
+
+@st.composite
+def calls(draw):
+    B, H = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    Nq, Nk, D, Dv = draw(st.integers(1, 9)), draw(st.integers(2, 9)), draw(st.integers(1, 6)), draw(st.integers(1, 5))
+    path = draw(st.sampled_from(["score", "value", "none"]))
+    select = draw(st.sampled_from(["head", "shared"]))
+    control = draw(st.sampled_from(["sink", "bottom", "random"]))
+    eta = draw(st.sampled_from([0.0, 0.3, 1.0]))
+
+    def rng(n):
+        a = draw(st.integers(0, n - 1))
+        return a, draw(st.integers(a + 1, n))
+
+    mass_rows, cand, apply_rows = rng(Nq), rng(Nk), rng(Nq)
+    top_k = draw(st.integers(0, min(cand[1] - cand[0], Nk - 1)))
+    scale = draw(st.sampled_from([None, 0.7]))
+    seed = draw(st.integers(0, 2**16))
+    return dict(shape=(B, H, Nq, Nk, D, Dv), top_k=top_k, path=path, select=select, control=control,
+                eta=eta, mass_rows=mass_rows, cand=cand, apply_rows=apply_rows, scale=scale, seed=seed)
+
+
+@settings(max_examples=60, deadline=None)
+@given(calls())
+def test_reference_matches_brute_force(c):
+    B, H, Nq, Nk, D, Dv = c["shape"]
+    gen = torch.Generator().manual_seed(c["seed"])
+    q = torch.randn(B, H, Nq, D, generator=gen, dtype=torch.float64) * 2
+    k = torch.randn(B, H, Nk, D, generator=gen, dtype=torch.float64)
+    v = torch.randn(B, H, Nk, Dv, generator=gen, dtype=torch.float64)
+    res = sink_attention(q, k, v, top_k=c["top_k"], path=c["path"], select=c["select"], control=c["control"],
+                         eta=c["eta"], mass_queries=c["mass_rows"], candidates=c["cand"],
+                         apply_queries=c["apply_rows"], scale=c["scale"], generator=c["seed"], return_mass=True)
+    random_keys = None
+    if c["control"] == "random":
+        random_keys = res.sinks.tolist()  # the brute force checks the rest given the draw
+        cand = set(range(*c["cand"]))
+        for row in res.sinks.reshape(-1, res.sinks.shape[-1]).tolist() if c["top_k"] else []:
+            assert len(set(row)) == len(row) and set(row) <= cand
+    scale = D**-0.5 if c["scale"] is None else c["scale"]
+    out, mass, chosen = brute_force(q, k, v, c["top_k"], c["path"], c["select"], c["control"], c["eta"],
+                                    c["mass_rows"], c["cand"], c["apply_rows"], scale, random_keys)
+    torch.testing.assert_close(res.mass, mass, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(res.out, out, rtol=1e-9, atol=1e-12)
+    for (b, h), keys in chosen.items():
+        got = res.sinks[b, h] if res.sinks.dim() == 3 else res.sinks[b]
+        assert got.tolist() == keys
+
+
+def _qkv(B=2, H=3, Nq=40, Nk=33, D=16, Dv=12, dtype=torch.float64):
+    return (torch.randn(B, H, Nq, D, dtype=dtype), torch.randn(B, H, Nk, D, dtype=dtype),
+            torch.randn(B, H, Nk, Dv, dtype=dtype))
+
+
+def test_mass_sums_to_one_per_head():
+    q, k, v = _qkv()
+    res = sink_attention(q, k, v, top_k=0, path="none", mass_queries=(3, 29))
+    torch.testing.assert_close(res.mass.sum(-1), torch.ones(2, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("path", ["score", "value"])
+def test_eta_one_is_plain_attention(path):
+    q, k, v = _qkv()
+    plain = torch.softmax(q @ k.transpose(-1, -2) * 16**-0.5, -1) @ v
+    res = sink_attention(q, k, v, top_k=5, path=path, eta=1.0)
+    torch.testing.assert_close(res.out, plain)
+
+
+def test_score_path_gives_selected_keys_zero_probability():
+    q, k, v = _qkv(B=1, H=2)
+    res = sink_attention(q, k, v, top_k=3, path="score")
+    for h in range(2):
+        keep = [j for j in range(33) if j not in res.sinks[0, h].tolist()]
+        dropped = torch.softmax(q[0, h] @ k[0, h, keep].T * 16**-0.5, -1) @ v[0, h, keep]
+        torch.testing.assert_close(res.out[0, h], dropped)
+
+
+def test_value_path_eta_zero_equals_zeroed_values():
+    q, k, v = _qkv()
+    res = sink_attention(q, k, v, top_k=2, path="value", select="shared")
+    v0 = v.clone()
+    for b in range(2):
+        v0[b, :, res.sinks[b]] = 0
+    torch.testing.assert_close(res.out, torch.softmax(q @ k.transpose(-1, -2) * 16**-0.5, -1) @ v0)
+
+
+def test_random_control_reproducible_and_fresh():
+    q, k, v = _qkv(Nk=200)
+    a = sink_attention(q, k, v, top_k=4, control="random", generator=7).sinks
+    b = sink_attention(q, k, v, top_k=4, control="random", generator=torch.Generator().manual_seed(7)).sinks
+    c = sink_attention(q, k, v, top_k=4, control="random", generator=8).sinks
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    gen = torch.Generator().manual_seed(7)
+    first = sink_attention(q, k, v, top_k=4, control="random", generator=gen).sinks
+    second = sink_attention(q, k, v, top_k=4, control="random", generator=gen).sinks
+    assert torch.equal(first, a) and not torch.equal(first, second)  # a fresh draw per call
+
+
+def test_random_control_is_uniform_over_candidates():
+    q, k, v = _qkv(B=1, H=1, Nk=12)
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.zeros(12)
+    for _ in range(600):
+        s = sink_attention(q, k, v, top_k=2, control="random", candidates=(4, 10), generator=gen).sinks
+        counts[s.flatten()] += 1
+    assert counts[:4].sum() == 0 and counts[10:].sum() == 0
+    assert (counts[4:10] - 200).abs().max() < 60  # 1200 draws over 6 keys: 200 +- ~13 sd
+
+
+def test_planted_sinks_are_found_and_ties_go_low(plant_sink):
+    q, k, v = _qkv(B=1, H=2, Nk=50)
+    plant_sink(q, k, 17, heads=[0])
+    plant_sink(q, k, 30, heads=[1])
+    res = sink_attention(q, k, v, top_k=1)
+    assert res.sinks[0, :, 0].tolist() == [17, 30]
+    assert sink_attention(q, k, v, top_k=1, select="shared").sinks.shape == (1, 1)
+    # identical keys have identical mass: the lower index wins
+    k2 = k.clone()
+    k2[:, :, 40] = k2[:, :, 17]
+    assert sink_attention(q, k2, v, top_k=1).sinks[0, 0, 0].item() == 17
+    flat = torch.zeros(1, 1, 5, 4, dtype=torch.float64)
+    vv = torch.randn(1, 1, 5, 4, dtype=torch.float64)
+    assert sink_attention(flat[:, :, :3], flat, vv, top_k=2).sinks.tolist() == [[[0, 1]]]
+    assert sink_attention(flat[:, :, :3], flat, vv, top_k=2, control="bottom").sinks.tolist() == [[[0, 1]]]
+
+
+def test_apply_queries_leaves_other_rows_plain():
+    q, k, v = _qkv()
+    plain = sink_attention(q, k, v, top_k=0).out
+    res = sink_attention(q, k, v, top_k=3, apply_queries=(10, 20))
+    torch.testing.assert_close(res.out[:, :, :10], plain[:, :, :10])
+    torch.testing.assert_close(res.out[:, :, 20:], plain[:, :, 20:])
+    assert (res.out[:, :, 10:20] - plain[:, :, 10:20]).abs().max() > 1e-3
+
+
+def test_chunking_does_not_change_results():
+    q, k, v = _qkv(Nq=70)
+    a = sink_attention(q, k, v, top_k=2, chunk_size=1024)
+    b = sink_attention(q, k, v, top_k=2, chunk_size=7)
+    torch.testing.assert_close(a.out, b.out)
+    torch.testing.assert_close(a.mass, b.mass)
+
+
+def test_plain_call_has_no_mass_and_empty_sinks():
+    q, k, v = _qkv()
+    res = sink_attention(q, k, v, top_k=0)
+    assert res.mass is None and res.sinks.shape == (2, 3, 0)
+    assert sink_attention(q, k, v, top_k=0, path="none").mass.shape == (2, 3, 33)
+
+
+def test_half_inputs_give_input_dtype_out_and_float32_mass():
+    q, k, v = _qkv(dtype=torch.bfloat16)
+    res = sink_attention(q, k, v)
+    assert res.out.dtype == torch.bfloat16 and res.mass.dtype == torch.float32 and res.sinks.dtype == torch.int64
