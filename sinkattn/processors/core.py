@@ -1,0 +1,172 @@
+"""The one function every family processor calls: attention over (B, H, N, D) views with
+the sink intervention, after the family has projected, normalised and rotated q, k, v.
+
+The family differences that matter here are reduced to where the text tokens sit in the
+query and key sequences (:class:`Tokens`). The user's ranges ("image", "text", "all") are
+resolved against those positions per call, so one settings object serves SD3 (image first),
+Flux (text first), SDXL self-attention (all image) and cross-attention (text keys only).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..ops import sink_attention
+from ..selection import per_head, random_keys, ranked_keys
+
+__all__ = ["SinkSettings", "Tokens", "sink_core", "token_range", "RANGE_NAMES"]
+
+RANGE_NAMES = ("image", "text", "all")
+
+
+@dataclass(frozen=True)
+class SinkSettings:
+    """The intervention, as the user wrote it (ranges by name, not by index)."""
+
+    k: int = 1
+    path: str = "score"
+    select: str = "head"
+    control: str = "sink"
+    eta: float = 0.0
+    mass_queries: str = "image"
+    apply_queries: str = "all"
+    candidates: str = "all"
+
+    def __post_init__(self):
+        for name in ("mass_queries", "apply_queries", "candidates"):
+            value = getattr(self, name)
+            if value not in RANGE_NAMES:
+                raise ValueError(f"{name} must be one of {RANGE_NAMES}, got {value!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 0:
+            raise ValueError(f"k must be an int >= 0, got {self.k!r}")
+        if not 0.0 <= float(self.eta) <= 1.0:
+            raise ValueError(f"eta must be in [0, 1], got {self.eta!r}")
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A sequence of ``n`` tokens of which ``n_text`` are text, placed first or last."""
+
+    n: int
+    n_text: int = 0
+    text_first: bool = False
+
+    @property
+    def text(self) -> tuple[int, int]:
+        return (0, self.n_text) if self.text_first else (self.n - self.n_text, self.n)
+
+    @property
+    def image(self) -> tuple[int, int]:
+        return (self.n_text, self.n) if self.text_first else (0, self.n - self.n_text)
+
+
+def token_range(name: str, tokens: Tokens) -> tuple[int, int] | None:
+    """The half-open index range of "image", "text" or "all" tokens; None when empty
+    (e.g. text queries in SDXL cross-attention, text keys in SD3.5's image-only attn2)."""
+    start, stop = {"all": (0, tokens.n), "text": tokens.text, "image": tokens.image}[name]
+    return (start, stop) if stop > start else None
+
+
+@dataclass
+class CallRecord:
+    """What one attention call hands to a tracer: device tensors, no host syncs."""
+
+    mass: Tensor                # (B, H, Nk) float32, unintervened
+    sinks: Tensor | None        # (B, H, k) or (B, k) int64, the intervened keys; None if none
+    keys: Tokens                # where the text keys are
+    mass_queries: tuple[int, int]
+
+
+def _plain(q, k, v, attention_mask, scale):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0,
+                                          is_causal=False, scale=scale)
+
+
+def sink_core(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    settings: SinkSettings,
+    q_tokens: Tokens,
+    k_tokens: Tokens,
+    *,
+    active: bool = True,
+    want_mass: bool = False,
+    attention_mask: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    scale: float | None = None,
+) -> tuple[Tensor, CallRecord | None]:
+    """Attention with the user's intervention, as the stock processors would compute it.
+
+    q (B, H, Nq, D), k (B, H, Nk, D), v (B, H, Nk, Dv): diffusers' transposed views, handed
+    to the op without copies. ``active=False`` (outside a gate) or ``settings.k == 0`` runs
+    the stock math (SDPA) unless ``want_mass`` (a tracer) asks for the key mass, which then
+    comes from the op (top_k=0, path="none"). A range that is empty in this layer (text
+    queries where there are none, text candidates in an image-only layer) means the layer
+    has nothing to select: it runs unintervened.
+
+    Returns (out (B, H, Nq, Dv) in the input dtype, CallRecord or None).
+    """
+    mass_rows = token_range(settings.mass_queries, q_tokens)
+    candidates = token_range(settings.candidates, k_tokens)
+    apply_rows = token_range(settings.apply_queries, q_tokens)
+    top_k = settings.k if active else 0
+    if mass_rows is None or candidates is None or apply_rows is None:
+        top_k = 0
+    if top_k == 0 and not (want_mass and mass_rows is not None):
+        return _plain(q, k, v, attention_mask, scale), None
+    path = settings.path if top_k > 0 else "none"
+    if attention_mask is not None:
+        out, mass, sinks = _masked_sink_attention(
+            q, k, v, attention_mask, top_k, path, settings, mass_rows, candidates, apply_rows, generator, scale)
+    else:
+        out, mass, sinks = sink_attention(
+            q, k, v, top_k=top_k, path=path, select=settings.select, control=settings.control,
+            eta=float(settings.eta), mass_queries=mass_rows, candidates=candidates or (0, k.shape[2]),
+            apply_queries=apply_rows, scale=scale, generator=generator, return_mass=want_mass or None,
+        )
+    record = None
+    if want_mass:
+        record = CallRecord(mass=mass, sinks=sinks if top_k > 0 else None, keys=k_tokens, mass_queries=mass_rows)
+    return out, record
+
+
+def _masked_sink_attention(q, k, v, mask, top_k, path, settings, mass_rows, candidates, apply_rows, generator, scale):
+    """The op's semantics with a diffusers attention mask (boolean keep-mask or additive bias,
+    broadcastable to (B, H, Nq, Nk)). The op has no mask argument, and masks are rare in the
+    studied pipelines (SDXL passes none by default), so this path builds the scores eagerly
+    in float32: masked keys get zero probability, hence zero mass, before selection."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    qf, kf, vf = q.float(), k.float(), v.float()
+    scores = scale * qf @ kf.transpose(-1, -2)
+    if mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, -math.inf)
+    else:
+        scores = scores + mask.float()
+    scores = scores.expand(q.shape[0], q.shape[1], -1, -1)
+    mass = torch.softmax(scores[:, :, mass_rows[0]:mass_rows[1]], dim=-1).mean(dim=-2)
+    batch, heads = q.shape[:2]
+    if top_k == 0:
+        sinks = torch.zeros((batch, heads, 0), dtype=torch.int64, device=q.device)
+    elif settings.control == "random":
+        groups = (batch, heads) if settings.select == "head" else (batch,)
+        sinks = random_keys(groups, top_k, candidates, generator, q.device)
+    else:
+        sinks = ranked_keys(mass, top_k, settings.select, settings.control, candidates)
+    weight = torch.ones((batch, heads, k.shape[2]), dtype=torch.float32, device=q.device)
+    if path != "none" and top_k > 0:
+        weight.scatter_(-1, per_head(sinks, heads), float(settings.eta))
+    rows = torch.arange(q.shape[2], device=q.device)
+    applied = ((rows >= apply_rows[0]) & (rows < apply_rows[1]))[None, None, :, None]
+    if path == "score":
+        scores = torch.where(applied, scores + torch.log(weight)[:, :, None, :], scores)
+    probs = torch.softmax(scores, dim=-1)
+    out = probs @ vf
+    if path == "value":
+        out = torch.where(applied, probs @ (vf * weight[..., None]), out)
+    return out.to(q.dtype), mass, sinks
