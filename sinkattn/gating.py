@@ -1,0 +1,215 @@
+"""Which layers and which denoising steps get the intervention: a context manager that
+installs a processor on a pipeline's denoiser and restores the original processors on exit.
+
+    with intervene(pipe, SinkSuppressProcessor(k=1), layers=range(0, 12), steps=range(5, 28)):
+        image = pipe(prompt).images[0]
+
+Steps are counted from the denoiser's own forward (a forward pre-hook), before any of its
+attention layers run, so the first forward of a generation is step 0 and nothing is
+intervened "at step 0 always". A forward whose timestep equals the previous forward's
+belongs to the same step (pipelines that run the conditional and unconditional passes as
+two forwards). A new generation starts, and the count restarts at 0, when
+
+  * the pipeline calls ``scheduler.set_timesteps`` (every diffusers pipeline does at the
+    start of ``__call__``; patched for the duration when ``target`` is a pipeline), or
+  * the timestep rises above the previous forward's (denoising timesteps only fall), or
+  * the caller calls ``intervention.clock.new_generation()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import functools
+import inspect
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .processors import attention_modules
+
+__all__ = ["StepClock", "Intervention", "intervene", "denoiser_of", "layer_blocks"]
+
+
+class StepClock:
+    """The denoising step of the current forward, as seen by a forward pre-hook.
+
+    generation: index of the current generation (pipeline call), from 0.
+    step: index of the current step within the generation, from 0 (-1 before the first).
+    timestep: the timestep value of the current forward (float).
+    grid: (rows, cols) of the image tokens at full resolution (after patching), or None.
+    """
+
+    def __init__(self):
+        self.generation = -1
+        self.step = -1
+        self.timestep: float | None = None
+        self.grid: tuple[int, int] | None = None
+        self._last: float | None = None
+
+    def new_generation(self) -> None:
+        self.generation += 1
+        self.step = -1
+        self._last = None
+
+    def tick(self, timestep, grid=None) -> None:
+        """Called once per denoiser forward (one host sync for the timestep value)."""
+        t = float(timestep.flatten()[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
+        if self.generation < 0 or (self._last is not None and t > self._last):
+            self.new_generation()
+        if self._last is None or t != self._last:
+            self.step += 1
+        self._last = t
+        self.timestep = t
+        self.grid = grid
+
+    def pre_hook(self, model):
+        signature = inspect.signature(model.forward)
+        patch = getattr(getattr(model, "config", None), "patch_size", None) or 1
+
+        def hook(module, args, kwargs):
+            bound = signature.bind_partial(*args, **kwargs).arguments
+            timestep = bound.get("timestep")
+            if timestep is None:
+                return None
+            sample = bound.get("hidden_states", bound.get("sample"))
+            grid = None
+            if isinstance(sample, torch.Tensor) and sample.dim() == 4:
+                grid = (sample.shape[-2] // patch, sample.shape[-1] // patch)
+            elif isinstance(bound.get("img_ids"), torch.Tensor):  # Flux: packed tokens with (0, row, col) ids
+                ids = bound["img_ids"].reshape(-1, bound["img_ids"].shape[-1])
+                grid = (int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1)
+            self.tick(timestep, grid)
+            return None
+
+        return hook
+
+
+def denoiser_of(target) -> torch.nn.Module:
+    """A pipeline's transformer or unet, or the model itself."""
+    for attr in ("transformer", "unet"):
+        model = getattr(target, attr, None)
+        if isinstance(model, torch.nn.Module):
+            return model
+    if isinstance(target, torch.nn.Module):
+        return target
+    raise TypeError(f"intervene: {type(target).__name__} is neither a diffusers pipeline with a "
+                    ".transformer/.unet nor a torch.nn.Module")
+
+
+def layer_blocks(model: torch.nn.Module) -> dict[str, int]:
+    """Attention module name -> block index. A block is the module that holds attention
+    modules (``transformer_blocks.3`` holds ``.attn`` and, in SD3.5, ``.attn2``); blocks are
+    numbered in registration order, which is forward order for SD3 and Flux (Flux: double
+    blocks 0..n-1, then the single blocks)."""
+    blocks: dict[str, int] = {}
+    out = {}
+    for name, _ in attention_modules(model):
+        parent = name.rsplit(".", 1)[0] if "." in name else ""
+        out[name] = blocks.setdefault(parent, len(blocks))
+    return out
+
+
+def _select_layers(model, layers) -> set[str] | None:
+    if layers is None:
+        return None
+    blocks = layer_blocks(model)
+    items = [layers] if isinstance(layers, (int, str)) else list(layers)
+    chosen: set[str] = set()
+    n_blocks = max(blocks.values()) + 1 if blocks else 0
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, str)):
+            raise TypeError(f"layers: expected block indices or name patterns, got {item!r}")
+        if isinstance(item, int):
+            index = item + n_blocks if item < 0 else item
+            if not 0 <= index < n_blocks:
+                raise ValueError(f"layers: block index {item} is outside [0, {n_blocks})")
+            chosen |= {name for name, b in blocks.items() if b == index}
+        else:
+            matched = {name for name in blocks if fnmatch.fnmatchcase(name, item)}
+            if not matched:
+                raise ValueError(f"layers: pattern {item!r} matches no attention module "
+                                 f"(names look like {next(iter(blocks), '?')!r})")
+            chosen |= matched
+    return chosen
+
+
+@dataclass
+class Intervention:
+    """What ``intervene`` yields: the model, the processor and the step clock."""
+
+    model: torch.nn.Module
+    processor: object
+    clock: StepClock
+    layers: set[str] | None = field(default=None)
+
+
+@contextlib.contextmanager
+def intervene(target, processor, layers=None, steps=None, timesteps=None):
+    """Install ``processor`` on every attention module of ``target``'s denoiser, intervening
+    only in the given layers and steps; restore the original processors (and remove the
+    hooks) on exit, also on exceptions.
+
+    Args:
+        target: a diffusers pipeline (its .transformer or .unet) or the model itself.
+        processor: a SinkSuppressProcessor (anything with ``gate``, ``clock`` and ``bind``).
+        layers: block indices (see :func:`layer_blocks`; negative from the end) and/or
+            fnmatch patterns on attention module names ("transformer_blocks.1*.attn").
+            None: every layer.
+        steps: step indices (an int, iterable or range) of each generation, counted from 0 at
+            the denoiser's first forward. None: every step.
+        timesteps: (lo, hi), intervene where lo <= timestep <= hi. None: every timestep.
+
+    Layers and steps outside the gate run the stock math (plain SDPA); a tracer on the
+    processor still records them.
+    """
+    model = denoiser_of(target)
+    allowed = _select_layers(model, layers)
+    step_set = None
+    if steps is not None:
+        step_set = {steps} if isinstance(steps, int) else set(steps)
+    if timesteps is not None:
+        lo, hi = (float(x) for x in timesteps)
+        if math.isnan(lo) or math.isnan(hi) or lo > hi:
+            raise ValueError(f"timesteps must be a (lo, hi) pair with lo <= hi, got {timesteps!r}")
+    clock = StepClock()
+
+    def gate(name: str) -> bool:
+        if allowed is not None and name not in allowed:
+            return False
+        if step_set is not None and clock.step not in step_set:
+            return False
+        if timesteps is not None and (clock.timestep is None or not lo <= clock.timestep <= hi):
+            return False
+        return True
+
+    originals = dict(model.attn_processors)
+    previous = (processor.gate, processor.clock)
+    scheduler = getattr(target, "scheduler", None) if target is not model else None
+    patched = had_own = False
+    handle = model.register_forward_pre_hook(clock.pre_hook(model), with_kwargs=True)
+    try:
+        if scheduler is not None and hasattr(scheduler, "set_timesteps"):
+            had_own = "set_timesteps" in vars(scheduler)
+            original_set = scheduler.set_timesteps
+
+            @functools.wraps(original_set)  # keeps the signature pipelines inspect
+            def set_timesteps(*args, **kwargs):
+                clock.new_generation()
+                return original_set(*args, **kwargs)
+
+            scheduler.set_timesteps = set_timesteps
+            patched = True
+        processor.bind(model)
+        processor.gate, processor.clock = gate, clock
+        model.set_attn_processor(processor)
+        yield Intervention(model=model, processor=processor, clock=clock, layers=allowed)
+    finally:
+        handle.remove()
+        if patched and had_own:
+            scheduler.set_timesteps = original_set
+        elif patched:
+            del scheduler.set_timesteps  # the class method shows again
+        model.set_attn_processor(originals)
+        processor.gate, processor.clock = previous
