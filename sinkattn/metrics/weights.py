@@ -1,0 +1,233 @@
+"""Where metric weights come from, how they are read, and how random ones are made.
+
+Resolution order for every metric (first hit wins, per file):
+  1. `weights=` given to the builder: a local file (the metric's main checkpoint; its
+     companion files are looked for in the same folder), a local folder holding the
+     files under their official names, or a Hugging Face Hub repo id ("org/name") that
+     replaces the official repo (of the main checkpoint and of its companions from the same
+     repo; e.g. ImageReward's med_config.json, not BERT's vocab.txt);
+  2. the metric's environment variable (same forms), e.g. SINKATTN_HPS_WEIGHTS;
+  3. the official location: the Hugging Face Hub (`hf_hub_download`, which also finds
+     files already in the local HF cache), or, for torchvision's AlexNet, the torch hub
+     cache ($TORCH_HOME/hub/checkpoints) then download.pytorch.org.
+Offline (HF_HUB_OFFLINE=1 or SINKATTN_OFFLINE=1) only local files and caches are used.
+Anything still missing raises `MetricWeightsUnavailable` naming every file, its origin,
+and how to point the scorer at a local copy.
+
+Checkpoints are read as data only: safetensors, or `torch.load(weights_only=True)`,
+which refuses any pickled object other than tensors and plain containers. Nothing
+executes code shipped with a checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sinkattn.metrics.base import MetricWeightsUnavailable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One file a metric needs: its official name and origin."""
+
+    filename: str
+    repo_id: str | None = None  # Hugging Face Hub repo
+    url: str | None = None  # direct URL, for files not on the Hub (torchvision's AlexNet)
+    what: str = ""  # one-line description for error messages
+    alternatives: tuple[str, ...] = ()  # other official names of the same content, tried after
+
+    def names(self) -> tuple[str, ...]:
+        return (self.filename, *self.alternatives)
+
+    def origin(self, repo_id: str | None = None) -> str:
+        repo_id = repo_id or self.repo_id
+        if repo_id:
+            return f"Hub repo {repo_id} (https://huggingface.co/{repo_id}/blob/main/{self.filename})"
+        return str(self.url)
+
+
+def offline() -> bool:
+    """True when downloads must not be attempted."""
+    return (os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+            or os.environ.get("SINKATTN_OFFLINE", "").strip().lower() in _TRUE)
+
+
+def resolve_files(metric: str, files: list[WeightFile], weights: str | None, env_var: str,
+                  ) -> tuple[dict[str, str], str]:
+    """Find every file of `files` (files[0] is the main checkpoint).
+
+    Returns ({filename: local path}, a short description of the source).
+    Raises MetricWeightsUnavailable listing what could not be found.
+    """
+    source = weights if weights is not None else os.environ.get(env_var) or None
+    local_dir: str | None = None
+    main_path: str | None = None
+    main_repo = files[0].repo_id
+    if source is not None:
+        source = os.path.expanduser(str(source))
+        if os.path.isdir(source):
+            local_dir = source
+        elif os.path.isfile(source):
+            main_path = source
+            local_dir = os.path.dirname(os.path.abspath(source))
+        elif _HUB_ID.match(source) and files[0].repo_id is not None:
+            main_repo = source
+        else:
+            given = "weights=" if weights is not None else f"{env_var}="
+            raise MetricWeightsUnavailable(
+                f"{metric}: {given}{source!r} is neither an existing file or folder nor a Hub repo id "
+                f"('org/name').\n" + _instructions(metric, files, env_var))
+
+    found: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    for i, wf in enumerate(files):
+        if i == 0 and main_path is not None:
+            found[wf.filename] = main_path
+            continue
+        if local_dir is not None:
+            local = [os.path.join(local_dir, n) for n in wf.names() if os.path.isfile(os.path.join(local_dir, n))]
+            if local:
+                found[wf.filename] = local[0]
+                continue
+        for name in wf.names():
+            try:
+                if wf.repo_id is not None:
+                    found[wf.filename] = _hub_download(_repo_of(wf, files, main_repo), name)
+                else:
+                    found[wf.filename] = _url_download(wf)
+                errors.pop(wf.filename, None)
+                break
+            except Exception as err:  # noqa: BLE001 - every failure becomes one clear error below
+                errors.setdefault(wf.filename, f"{type(err).__name__}: {_first_line(err)}")
+    if errors:
+        why = "offline (HF_HUB_OFFLINE/SINKATTN_OFFLINE set)" if offline() else "download failed"
+        lines = [f"{metric}: weights unavailable, {why}. Missing file(s):"]
+        for wf in files:
+            if wf.filename not in errors:
+                continue
+            alt = f" (or {' / '.join(wf.alternatives)})" if wf.alternatives else ""
+            lines.append(f"  - {wf.filename}{alt}: {wf.what + ', ' if wf.what else ''}"
+                         f"from {wf.origin(_repo_of(wf, files, main_repo))}"
+                         f"\n      ({errors[wf.filename]})")
+        raise MetricWeightsUnavailable("\n".join(lines) + "\n" + _instructions(metric, files, env_var))
+    if main_path is not None:
+        desc = main_path
+    elif local_dir is not None:
+        desc = local_dir
+    else:
+        desc = f"hub:{main_repo}/{files[0].filename}" if files[0].repo_id else found[files[0].filename]
+    return found, desc
+
+
+def _repo_of(wf: WeightFile, files: list[WeightFile], main_repo: str | None) -> str | None:
+    # a Hub id given for the metric replaces the official repo of every file that lives there
+    return main_repo if wf.repo_id is not None and wf.repo_id == files[0].repo_id else wf.repo_id
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _instructions(metric: str, files: list[WeightFile], env_var: str) -> str:
+    names = ", ".join(wf.filename for wf in files)
+    hub = [wf for wf in files if wf.repo_id]
+    url = [wf for wf in files if wf.url and not wf.repo_id]
+    text = (f"To use local copies, put {names} in one folder and pass weights=<folder> "
+            f"(or the main file path), or set {env_var}=<folder or file>.")
+    if hub:
+        repos: dict[str, list[str]] = {}
+        for wf in hub:
+            repos.setdefault(wf.repo_id, []).append(wf.filename)
+        cmds = "; ".join(f"hf download {r} {' '.join(fs)}" for r, fs in repos.items())
+        text += f" Or fill the Hugging Face cache on a machine with access: {cmds}."
+    if url:
+        text += " Or place " + ", ".join(
+            f"{wf.filename} (from {wf.url}) in {_torch_hub_checkpoints()}" for wf in url) + "."
+    text += f" Scoring with random weights instead: build_scorer('{metric}', untrained=True)."
+    return text
+
+
+def _hub_download(repo_id: str, filename: str) -> str:
+    from huggingface_hub import hf_hub_download
+
+    # local_files_only keeps an offline run from trying the network at all (the hub
+    # library reads HF_HUB_OFFLINE once, at import; we read it at every call).
+    return hf_hub_download(repo_id=repo_id, filename=filename, local_files_only=offline())
+
+
+def _torch_hub_checkpoints() -> str:
+    import torch
+
+    return os.path.join(torch.hub.get_dir(), "checkpoints")
+
+
+def _url_download(wf: WeightFile) -> str:
+    path = os.path.join(_torch_hub_checkpoints(), wf.filename)
+    if os.path.isfile(path):
+        return path
+    if offline():
+        raise FileNotFoundError(f"{path} does not exist")
+    import torch
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.hub.download_url_to_file(wf.url, path, progress=False)
+    return path
+
+
+def load_state_dict(path: str) -> dict[str, "torch.Tensor"]:
+    """Read a checkpoint as data: safetensors, or torch.load with weights_only=True."""
+    import torch
+
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path, device="cpu")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        if "weights_only" in str(err) or "Unpickl" in type(err).__name__:
+            raise RuntimeError(
+                f"{path}: refused to unpickle it with weights_only=True (it holds objects other than "
+                f"tensors and plain containers). Convert it to a plain state dict or safetensors on a "
+                f"trusted machine; sinkattn does not run code shipped inside checkpoints.\n{err}") from err
+        raise
+
+
+def randomize_(module: "torch.nn.Module", seed: int) -> "torch.nn.Module":
+    """Overwrite every parameter with seeded random values, independent of library inits.
+
+    Normalisation layers get weight 1 / bias 0; other tensors of rank >= 2 get
+    N(0, 1/fan_in) so activations keep their scale through deep stacks; the remaining
+    rank-1/0 parameters get N(0, 0.02^2). The order is the module's parameter order, so
+    the same architecture and seed give the same weights on every machine.
+    """
+    import torch
+
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    norm_types = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._NormBase)
+    norm_params = set()
+    for mod in module.modules():
+        if isinstance(mod, norm_types):
+            norm_params.update(id(p) for p in mod.parameters(recurse=False))
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if id(p) in norm_params:
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+                continue
+            if p.dim() >= 2:
+                fan_in = max(1, p[0].numel())
+                vals = torch.randn(p.shape, generator=gen) * fan_in ** -0.5
+            else:
+                vals = torch.randn(p.shape, generator=gen) * 0.02
+            p.copy_(vals.to(dtype=p.dtype, device=p.device))
+    return module
