@@ -11,8 +11,9 @@ The optional per-key weight ``W`` (B, H, Nk) is the masked pass of the intervent
 on the score path log2(W) is added to the logits (W = eta on the intervened keys, so
 eta = 0 gives a -inf logit); on the value path W scales the probabilities that multiply V
 but not the normaliser (v_j <- W_j v_j). It applies to query rows in [APPLY_START, APPLY_STOP).
-With ``HEADS`` the grid's second axis walks a list of flattened (b * H + h) heads instead
-of all of them (the per-head fallback of the correction route).
+With ``ROW_FLAGS`` (B, H, Nq) int8 a program computes its tile only if one of its rows is
+flagged, and returns at once otherwise: the correction route's fallback recomputes just
+the flagged tiles, decided on the device, with no host synchronisation.
 """
 
 import triton
@@ -61,11 +62,11 @@ def _attend_tile(
 
 @triton.heuristics({
     "HAS_WEIGHT": lambda a: a["W"] is not None,
-    "HAS_HEADS": lambda a: a["HEADS"] is not None,
+    "HAS_ROW_FLAGS": lambda a: a["ROW_FLAGS"] is not None,
 })
 @triton.jit(do_not_specialize=["N_Q", "N_K", "APPLY_START", "APPLY_STOP"])
 def attention_forward_kernel(
-    Q, K, V, O, LSE, W, HEADS,
+    Q, K, V, O, LSE, W, ROW_FLAGS,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -73,14 +74,16 @@ def attention_forward_kernel(
     H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale,
     D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_WEIGHT: tl.constexpr, WEIGHT_ON_VALUE: tl.constexpr, HAS_HEADS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, WEIGHT_ON_VALUE: tl.constexpr, HAS_ROW_FLAGS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    if HAS_HEADS:
-        bh = tl.load(HEADS + tl.program_id(1)).to(tl.int64)
-    else:
-        bh = tl.program_id(1).to(tl.int64)
+    bh = tl.program_id(1).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+    mask_m = offs_m < N_Q
+    if HAS_ROW_FLAGS:
+        if tl.max(tl.load(ROW_FLAGS + bh * N_Q + offs_m, mask=mask_m, other=0), 0) == 0:
+            return
     b = bh // H
     h = bh % H
     Q += b * stride_qb + h * stride_qh
@@ -91,11 +94,9 @@ def attention_forward_kernel(
     if HAS_WEIGHT:
         W += bh * N_K
 
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
     offs_n = tl.arange(0, BLOCK_N)  # [BN]
     offs_d = tl.arange(0, BLOCK_D)  # [BD]
     offs_dv = tl.arange(0, BLOCK_DV)  # [BDV]
-    mask_m = offs_m < N_Q
     row_applied = (offs_m >= APPLY_START) & (offs_m < APPLY_STOP)  # [BM]
     b_q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :],
                   mask=mask_m[:, None] & (offs_d[None, :] < D), other=0.0)  # [BM, BD]

@@ -92,10 +92,10 @@ else:
 
 
 def chosen_configs() -> dict:
-    """The config each autotuned kernel picked for its most recent tuning key."""
+    """Every config the autotuned kernels picked, by kernel and tuning key."""
     out = {}
     for name, tuner in _tuned.items():
-        best = getattr(tuner, "best_config", None)
-        if best is not None:
-            out[name] = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
+        for key, best in getattr(tuner, "cache", {}).items():
+            out.setdefault(name, {})[str(key)] = {**best.kwargs, "num_warps": best.num_warps,
+                                                  "num_stages": best.num_stages}
     return out

@@ -12,12 +12,14 @@ import triton.language as tl
 
 
 @triton.jit
-def _mass_tile(acc, b_k, Q, LSE, start_m, offs_m, offs_d, stride_qm, M_STOP, qk_scale,
-               D: tl.constexpr, BLOCK_D: tl.constexpr, MASK_M: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def _scores_t(b_k, Q, LSE, start_m, offs_m, offs_d, stride_qm, M_STOP,
+              D: tl.constexpr, BLOCK_D: tl.constexpr, MASK_M: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """(K Q^T [BN, BM] unscaled, lse2 [BM]) for the query tile at start_m."""
     rows = start_m + offs_m  # [BM]
     p_q = Q + rows[:, None] * stride_qm + offs_d[None, :]  # [BM, BD]
     if MASK_M:
         b_q = tl.load(p_q, mask=(rows[:, None] < M_STOP) & (offs_d[None, :] < D), other=0.0)
+        # Rows past M_STOP carry lse = +inf, so their probabilities are exp2(-inf) = 0.
         b_lse = tl.load(LSE + rows, mask=rows < M_STOP, other=float("inf"))  # [BM]
     else:
         if BLOCK_D != D:
@@ -25,10 +27,12 @@ def _mass_tile(acc, b_k, Q, LSE, start_m, offs_m, offs_d, stride_qm, M_STOP, qk_
         else:
             b_q = tl.load(p_q)
         b_lse = tl.load(LSE + rows)
-    b_st = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PRECISION) * qk_scale  # [BN, BM]
-    # Rows past M_STOP carry lse = +inf, so their probabilities are exp2(-inf) = 0.
-    b_pt = tl.math.exp2(b_st - b_lse[None, :])  # [BN, BM]
-    return acc + tl.sum(b_pt, 1)
+    return tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PRECISION), b_lse
+
+
+@triton.jit
+def _column_mass(b_st, b_lse, qk_scale):
+    return tl.sum(tl.math.exp2(b_st * qk_scale - b_lse[None, :]), 1)  # [BN]
 
 
 @triton.jit(do_not_specialize=["N_K", "M_START", "M_STOP"])
@@ -56,10 +60,19 @@ def key_mass_kernel(
                   mask=mask_n[:, None] & (offs_d[None, :] < D), other=0.0)  # [BN, BD]
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     m_full = M_START + ((M_STOP - M_START) // BLOCK_M) * BLOCK_M
-    for start_m in range(M_START, m_full, BLOCK_M):
-        acc = _mass_tile(acc, b_k, Q, LSE, start_m, offs_m, offs_d, stride_qm, M_STOP, qk_scale,
-                         D, BLOCK_D, False, DOT_PRECISION)
+    if m_full > M_START:
+        # Software-pipelined by hand: the scores of tile i + 1 are issued before the
+        # exponentials of tile i, so the tensor cores and the exp unit can overlap.
+        b_st, b_lse = _scores_t(b_k, Q, LSE, M_START, offs_m, offs_d, stride_qm, M_STOP,
+                                D, BLOCK_D, False, DOT_PRECISION)
+        for start_m in range(M_START + BLOCK_M, m_full, BLOCK_M):
+            b_st_next, b_lse_next = _scores_t(b_k, Q, LSE, start_m, offs_m, offs_d, stride_qm, M_STOP,
+                                              D, BLOCK_D, False, DOT_PRECISION)
+            acc += _column_mass(b_st, b_lse, qk_scale)
+            b_st, b_lse = b_st_next, b_lse_next
+        acc += _column_mass(b_st, b_lse, qk_scale)
     if m_full < M_STOP:
-        acc = _mass_tile(acc, b_k, Q, LSE, m_full, offs_m, offs_d, stride_qm, M_STOP, qk_scale,
-                         D, BLOCK_D, True, DOT_PRECISION)
+        b_st, b_lse = _scores_t(b_k, Q, LSE, m_full, offs_m, offs_d, stride_qm, M_STOP,
+                                D, BLOCK_D, True, DOT_PRECISION)
+        acc += _column_mass(b_st, b_lse, qk_scale)
     tl.store(MASS + bh * N_K + offs_n, acc * inv_count, mask=mask_n)

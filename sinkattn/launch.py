@@ -19,11 +19,12 @@ from .kernels import configs
 
 LOG2E = 1.0 / math.log(2.0)
 MAX_HEAD_DIM = 256
-# Target accuracy of a corrected row over the rounding of p in the forward's P V product
-# (see kernels/correction.py): for half precision the correction must not add more error
-# than the output's own rounding; fp32 with IEEE dots has 2^-24 rounding on p against the
-# 1e-6 we aim for.
-_MAX_AMPLIFICATION = {torch.float16: 1.0, torch.bfloat16: 1.0, torch.float32: 16.0}
+# How far a corrected row's error bound (the forward rounded p_j before its P V product:
+# kernels/correction.py) may exceed the rounding of the row's own output before the row is
+# recomputed by the masked pass. fp32 with IEEE dots rounds p at 2^-24 against the 1e-6
+# aimed for.
+# Half precision: at most twice the output's own rounding, in the worst case of the bound.
+_MAX_AMPLIFICATION = {torch.float16: 2.0, torch.bfloat16: 2.0, torch.float32: 16.0}
 
 
 def _output(shape, dtype: torch.dtype, device) -> Tensor:
@@ -58,12 +59,12 @@ def _head_dims(q: Tensor, v: Tensor) -> dict:
 
 def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: torch.dtype,
               key_weight: Tensor | None = None, weight_path: str = "score",
-              apply_rows: tuple[int, int] | None = None, heads: Tensor | None = None,
+              apply_rows: tuple[int, int] | None = None, row_flags: Tensor | None = None,
               out: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """O (B, H, Nq, Dv) in ``out_dtype`` and lse2 (B, H, Nq) float32, the row log-sum-exp in
     log2 units of the scaled scores. With ``key_weight`` (B, H, Nk) float32 the intervention
-    is applied inside the pass (the masked route); with ``heads`` (int64 flat b * H + h)
-    only those heads are computed, into ``out``."""
+    is applied inside the pass (the masked route); with ``row_flags`` (B, H, Nq) int8 only
+    the query tiles holding a flagged row are computed, into ``out``."""
     batch, n_heads, n_q, _ = q.shape
     n_k = k.shape[2]
     dims = _head_dims(q, v)
@@ -72,13 +73,12 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: torch.dt
     lse = _output((batch, n_heads, n_q), torch.float32, q.device)
     apply_start, apply_stop = apply_rows if apply_rows is not None else (0, n_q)
     qo, ko, vo = _operand(q), _operand(k), _operand(v)
-    n_programs = heads.numel() if heads is not None else batch * n_heads
 
     def grid(meta):
-        return (triton.cdiv(n_q, meta["BLOCK_M"]), n_programs)
+        return (triton.cdiv(n_q, meta["BLOCK_M"]), batch * n_heads)
 
     configs.forward(
-        grid, qo, ko, vo, out, lse, key_weight, heads,
+        grid, qo, ko, vo, out, lse, key_weight, row_flags,
         qo.stride(0), qo.stride(1), qo.stride(2),
         ko.stride(0), ko.stride(1), ko.stride(2),
         vo.stride(0), vo.stride(1), vo.stride(2),
@@ -120,14 +120,16 @@ def _without_duplicates(sinks: Tensor) -> Tensor:
 
 
 def correct(q: Tensor, k: Tensor, v: Tensor, out32: Tensor, lse: Tensor, sinks: Tensor, eta: float,
-            path: str, apply_rows: tuple[int, int], scale: float, out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+            path: str, apply_rows: tuple[int, int], scale: float, out_dtype: torch.dtype,
+            may_repeat: bool = True) -> tuple[Tensor, Tensor]:
     """The intervened output from the unintervened float32 one and the selected keys
-    (B, H, t), plus a (B, H) bool tensor of heads whose correction would lose accuracy."""
+    (B, H, t), plus (B, H, Nq) int8 flags of the rows whose correction would lose accuracy.
+    ``may_repeat=False`` promises distinct indices per row (selection gives those)."""
     batch, n_heads, n_q, _ = q.shape
     dims = _head_dims(q, v)
     out = _output((batch, n_heads, n_q, v.shape[-1]), out_dtype, q.device)
     flags = _output((batch, n_heads, n_q), torch.int8, q.device)
-    unique = _without_duplicates(sinks)
+    unique = _without_duplicates(sinks) if may_repeat else sinks.contiguous()
     grid = (triton.cdiv(n_q, configs.CORRECTION_BLOCK_M), batch * n_heads)
     configs.correction(
         grid, q, k, v, out32, lse, unique, out, flags,
@@ -139,4 +141,4 @@ def correct(q: Tensor, k: Tensor, v: Tensor, out32: Tensor, lse: Tensor, sinks: 
         n_heads, n_q, unique.shape[-1], apply_rows[0], apply_rows[1], scale * LOG2E,
         1.0 - eta, _MAX_AMPLIFICATION[q.dtype], SCORE_PATH=path == "score", **dims,
     )
-    return out, flags.amax(dim=-1) > 0
+    return out, flags

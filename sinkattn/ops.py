@@ -23,6 +23,12 @@ from .validation import check_call
 
 __all__ = ["sink_attention", "SinkAttentionResult", "kernels_available"]
 
+# How the intervention reaches the output on the kernel path: "correction" (exact correction
+# of the unintervened output with the selected keys, masked pass only for the rows that
+# would lose accuracy) or "masked" (a second, masked attention pass for every row). The
+# benchmark measures both; kernels/NOTES.md says why correction is the default.
+INTERVENTION_ROUTE = os.environ.get("SINKATTN_ROUTE", "correction")
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -142,13 +148,17 @@ def _sink_attention_op(
     if not intervene:
         return out, mass, chosen
     heads_sinks = per_head(chosen, heads)
-    corrected, inaccurate = launch.correct(q, k, v, out, lse, heads_sinks, eta, path, tuple(apply_rows), scale, q.dtype)
-    if bool(inaccurate.any()):
-        # Recompute the heads whose correction would lose accuracy with the masked pass.
-        key_weight = torch.ones(k.shape[:3], dtype=torch.float32, device=q.device)
-        key_weight.scatter_(-1, heads_sinks, eta)
-        launch.attention(q, k, v, scale, out_dtype=q.dtype, key_weight=key_weight, weight_path=path,
-                         apply_rows=tuple(apply_rows), heads=inaccurate.flatten().nonzero().flatten(), out=corrected)
+    key_weight = torch.ones(k.shape[:3], dtype=torch.float32, device=q.device)
+    key_weight.scatter_(-1, heads_sinks, eta)
+    if INTERVENTION_ROUTE == "masked":
+        corrected, _ = launch.attention(q, k, v, scale, out_dtype=q.dtype, key_weight=key_weight,
+                                        weight_path=path, apply_rows=tuple(apply_rows))
+        return corrected, mass, chosen
+    corrected, inaccurate_rows = launch.correct(q, k, v, out, lse, heads_sinks, eta, path, tuple(apply_rows),
+                                                scale, q.dtype, may_repeat=sinks is not None)
+    # Rows whose correction would lose accuracy get the masked pass (only their tiles run).
+    launch.attention(q, k, v, scale, out_dtype=q.dtype, key_weight=key_weight, weight_path=path,
+                     apply_rows=tuple(apply_rows), row_flags=inaccurate_rows, out=corrected)
     return corrected, mass, chosen
 
 

@@ -29,8 +29,12 @@ def ranked_keys(mass: Tensor, top_k: int, select: str, control: str, candidates:
     start, stop = candidates
     score = mass if select == "head" else mass.mean(dim=1)
     window = score[..., start:stop]
-    # A stable sort keeps equal values in index order, so ties go to the lower index.
-    ranks = window.sort(dim=-1, descending=control == "sink", stable=True).indices[..., :top_k]
+    if top_k == 1:
+        # argmax / argmin return the first extreme value: ties go to the lower index.
+        ranks = (window.argmax if control == "sink" else window.argmin)(dim=-1, keepdim=True)
+    else:
+        # A stable sort keeps equal values in index order, so ties go to the lower index.
+        ranks = window.sort(dim=-1, descending=control == "sink", stable=True).indices[..., :top_k]
     return ranks + start
 
 

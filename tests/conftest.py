@@ -29,7 +29,7 @@ def _plant_sink(q, k, key, heads=None, strength=4.0):
     shared direction u and the key becomes strength * |q| * u, so it outscores the others."""
     heads = range(q.shape[1]) if heads is None else heads
     for h in heads:
-        u = torch.nn.functional.normalize(torch.randn(q.shape[-1], dtype=torch.float64), dim=0).to(q.dtype)
+        u = torch.nn.functional.normalize(torch.randn(q.shape[-1], dtype=torch.float64), dim=0).to(q.device, q.dtype)
         norm = q[:, h].float().norm(dim=-1).mean()
         q[:, h] += (norm * u).to(q.dtype)
         k[:, h, key] = (strength * norm * u).to(k.dtype)

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# One device call: install, run the GPU test modules, then the benchmark. Results go to $OUT.
+# Usage (on the GPU machine, from the repo root): bash benchmarks/gpu_check.sh [pytest args]
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+export PYTHONUNBUFFERED=1
+python3 -m pytest -q -p no:warnings --junitxml="$OUT/junit.xml" "$@" 2>&1 | tee "$OUT/tests.log" | tail -40
+echo "pytest exit: ${PIPESTATUS[0]}"
