@@ -1,0 +1,206 @@
+"""`sinkattn run` (the paired sink-vs-control study) and `sinkattn report DIR`.
+
+    sinkattn run --preset tiny --out runs/tiny              # offline, CPU, ~2 minutes
+    sinkattn run --preset paper-sd3 --out runs/sd3 --limit 50
+    torchrun --nproc-per-node 8 -m sinkattn run --preset paper-sd3 --out runs/sd3   # one shard per GPU
+    sinkattn report runs/sd3
+
+Settings come from the preset (default tiny), then --config FILE (JSON/YAML of RunConfig
+fields), then flags. Condition flags (--k, --controls, --path, ...) replace the preset's
+condition groups by one group, starting from the preset's first group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main", "build_parser"]
+
+_CONDITION_FLAGS = ("k", "controls", "path", "select", "eta", "layers", "intervene_steps", "timesteps",
+                    "random_draws", "mass_queries", "apply_queries", "candidates")
+
+
+def _csv(cast):
+    def parse(text):
+        return [cast(x.strip()) for x in text.split(",") if x.strip()]
+    return parse
+
+
+def _shard(text):
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"shard {text!r}: need 0 <= I < N")
+    return (i, n)
+
+
+def _pairs(text):
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return tuple(text.split("=", 1))
+
+
+def _timesteps(text):
+    out = []
+    for part in text.split(";"):
+        part = part.strip()
+        if part in ("", "all"):
+            out.append(None)
+        else:
+            lo, hi = (float(x) for x in part.split(","))
+            out.append([lo, hi])
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .experiment.config import PRESETS
+
+    parser = argparse.ArgumentParser(prog="sinkattn", description="Attention-sink studies on diffusion models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run (or resume) the paired sink-vs-control study",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    S = argparse.SUPPRESS
+    r.add_argument("--out", required=True, help="run folder (created; rerun to resume)")
+    r.add_argument("--preset", choices=sorted(PRESETS), default=S, help="base settings (default: tiny)")
+    r.add_argument("--config", default=S, help="JSON or YAML file of RunConfig fields")
+    g = r.add_argument_group("model and generation")
+    g.add_argument("--model", default=S, help='"tiny", a Hub id or a local diffusers folder')
+    g.add_argument("--family", choices=["sd3", "sdxl"], default=S)
+    g.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=S)
+    g.add_argument("--device", default=S, help="default: cuda (cuda:LOCAL_RANK under torchrun) if available, else cpu")
+    g.add_argument("--steps", type=int, default=S, help="denoising steps")
+    g.add_argument("--guidance", type=float, default=S, help="classifier-free guidance scale")
+    g.add_argument("--height", type=int, default=S)
+    g.add_argument("--width", type=int, default=S)
+    g.add_argument("--max-sequence-length", type=int, default=S, help="T5 tokens (SD3)")
+    g = r.add_argument_group("prompts and seeds")
+    g.add_argument("--prompts", default=S, help='"builtin", "geneval" (cached or downloaded) or a .jsonl/.txt path')
+    g.add_argument("--limit", type=int, default=S, help="first N prompts")
+    g.add_argument("--seed-base", type=int, default=S, help="prompt i uses seed seed_base + i")
+    g.add_argument("--seeds-per-prompt", type=int, default=S, help="replicates: seed + r * 1000000")
+    g = r.add_argument_group("conditions (lists are comma-separated; sets of layers/steps separated by ';')")
+    g.add_argument("--k", type=_csv(int), default=S, help="keys suppressed PER HEAD, e.g. 1,5,10")
+    g.add_argument("--controls", type=_csv(str), default=S, help="of sink,random,bottom")
+    g.add_argument("--path", type=_csv(str), default=S, help="score,value")
+    g.add_argument("--select", type=_csv(str), default=S, help="head,shared (shared: top_k = k * heads)")
+    g.add_argument("--eta", type=_csv(float), default=S, help="0 removes; in [0, 1]")
+    g.add_argument("--layers", default=S, help='block sets: "12", "6;12;18" (three conditions), "0-11", "all"')
+    g.add_argument("--intervene-steps", default=S, help='denoising-step sets: "0-9", "0-9;10-19", "all"')
+    g.add_argument("--timesteps", type=_timesteps, default=S, help='timestep windows "lo,hi;lo,hi" or "all"')
+    g.add_argument("--random-draws", type=int, default=S, help="seeded draws of the random control")
+    g.add_argument("--mass-queries", choices=["image", "text", "all"], default=S)
+    g.add_argument("--apply-queries", choices=["image", "text", "all"], default=S)
+    g.add_argument("--candidates", choices=["image", "text", "all"], default=S)
+    g = r.add_argument_group("metrics")
+    g.add_argument("--metrics", default=S, help='comma list of clip_t,image_reward,hps_v21,lpips, or "none"')
+    g.add_argument("--untrained-metrics", action=argparse.BooleanOptionalAction, default=S,
+                   help="score with random-weight scorers (marked untrained in every output)")
+    g.add_argument("--metric-weights", type=_pairs, action="append", default=S, metavar="NAME=PATH",
+                   help="local file/folder or Hub id of a scorer's weights (repeatable)")
+    g.add_argument("--metric-arch", type=_pairs, action="append", default=S, metavar="NAME=ARCH",
+                   help="scorer architecture (e.g. clip_t=tiny for untrained builds; repeatable)")
+    g.add_argument("--metric-batch-size", type=int, default=S)
+    g = r.add_argument_group("tracing, statistics, execution")
+    g.add_argument("--trace", action=argparse.BooleanOptionalAction, default=S,
+                   help="trace the baseline generations for the sink atlas")
+    g.add_argument("--trace-top", type=int, default=S, help="top keys kept per head by the tracer")
+    g.add_argument("--bootstrap", type=int, default=S, help="bootstrap resamples")
+    g.add_argument("--stats-seed", type=int, default=S)
+    g.add_argument("--shard", type=_shard, default=S, help="I/N: prompts i with i %% N == I (default: RANK/WORLD_SIZE)")
+    g.add_argument("--report", action=argparse.BooleanOptionalAction, default=S, help="write the report at the end")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=S, help="progress bars and log lines")
+    g.add_argument("--dry-run", action="store_true", help="print the resolved config and conditions, make nothing")
+
+    p = sub.add_parser("report", help="merge shards, compute statistics, write summary and plots")
+    p.add_argument("run_dir")
+    p.add_argument("--bootstrap", type=int, default=None)
+    p.add_argument("--stats-seed", type=int, default=None)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace):
+    from .experiment.config import ConditionGroup, RunConfig, load_config_file, parse_int_sets, preset_config
+
+    given = vars(args)
+    file_fields = load_config_file(given["config"]) if "config" in given else {}
+    preset = given.get("preset", file_fields.get("preset"))
+    cfg = preset_config(preset)
+    if file_fields:
+        cfg = cfg.merged(file_fields)
+    overrides = {}
+    for name in ("out", "model", "family", "dtype", "device", "steps", "guidance", "height", "width",
+                 "max_sequence_length", "prompts", "limit", "seed_base", "seeds_per_prompt", "metric_batch_size",
+                 "untrained_metrics", "trace", "trace_top", "bootstrap", "stats_seed", "shard", "report", "progress"):
+        if name in given:
+            overrides[name] = given[name]
+    if "metrics" in given:
+        overrides["metrics"] = [] if given["metrics"] in ("", "none") else _csv(str)(given["metrics"])
+    if "metric_weights" in given:
+        overrides["metric_weights"] = dict(cfg.metric_weights, **dict(given["metric_weights"]))
+    if "metric_arch" in given:
+        options = {k: dict(v) for k, v in cfg.metric_options.items()}
+        for name, arch in given["metric_arch"]:
+            options.setdefault(name, {})["arch"] = arch
+        overrides["metric_options"] = options
+    if any(f in given for f in _CONDITION_FLAGS):
+        base = cfg.conditions[0] if cfg.conditions else ConditionGroup()
+        group = {k: v for k, v in vars(base).items()}
+        for f in ("k", "controls", "path", "select", "eta", "random_draws", "mass_queries", "apply_queries",
+                  "candidates", "timesteps"):
+            if f in given:
+                group[f] = given[f]
+        if "layers" in given:
+            group["layers"] = parse_int_sets(given["layers"])
+        if "intervene_steps" in given:
+            group["steps"] = parse_int_sets(given["intervene_steps"])
+        group["label"] = "cli"
+        overrides["conditions"] = [ConditionGroup.from_dict(group)]
+    return cfg.merged(overrides) if overrides else cfg
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .experiment.models import ModelUnavailable
+    from .metrics import MetricWeightsUnavailable
+
+    try:
+        if args.command == "report":
+            from .experiment.report import write_report
+
+            summary = write_report(args.run_dir, bootstrap=args.bootstrap, seed=args.stats_seed)
+            print(f"sinkattn report: {summary['records']} records -> {args.run_dir}/summary.md, "
+                  f"{args.run_dir}/summary.json, {len(summary['plots'])} plots")
+            return 0
+        cfg = config_from_args(args)
+        if args.dry_run:
+            import json
+
+            from .experiment.config import expand_conditions
+            from .experiment.prompts import load_prompts
+
+            print(json.dumps(cfg.to_dict(), indent=2))
+            try:
+                conditions = expand_conditions(cfg.conditions)
+                print(f"{len(conditions)} conditions:")
+                for c in conditions:
+                    print(f"  {c.name}  (top_k={c.top_k})")
+            except ValueError as err:
+                print(f"conditions: {err}")
+            print(f"{len(load_prompts(cfg.prompts, cfg.limit))} prompts")
+            return 0
+        from .experiment.runner import run
+
+        result = run(cfg)
+        print(f"sinkattn run: {result.written} new records, {result.skipped} already there -> {result.out}"
+              + ("" if result.report_written else " (report: run `sinkattn report` once every shard is done)"))
+        return 0
+    except (ValueError, FileNotFoundError, ModelUnavailable, MetricWeightsUnavailable) as err:
+        print(f"sinkattn: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

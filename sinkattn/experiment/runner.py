@@ -1,0 +1,320 @@
+"""The paired study: for every prompt and seed, the baseline and every condition from the
+same initial latents, each image scored, each record appended atomically.
+
+    from sinkattn.experiment import preset_config, run
+    run(preset_config("tiny").merged({"out": "runs/tiny"}))
+
+Order of work for one (prompt, seed): draw the latents (CPU generator, ``seed``); make the
+baseline (traced, for the sink atlas) or read it back from disk; make every pending
+condition with a fresh processor (a random control's processor is seeded from (seed,
+condition), so an image never depends on what ran before it); score the group; append a
+trace line, then the records. A kill anywhere loses at most the unwritten records of one
+group; their images are regenerated with the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+import warnings
+import zlib
+from dataclasses import dataclass
+
+from .config import RunConfig, expand_conditions
+from .prompts import load_prompts
+from .store import RecordStore, atomic_write_bytes, atomic_write_text, results_files, shard_suffix
+
+__all__ = ["RunResult", "resolve_execution", "run", "image_relpath"]
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class RunResult:
+    out: str
+    shard: tuple[int, int]
+    written: int
+    skipped: int
+    report_written: bool
+
+
+def resolve_execution(cfg: RunConfig) -> tuple[tuple[int, int], str]:
+    """(shard index, shard count) and the device: --shard wins; else RANK / WORLD_SIZE (set by
+    torchrun and accelerate launch); a multi-process CUDA run uses cuda:LOCAL_RANK."""
+    import torch
+
+    env_world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    env_rank = int(os.environ.get("RANK", "0") or 0)
+    if cfg.shard is not None:
+        shard = (int(cfg.shard[0]), int(cfg.shard[1]))
+    else:
+        shard = (env_rank, env_world)
+    index, count = shard
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard must be I/N with 0 <= I < N, got {index}/{count}")
+    device = cfg.device
+    if device is None:
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0") or 0) if env_world > 1 else 0
+            device = f"cuda:{local}"
+        else:
+            device = "cpu"
+    return shard, device
+
+
+def image_relpath(condition: str, prompt_id: int, seed: int) -> str:
+    return os.path.join("images", condition, f"p{prompt_id:05d}_s{seed}.png")
+
+
+def _check_run_folder(cfg: RunConfig, out: str) -> None:
+    """A run folder holds one study: refuse to mix images made with other generation settings."""
+    path = os.path.join(out, "config.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            old = json.load(fh)
+        diffs = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in cfg.generation_fingerprint().items()
+                 if old.get(k) != v and not (isinstance(v, float) and old.get(k) == v)]
+        if diffs:
+            raise ValueError(f"{out} holds a run made with other settings ({'; '.join(diffs)}); "
+                             "use another --out folder, or the same settings to resume it")
+        # conditions and metrics may grow: keep the union of condition groups in config.json
+        groups = old.get("conditions", [])
+        for g in cfg.to_dict()["conditions"]:
+            if g not in groups:
+                groups.append(g)
+        merged = dict(cfg.to_dict(), conditions=groups)
+    else:
+        merged = cfg.to_dict()
+    merged.pop("shard", None)
+    atomic_write_text(path, json.dumps(merged, indent=2, sort_keys=True) + "\n")
+
+
+def _processor_seed(seed: int, condition: str) -> int:
+    return zlib.crc32(f"{seed}|{condition}".encode()) & 0x7FFFFFFF
+
+
+def _png_bytes(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class _Scorers:
+    """The run's scorers, built once; failures at scoring time become missing values."""
+
+    def __init__(self, cfg: RunConfig, device: str):
+        from ..metrics import build_scorer
+
+        self.scorers = {}
+        for name in cfg.metrics:
+            options = dict(cfg.metric_options.get(name, {}))
+            options.setdefault("batch_size", cfg.metric_batch_size)
+            self.scorers[name] = build_scorer(name, weights=cfg.metric_weights.get(name), device=device,
+                                              untrained=cfg.untrained_metrics, **options)
+        self.info = {name: {"untrained": s.untrained, "weights": s.weights_source} for name, s in self.scorers.items()}
+        self.untrained = any(s.untrained for s in self.scorers.values())
+
+    def score(self, images, prompts, references):
+        """({name: [value or None]}, {name: error or None}) for one batch of images."""
+        import math
+
+        values, errors = {}, {}
+        for name, scorer in self.scorers.items():
+            try:
+                out = scorer.score(images, prompts, references)
+                if len(out) != len(images):
+                    raise RuntimeError(f"returned {len(out)} scores for {len(images)} images")
+                bad = [v for v in out if not math.isfinite(v)]
+                values[name] = [v if math.isfinite(v) else None for v in out]
+                errors[name] = f"non-finite score ({bad[0]})" if bad else None
+            except Exception as err:  # noqa: BLE001 - a failed metric is recorded, never a number
+                values[name] = [None] * len(images)
+                errors[name] = f"{type(err).__name__}: {err}"
+        return values, errors
+
+
+def _trace_summary(rows: list[dict], grid: tuple[int, int]) -> dict:
+    """Per image: mean largest key mass per (step, layer); where the top key of each head
+    lies (image keys on the latent grid, text keys by token)."""
+    cells: dict[tuple[int, int], list[float]] = {}
+    text_share: list[float] = []
+    image_pos: dict[str, int] = {}
+    tokens: dict[str, int] = {}
+    layers: dict[int, str] = {}
+    n_top = 0
+    for r in rows:
+        if r["role"] != "top" or r["rank"] != 0:
+            continue
+        n_top += 1
+        layers[r["layer_index"]] = r["layer"]
+        cells.setdefault((r["step"], r["layer_index"]), []).append(r["max_mass"])
+        text_share.append(r["text_share"])
+        if r["kind"] == "image" and r["row"] is not None:
+            pos = f"{r['row']},{r['col']}"
+            image_pos[pos] = image_pos.get(pos, 0) + 1
+        elif r["kind"] == "text":
+            tok = r["token"] if r["token"] is not None else f"#{r['key']}"
+            tokens[tok] = tokens.get(tok, 0) + 1
+    steps = sorted({s for s, _ in cells})
+    layer_ids = sorted(layers)
+    mass = [[(sum(cells[(s, lay)]) / len(cells[(s, lay)])) if (s, lay) in cells else None for lay in layer_ids]
+            for s in steps]
+    return {"steps": steps, "layers": [layers[i] for i in layer_ids], "layer_index": layer_ids,
+            "max_mass": mass, "text_share_mean": sum(text_share) / len(text_share) if text_share else None,
+            "grid": list(grid), "image_top_positions": image_pos, "text_top_tokens": tokens, "heads_counted": n_top}
+
+
+def run(cfg: RunConfig) -> RunResult:
+    """Run (or resume) the study of ``cfg`` into ``cfg.out``; returns what was done."""
+    if not cfg.out:
+        raise ValueError("out: a run folder is required (--out DIR)")
+    out = os.path.abspath(cfg.out)
+    os.makedirs(out, exist_ok=True)
+    shard, device = resolve_execution(cfg)
+    prompts = load_prompts(cfg.prompts, cfg.limit)
+    mine = [p for pos, p in enumerate(prompts) if pos % shard[1] == shard[0]]
+    _check_run_folder(cfg, out)
+    suffix = shard_suffix(shard)
+    store = RecordStore(os.path.join(out, f"results{suffix}.jsonl"), also=results_files(out))
+    trace_store = RecordStore(os.path.join(out, f"trace{suffix}.jsonl"), also=results_files(out, "trace"))
+
+    pipe = gen = None
+    try:
+        conditions = expand_conditions(cfg.conditions)
+    except ValueError as err:
+        if "shared" not in str(err):
+            raise
+        pipe, gen = _load(cfg, device)
+        conditions = expand_conditions(cfg.conditions, heads=gen.heads)
+    pending = [(p, seed, c) for p in mine for seed in cfg.seeds_for(p.prompt_id) for c in conditions
+               if (p.prompt_id, seed, c.name) not in store]
+    total = len(mine) * cfg.seeds_per_prompt * len(conditions)
+    _log(cfg, f"sinkattn run: {out} shard {shard[0]}/{shard[1]} on {device}: {len(mine)} prompts x "
+              f"{cfg.seeds_per_prompt} seed(s) x {len(conditions)} conditions; {total - len(pending)} done, "
+              f"{len(pending)} to make")
+    written = 0
+    if pending:
+        if gen is None:
+            pipe, gen = _load(cfg, device)
+        scorers = _Scorers(cfg, device) if cfg.metrics else None
+        written = _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device)
+    report_written = False
+    if shard[1] > 1:
+        atomic_write_text(os.path.join(out, f"done{suffix}"), f"{len(store)}\n")
+    if cfg.report and _all_shards_done(out, shard):
+        from .report import write_report
+
+        write_report(out, bootstrap=cfg.bootstrap, seed=cfg.stats_seed, progress=cfg.progress)
+        report_written = True
+    return RunResult(out=out, shard=shard, written=written, skipped=total - len(pending),
+                     report_written=report_written)
+
+
+def _all_shards_done(out: str, shard: tuple[int, int]) -> bool:
+    if shard[1] == 1:
+        return True
+    return all(os.path.exists(os.path.join(out, f"done{shard_suffix((i, shard[1]))}")) for i in range(shard[1]))
+
+
+def _log(cfg: RunConfig, message: str) -> None:
+    if cfg.progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _load(cfg: RunConfig, device: str):
+    from .models import Generator, load_pipeline
+
+    pipe = load_pipeline(cfg.model, cfg.family, cfg.dtype, device)
+    return pipe, Generator(pipe, cfg.family, cfg.steps, cfg.guidance, cfg.height, cfg.width,
+                           cfg.max_sequence_length, device)
+
+
+def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device) -> int:
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from ..gating import intervene
+    from ..processors import SinkSuppressProcessor
+    from ..tracing import SinkTracer
+
+    warnings.filterwarnings("ignore", message="sinkattn: no Triton kernels")  # said once in the log instead
+    if not device.startswith("cuda"):
+        _log(cfg, "sinkattn run: no CUDA device; attention runs on the PyTorch reference (slow for real models)")
+    groups: dict[tuple, list] = {}
+    for p, seed, c in pending:
+        groups.setdefault((p.prompt_id, seed), []).append((p, c))
+    patch = getattr(gen.denoiser.config, "patch_size", None) or 1
+    grid = (cfg.height // gen.pipe.vae_scale_factor // patch, cfg.width // gen.pipe.vae_scale_factor // patch)
+    bar = tqdm(total=len(pending), desc=f"images (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else "images",
+               position=shard[0] if shard[1] > 1 else None, disable=not cfg.progress, unit="img", file=sys.stderr)
+    written = 0
+    for (prompt_id, seed), items in groups.items():
+        prompt = items[0][0]
+        latents = gen.latents(seed)
+        made = []  # (condition, image, seconds)
+        baseline_path = os.path.join(out, image_relpath("baseline", prompt_id, seed))
+        trace = None
+        baseline_image = None
+        for _, c in items:
+            start = time.perf_counter()
+            if c.control == "baseline":
+                if cfg.trace:
+                    tracer = SinkTracer(tokenizer=gen.tracer_tokenizers(), top=cfg.trace_top)
+                    with intervene(gen.pipe, SinkSuppressProcessor(k=0, tracer=tracer)):
+                        tracer.begin(prompt_id=prompt_id, prompt=prompt.text, seed=seed)
+                        image = gen(prompt.text, seed, latents)
+                    trace = _trace_summary(tracer.rows(), grid)
+                else:
+                    image = gen(prompt.text, seed, latents)
+                baseline_image = image
+            else:
+                processor = SinkSuppressProcessor(
+                    k=c.top_k, path=c.path, select=c.select, control=c.control, eta=c.eta,
+                    mass_queries=c.mass_queries, apply_queries=c.apply_queries, candidates=c.candidates,
+                    seed=_processor_seed(seed, c.name) if c.control == "random" else None)
+                with intervene(gen.pipe, processor, layers=list(c.layers) if c.layers is not None else None,
+                               steps=list(c.steps) if c.steps is not None else None, timesteps=c.timesteps):
+                    image = gen(prompt.text, seed, latents)
+            seconds = time.perf_counter() - start
+            data = _png_bytes(image)
+            rel = image_relpath(c.name, prompt_id, seed)
+            atomic_write_bytes(os.path.join(out, rel), data)
+            made.append((c, image, seconds, rel, hashlib.sha256(data).hexdigest()))
+            bar.update(1)
+        if baseline_image is None:
+            with Image.open(baseline_path) as im:
+                baseline_image = im.convert("RGB")
+        start = time.perf_counter()
+        if scorers is not None:
+            values, errors = scorers.score([m[1] for m in made], [prompt.text] * len(made),
+                                           [baseline_image] * len(made))
+        else:
+            values, errors = {}, {}
+        metric_seconds = (time.perf_counter() - start) / max(1, len(made))
+        if trace is not None:
+            trace_store.append({"prompt_id": prompt_id, "seed": seed, "condition": "baseline", "tag": prompt.tag,
+                                "trace": trace})
+        for i, (c, image, seconds, rel, digest) in enumerate(made):
+            record = {
+                "schema": SCHEMA_VERSION,
+                "prompt_id": prompt_id, "prompt": prompt.text, "tag": prompt.tag, "seed": seed,
+                "condition": c.name, "control": c.control, "k": c.k if c.control != "baseline" else 0,
+                "top_k": c.top_k, "condition_spec": c.spec(),
+                "image": rel, "image_sha256": digest, "width": image.width, "height": image.height,
+                "metrics": {name: values[name][i] for name in values},
+                "metric_errors": {name: err for name, err in errors.items() if err is not None},
+                "untrained_metrics": bool(scorers.untrained) if scorers is not None else False,
+                "metric_info": scorers.info if scorers is not None else {},
+                "timings": {"generate_s": round(seconds, 4), "metrics_s": round(metric_seconds, 4)},
+                "model": cfg.model, "family": cfg.family, "steps": cfg.steps, "guidance": cfg.guidance,
+                "device": device, "shard": f"{shard[0]}/{shard[1]}",
+                "prompt_meta": prompt.meta or None,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            written += store.append(record)
+    bar.close()
+    return written
