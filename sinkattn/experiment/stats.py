@@ -40,6 +40,11 @@ class PairedTest:
         return asdict(self)
 
 
+def _constant(x: np.ndarray) -> bool:
+    """No spread beyond rounding (e.g. (b + c) - b for a constant shift c)."""
+    return bool(np.ptp(x) <= 1e-12 * max(1.0, float(np.abs(x).max())))
+
+
 def _rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(name.encode())])
 
@@ -49,8 +54,8 @@ def bootstrap_ci(values, n_boot: int = 10000, level: float = 0.95, seed: int = 0
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
         return (math.nan, math.nan)
-    if x.size == 1 or np.all(x == x[0]):
-        return (float(x[0]), float(x[0])) if x.size else (math.nan, math.nan)
+    if _constant(x):
+        return (float(x.mean()), float(x.mean()))
     rng = _rng(seed, name)
     means = np.empty(n_boot)
     chunk = max(1, 2_000_000 // x.size)
@@ -81,8 +86,8 @@ def _p_t(x: np.ndarray) -> float | None:
 
     if x.size < 2:
         return None
-    if np.all(x == x[0]):  # no spread: the t statistic is infinite (or 0/0)
-        return 1.0 if x[0] == 0 else 0.0
+    if _constant(x):  # no spread: the t statistic is infinite (or 0/0)
+        return 1.0 if abs(float(x.mean())) <= 1e-12 else 0.0
     return float(ttest_1samp(x, 0.0).pvalue)
 
 

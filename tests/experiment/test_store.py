@@ -1,0 +1,57 @@
+"""Append-only records: dedup, torn last lines, atomic files, shard merging."""
+
+import json
+import os
+
+from sinkattn.experiment.store import (
+    RecordStore, atomic_write_bytes, merged_records, read_records, results_files,
+)
+
+
+def _rec(pid, cond, seed=42, **extra):
+    return dict(prompt_id=pid, seed=seed, condition=cond, metrics={}, **extra)
+
+
+def test_append_is_idempotent(tmp_path):
+    path = str(tmp_path / "results.jsonl")
+    store = RecordStore(path)
+    assert store.append(_rec(0, "baseline"))
+    assert not store.append(_rec(0, "baseline", note="again"))
+    assert store.append(_rec(0, "sink"))
+    again = RecordStore(path)
+    assert not again.append(_rec(0, "sink")) and len(again) == 2
+    assert [r["condition"] for r in read_records(path)] == ["baseline", "sink"]
+
+
+def test_torn_last_line_is_cut_before_appending(tmp_path):
+    path = str(tmp_path / "results.jsonl")
+    RecordStore(path).append(_rec(0, "baseline"))
+    with open(path, "ab") as fh:
+        fh.write(b'{"prompt_id": 0, "seed": 42, "condit')  # a write killed half-way
+    assert len(read_records(path)) == 1
+    store = RecordStore(path)
+    assert (0, 42, "baseline") in store and (0, 42, "sink") not in store
+    store.append(_rec(0, "sink"))
+    lines = open(path, encoding="utf-8").read().splitlines()
+    assert [json.loads(line)["condition"] for line in lines] == ["baseline", "sink"]
+
+
+def test_other_shards_count_as_done_and_merge(tmp_path):
+    a = RecordStore(str(tmp_path / "results.shard-0-of-2.jsonl"))
+    b = RecordStore(str(tmp_path / "results.shard-1-of-2.jsonl"))
+    a.append(_rec(0, "baseline"))
+    b.append(_rec(1, "baseline"))
+    b.append(_rec(0, "baseline"))  # a duplicate across files is merged once
+    files = results_files(str(tmp_path))
+    assert len(files) == 2
+    c = RecordStore(str(tmp_path / "results.jsonl"), also=files)
+    assert (1, 42, "baseline") in c and len(c) == 0
+    assert [(r["prompt_id"], r["condition"]) for r in merged_records(str(tmp_path))] == [(0, "baseline"), (1, "baseline")]
+
+
+def test_atomic_write_leaves_no_temporary(tmp_path):
+    path = str(tmp_path / "images" / "x.png")
+    atomic_write_bytes(path, b"abc")
+    atomic_write_bytes(path, b"abcd")
+    assert open(path, "rb").read() == b"abcd"
+    assert os.listdir(tmp_path / "images") == ["x.png"]
