@@ -4,10 +4,24 @@ fresh inputs that a failing run can reproduce."""
 
 import os
 import random
+import sys
 import zlib
 
 import pytest
 import torch
+
+if not torch.cuda.is_available() and "triton" not in sys.modules:
+    # Triton decides at import time whether its own library functions (tl.sum, tl.max, ...)
+    # are interpreted: import it under TRITON_INTERPRET=1 so that tests/test_kernels.py can
+    # run the kernels under the interpreter later in this process. The variable is restored
+    # at once, so the other tests keep the CPU reference path.
+    _previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    import triton.language  # noqa: F401
+    if _previous is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = _previous
 
 SEED = int(os.environ.get("SINKATTN_TEST_SEED", random.SystemRandom().randrange(2**31)))
 
