@@ -4,6 +4,7 @@ from a Hub id or a local folder, with a plain message when the weights are not t
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -41,6 +42,7 @@ def load_pipeline(model: str, family: str, dtype: str, device: str):
         raise ValueError(f"family must be 'sd3' or 'sdxl', got {family!r}")
     local = os.path.isdir(os.path.expanduser(model))
     try:
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*is deprecated", category=FutureWarning)
         pipe = cls.from_pretrained(os.path.expanduser(model) if local else model, torch_dtype=_DTYPES[dtype],
                                    local_files_only=_offline() or local)
     except (OSError, ValueError, EnvironmentError) as err:

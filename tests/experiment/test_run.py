@@ -25,7 +25,10 @@ def _cli(out, *extra, env=None, wait=True):
     cmd = [sys.executable, "-m", "sinkattn", "run", "--out", str(out), *ARGS, *extra]
     full_env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     full_env.update(env or {})
-    proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # cwd outside the repository: `python -m` puts the cwd on sys.path, and the repository's
+    # top-level kernels/ folder must not become importable as `kernels` (diffusers probes it)
+    proc = subprocess.Popen(cmd, env=full_env, cwd=os.path.dirname(str(out)), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
     if not wait:
         return proc
     out_text, _ = proc.communicate(timeout=300)
