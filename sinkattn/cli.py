@@ -197,7 +197,7 @@ def main(argv=None) -> int:
         print(f"sinkattn run: {result.written} new records, {result.skipped} already there -> {result.out}"
               + ("" if result.report_written else " (report: run `sinkattn report` once every shard is done)"))
         return 0
-    except (ValueError, FileNotFoundError, ModelUnavailable, MetricWeightsUnavailable) as err:
+    except (ValueError, FileNotFoundError, ImportError, ModelUnavailable, MetricWeightsUnavailable) as err:
         print(f"sinkattn: error: {err}", file=sys.stderr)
         return 2
 

@@ -113,8 +113,12 @@ class _Scorers:
         for name in cfg.metrics:
             options = dict(cfg.metric_options.get(name, {}))
             options.setdefault("batch_size", cfg.metric_batch_size)
-            self.scorers[name] = build_scorer(name, weights=cfg.metric_weights.get(name), device=device,
-                                              untrained=cfg.untrained_metrics, **options)
+            try:
+                self.scorers[name] = build_scorer(name, weights=cfg.metric_weights.get(name), device=device,
+                                                  untrained=cfg.untrained_metrics, **options)
+            except ImportError as err:
+                raise ImportError(f"metric {name!r} needs a package that is not installed ({err}); "
+                                  "pip install 'sinkattn[metrics]', or leave it out with --metrics") from err
         self.info = {name: {"untrained": s.untrained, "weights": s.weights_source} for name, s in self.scorers.items()}
         self.untrained = any(s.untrained for s in self.scorers.values())
 
@@ -175,6 +179,11 @@ def run(cfg: RunConfig) -> RunResult:
     out = os.path.abspath(cfg.out)
     os.makedirs(out, exist_ok=True)
     shard, device = resolve_execution(cfg)
+    from ..metrics import SCORER_NAMES
+
+    unknown = [m for m in cfg.metrics if m not in SCORER_NAMES]
+    if unknown:
+        raise ValueError(f"metrics: unknown {unknown}; known: {', '.join(SCORER_NAMES)}")
     prompts = load_prompts(cfg.prompts, cfg.limit)
     mine = [p for pos, p in enumerate(prompts) if pos % shard[1] == shard[0]]
     _check_run_folder(cfg, out)
