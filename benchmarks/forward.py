@@ -5,7 +5,7 @@ against SinkSuppressProcessor(k=1) in every layer. Used by run.py --forward."""
 from __future__ import annotations
 
 import torch
-import triton
+from timing import measure  # benchmarks/timing.py
 
 SD3_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
                   num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
@@ -37,14 +37,7 @@ def bench_forward(k=1):
             with torch.no_grad():
                 return model(**inputs, return_dict=False)[0]
 
-        forward()
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        forward()
-        torch.cuda.synchronize()
-        peak = (torch.cuda.max_memory_allocated() - before) / 2**20
-        timings[mode] = (triton.testing.do_bench(forward, warmup=200, rep=1500, return_mode="median"), peak)
+        timings[mode] = measure(forward, warmup_ms=200, rep_ms=1500)
     stock_ms = timings["stock"][0]
     for mode, (ms, peak) in timings.items():
         rows.append({"shape": "sd3m_forward_all_layers", "mode": mode, "ms": ms, "baseline_ms": stock_ms,

@@ -27,6 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sinkattn import ops, sink_attention
 from sinkattn.reference import sink_attention as reference
+from timing import measure  # benchmarks/timing.py
 
 SHAPES = {  # name: (B, H, Nq, Nk, D)
     "sd3m_1024": (2, 24, 4429, 4429, 64),
@@ -52,20 +53,6 @@ def diffusers_layout(B, H, Nq, Nk, D, dtype=torch.bfloat16, device="cuda"):
     k = torch.randn(B, Nk, H * D, device=device, dtype=dtype).view(B, Nk, H, D).transpose(1, 2)
     v = torch.randn(B, Nk, H * D, device=device, dtype=dtype).view(B, Nk, H, D).transpose(1, 2)
     return q, k, v
-
-
-def measure(fn) -> tuple[float, float]:
-    """(median ms, peak extra MiB) of fn(); (nan, nan) with the error text if it fails."""
-    torch.cuda.synchronize()
-    fn()  # compile / autotune outside the timing
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    peak = (torch.cuda.max_memory_allocated() - before) / 2**20
-    ms = triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
-    return ms, peak
 
 
 def eager_sink_attention(q, k, v, top_k, path):

@@ -66,7 +66,7 @@ def geneval_path(download: bool = True) -> str:
     except OSError as err:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise RuntimeError(
+        raise FileNotFoundError(
             f"could not download the GenEval prompts from {GENEVAL_URL} ({err}). Download that file "
             f"(repository djghosh13/geneval, prompts/evaluation_metadata.jsonl) and pass its path as "
             f"--prompts PATH, or put it at {cached}, or set SINKATTN_GENEVAL=PATH.") from err
