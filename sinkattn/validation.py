@@ -31,11 +31,6 @@ class SinkCall:
     generator: torch.Generator | None
     want_mass: bool
 
-    @property
-    def plain(self) -> bool:
-        """No intervention and no mass: the fast path."""
-        return self.top_k == 0 and not self.want_mass
-
 
 def _check_tensor(name: str, t) -> None:
     if not isinstance(t, Tensor):
