@@ -95,8 +95,23 @@ CASES = [
 ]
 
 
+# Without a GPU the processor's attention runs on the reference unless TRITON_INTERPRET=1,
+# which routes it through the Triton kernels under the interpreter: both are checked.
+ROUTES = ["cuda-kernels"] if DEVICE == "cuda" else ["cpu-reference", "triton-interpreter"]
+
+
+@pytest.fixture(params=ROUTES)
+def route(request, monkeypatch):
+    from sinkattn import kernels_available
+
+    if request.param == "triton-interpreter":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert kernels_available(torch.device(DEVICE)) == (request.param != "cpu-reference")
+    return request.param
+
+
 @pytest.mark.parametrize("family, kwargs", CASES)
-def test_matches_reference(family, kwargs, install_reference):
+def test_matches_reference(family, kwargs, install_reference, route):
     model, inputs = on_device(BUILDERS[family]())
     kwargs = dict(kwargs)
     names = {n: kwargs.get(n, d) for n, d in (("mass_queries", "image"), ("candidates", "all"), ("apply_queries", "all"))}
