@@ -50,6 +50,14 @@ def _fmt_set(prefix: str, values) -> str:
     return f"_{prefix}{body}"
 
 
+def _reject_unknown_fields(cls, d: dict, what: str) -> None:
+    """A ValueError naming the keys of ``d`` that are not fields of the dataclass ``cls``."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"{what}: unknown fields {sorted(unknown)}; known: {sorted(known)}")
+
+
 @dataclass(frozen=True)
 class Condition:
     """One intervention (or the baseline), with a stable name used in file names and records.
@@ -130,10 +138,7 @@ class ConditionGroup:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ConditionGroup":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"condition group: unknown fields {sorted(unknown)}; known: {sorted(known)}")
+        _reject_unknown_fields(cls, d, "condition group")
         d = dict(d)
         for key in ("controls", "k", "path", "select", "eta"):
             if key in d and not isinstance(d[key], (list, tuple)):
@@ -278,10 +283,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"config: unknown fields {sorted(unknown)}; known: {sorted(known)}")
+        _reject_unknown_fields(cls, d, "config")
         d = dict(d)
         if "conditions" in d:
             d["conditions"] = [g if isinstance(g, ConditionGroup) else ConditionGroup.from_dict(g)
