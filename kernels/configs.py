@@ -17,7 +17,8 @@ from .correction import correction_kernel
 from .key_mass import key_mass_kernel
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
+    """True when the kernels run under the Triton interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -38,7 +39,7 @@ KEY_MASS_CONFIGS = [
     _cfg(128, 64, 4, 3), _cfg(32, 128, 4, 4), _cfg(64, 128, 8, 4),
 ]
 INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32}
-CORRECTION_BLOCK_M = 32 if _interpreting() else 64
+CORRECTION_BLOCK_M = 32 if interpreting() else 64
 
 
 def _keep(configs, fits):
@@ -75,7 +76,7 @@ def _tuned_launch(tuner):
 
 
 _TUNING_KEY = ["D", "DV", "BLOCK_D", "BLOCK_DV", "WEIGHT_ON_VALUE", "DOT_PRECISION"]
-if _interpreting():
+if interpreting():
     forward = _fixed(attention_forward_kernel, INTERPRETER_CONFIG)
     key_mass = _fixed(key_mass_kernel, INTERPRETER_CONFIG)
     correction = _fixed(correction_kernel, {"BLOCK_M": CORRECTION_BLOCK_M})

@@ -32,10 +32,6 @@ def _output(shape, dtype: torch.dtype, device) -> Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _dot_precision(dtype: torch.dtype) -> str:
     """Full-precision dots for float32 inputs unless SINKATTN_ALLOW_TF32=1 asks for TF32."""
     if dtype == torch.float32 and os.environ.get("SINKATTN_ALLOW_TF32", "0") in ("", "0"):
@@ -44,7 +40,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 def _operand(t: Tensor) -> Tensor:
-    if t.dtype == torch.bfloat16 and _interpreting():
+    if t.dtype == torch.bfloat16 and configs.interpreting():
         return t.float()
     return t
 

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["SinkAttentionResult", "sink_attention", "resolve_range"]
+__all__ = ["SinkAttentionResult", "sink_attention", "resolve_range", "as_generator"]
 
 PATHS = ("score", "value", "none")
 SELECTS = ("head", "shared")
@@ -60,7 +60,8 @@ def resolve_range(name: str, rng, n: int) -> tuple[int, int]:
     return start, stop
 
 
-def _generator(generator, device: torch.device) -> torch.Generator | None:
+def as_generator(generator) -> torch.Generator | None:
+    """A torch.Generator from a Generator, an int seed (a CPU generator) or None."""
     if generator is None or isinstance(generator, torch.Generator):
         return generator
     if isinstance(generator, int) and not isinstance(generator, bool):
@@ -158,7 +159,7 @@ def sink_attention(
     elif top_k == 0:
         chosen = torch.zeros((*group_shape, 0), dtype=torch.int64, device=q.device)
     else:
-        gen = _generator(generator, q.device)
+        gen = as_generator(generator)
         sel_mass = mass if mass is not None else _key_mass(qc, kc, scale, mass_rows, chunk_size)
         chosen = _select(sel_mass, group_shape, top_k, select, control, cand, gen, q.device)
 

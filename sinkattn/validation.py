@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .reference import CONTROLS, PATHS, SELECTS, resolve_range
+from .reference import CONTROLS, PATHS, SELECTS, as_generator, resolve_range
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -49,14 +49,6 @@ def _check_choice(name: str, value, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
-
-
-def _as_generator(generator) -> torch.Generator | None:
-    if generator is None or isinstance(generator, torch.Generator):
-        return generator
-    if isinstance(generator, int) and not isinstance(generator, bool):
-        return torch.Generator(device="cpu").manual_seed(generator)
-    raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
 
 
 def check_call(
@@ -127,5 +119,5 @@ def check_call(
     return SinkCall(
         top_k=top_k, path=path, select=select, control=control, eta=float(eta),
         mass_rows=mass_rows, candidates=cand, apply_rows=apply_rows, sinks=sinks,
-        scale=scale, generator=_as_generator(generator), want_mass=want_mass,
+        scale=scale, generator=as_generator(generator), want_mass=want_mass,
     )
