@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace):
-    from .experiment.config import ConditionGroup, RunConfig, load_config_file, parse_int_sets, preset_config
+    from .experiment.config import ConditionGroup, load_config_file, parse_int_sets, preset_config
 
     given = vars(args)
     file_fields = load_config_file(given["config"]) if "config" in given else {}
