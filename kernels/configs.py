@@ -8,6 +8,7 @@ surviving candidate without tuning. Under TRITON_INTERPRET=1 one small config is
 Benchmarks log the chosen configs (``chosen_configs``).
 """
 
+import functools
 import os
 
 import triton
@@ -15,6 +16,7 @@ import triton
 from .attention import attention_forward_kernel
 from .correction import correction_kernel
 from .key_mass import key_mass_kernel
+from .selection import top1_kernel
 
 
 def interpreting() -> bool:
@@ -30,36 +32,67 @@ def _cfg(bm, bn, warps, stages):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
 
 
+# Ordered by what the H200 measured (kernels/NOTES.md): with SINKATTN_AUTOTUNE=0 the first
+# config that survives pruning runs.
 FORWARD_CONFIGS = [
-    _cfg(128, 64, 4, 3), _cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(128, 32, 4, 4),
-    _cfg(64, 64, 4, 3), _cfg(128, 64, 4, 4), _cfg(128, 128, 8, 2), _cfg(64, 128, 4, 3),
+    _cfg(128, 64, 8, 4), _cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 3),
+    _cfg(128, 64, 4, 3), _cfg(128, 32, 4, 4), _cfg(128, 128, 8, 2), _cfg(64, 128, 4, 3),
+    _cfg(32, 32, 4, 2),  # the last resort of float32 at head dim 256
 ]
 KEY_MASS_CONFIGS = [
-    _cfg(64, 128, 8, 3), _cfg(64, 128, 4, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 3),
-    _cfg(128, 64, 4, 3), _cfg(32, 128, 4, 4), _cfg(64, 128, 8, 4),
+    _cfg(32, 128, 4, 3), _cfg(128, 64, 4, 3), _cfg(32, 128, 4, 4), _cfg(64, 128, 4, 3),
+    _cfg(64, 64, 4, 3), _cfg(64, 128, 8, 3),
 ]
 INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32}
 CORRECTION_BLOCK_M = 32 if interpreting() else 64
 
 
 def _keep(configs, fits):
-    kept = [c for c in configs if fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"])]
-    return kept or configs[:1]
+    kept = [c for c in configs if fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages)]
+    # Nothing fits: the config with the smallest tiles.
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.num_stages)]
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_memory(device_index: int) -> int:
+    return triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
+
+
+def _shared_memory_of(tensor) -> int:
+    return _shared_memory(tensor.device.index or 0)
 
 
 def prune_forward(configs, named_args, **kwargs):
-    """Drop tiles far larger than the sequence, and 128 x 128 tiles for head dims >= 256
-    (the accumulator and K/V tiles then spill registers)."""
-    n_q, n_k, dim = named_args["N_Q"], named_args["N_K"], kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
-    kept = _keep(configs, lambda bm, bn: bm <= max(64, triton.next_power_of_2(n_q))
-                 and bn <= max(32, triton.next_power_of_2(n_k)) and (dim < 256 or bm * bn <= 64 * 64))
+    """Drop tiles far larger than the sequence, 128 x 128 tiles for head dims >= 256 (the
+    accumulator and K/V tiles then spill registers), and configs that would not fit in
+    shared memory (float32 at D 128). The estimate, `stages` K/V tiles plus a Q and a P
+    tile, is above what Triton 3.6 allocates (BM 128, BN 64, 4 stages, float32, D 128/64:
+    estimate 288 KiB, allocated 240 KiB, H200 limit 227 KiB)."""
+    n_q, n_k = named_args["N_Q"], named_args["N_K"]
+    dim, dim_v = (kwargs.get(n, named_args.get(n)) for n in ("BLOCK_D", "BLOCK_DV"))
+    size, limit = named_args["Q"].element_size(), _shared_memory_of(named_args["Q"])
+
+    def fits(bm, bn, stages):
+        smem = (stages * bn * (dim + dim_v) + bm * (dim + bn)) * size
+        return (bm <= max(64, triton.next_power_of_2(n_q)) and bn <= max(32, triton.next_power_of_2(n_k))
+                and (dim < 256 or bm * bn <= 64 * 64) and smem <= limit)
+
+    kept = _keep(configs, fits)
     return kept if _autotune_enabled() else kept[:1]
 
 
 def prune_key_mass(configs, named_args, **kwargs):
+    """Drop key tiles far larger than the keys, large tiles for head dims >= 256, and configs
+    whose Q tiles (one per stage) and K tile would not fit in shared memory."""
     n_k = named_args["N_K"]
     dim = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
-    kept = _keep(configs, lambda bm, bn: bn <= max(64, triton.next_power_of_2(n_k)) and (dim < 256 or bm * bn <= 64 * 64))
+    size, limit = named_args["Q"].element_size(), _shared_memory_of(named_args["Q"])
+
+    def fits(bm, bn, stages):
+        smem = (stages * bm + bn) * dim * size
+        return bn <= max(64, triton.next_power_of_2(n_k)) and (dim < 256 or bm * bn <= 64 * 64) and smem <= limit
+
+    kept = _keep(configs, fits)
     return kept if _autotune_enabled() else kept[:1]
 
 
@@ -80,6 +113,7 @@ if interpreting():
     forward = _fixed(attention_forward_kernel, INTERPRETER_CONFIG)
     key_mass = _fixed(key_mass_kernel, INTERPRETER_CONFIG)
     correction = _fixed(correction_kernel, {"BLOCK_M": CORRECTION_BLOCK_M})
+    top1 = _fixed(top1_kernel, {})
     _tuned = {}
 else:
     _forward_tuned = triton.autotune(FORWARD_CONFIGS, key=_TUNING_KEY,
@@ -89,6 +123,7 @@ else:
     forward = _tuned_launch(_forward_tuned)
     key_mass = _tuned_launch(_key_mass_tuned)
     correction = _fixed(correction_kernel, {"BLOCK_M": CORRECTION_BLOCK_M, "num_warps": 4})
+    top1 = _fixed(top1_kernel, {"num_warps": 4})
     _tuned = {"attention_forward": _forward_tuned, "key_mass": _key_mass_tuned}
 
 

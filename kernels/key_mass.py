@@ -1,10 +1,18 @@
 """Per-key attention mass over a range of query rows, from the saved log-sum-exp.
 
 Key-parallel and deterministic: one program owns BLOCK_N keys of one (batch, head) and
-walks the mass queries in BLOCK_M tiles, recomputing P^T = exp2(K Q^T * scale - lse2) and
-summing along its rows (the key tile is the left operand, so the reduction runs along the
-rows of the MMA result). No atomics: every key's sum is formed by one program in a fixed
-order, so the same inputs give the same bits on every run.
+walks a share of the mass queries in BLOCK_M tiles, recomputing
+P^T = exp2(K Q^T * scale - lse2) (the key tile is the left operand, so the sum over
+queries runs along the rows of the MMA result). The probabilities are added elementwise
+into a [BLOCK_N, BLOCK_M] accumulator and reduced once at the end.
+
+The query range is cut into ``num_programs(2)`` contiguous shares (the launcher asks for
+more than one when keys alone give too few programs to fill the GPU, e.g. 77 text keys);
+each share writes its own partial sum and the launcher adds them in a fixed order. No
+atomics anywhere: the same inputs give the same bits on every run.
+
+Each tile's lse is loaded one tile ahead: loaded next to its use, its latency from L2 was
+exposed in every iteration (the Q tile itself comes through the cp.async pipeline).
 """
 
 import triton
@@ -12,27 +20,25 @@ import triton.language as tl
 
 
 @triton.jit
-def _scores_t(b_k, Q, LSE, start_m, offs_m, offs_d, stride_qm, M_STOP,
-              D: tl.constexpr, BLOCK_D: tl.constexpr, MASK_M: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """(K Q^T [BN, BM] unscaled, lse2 [BM]) for the query tile at start_m."""
-    rows = start_m + offs_m  # [BM]
-    p_q = Q + rows[:, None] * stride_qm + offs_d[None, :]  # [BM, BD]
-    if MASK_M:
-        b_q = tl.load(p_q, mask=(rows[:, None] < M_STOP) & (offs_d[None, :] < D), other=0.0)
-        # Rows past M_STOP carry lse = +inf, so their probabilities are exp2(-inf) = 0.
-        b_lse = tl.load(LSE + rows, mask=rows < M_STOP, other=float("inf"))  # [BM]
-    else:
-        if BLOCK_D != D:
-            b_q = tl.load(p_q, mask=offs_d[None, :] < D, other=0.0)
-        else:
-            b_q = tl.load(p_q)
-        b_lse = tl.load(LSE + rows)
-    return tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PRECISION), b_lse
+def _load_lse(LSE, rows, m_stop):
+    # Rows past the share carry lse = +inf, so their probabilities are exp2(-inf) = 0.
+    return tl.load(LSE + rows, mask=rows < m_stop, other=float("inf"))
 
 
 @triton.jit
-def _column_mass(b_st, b_lse, qk_scale):
-    return tl.sum(tl.math.exp2(b_st * qk_scale - b_lse[None, :]), 1)  # [BN]
+def _probabilities_t(b_k, Q, b_lse, start_m, offs_m, offs_d, stride_qm, m_stop, qk_scale,
+                     D: tl.constexpr, BLOCK_D: tl.constexpr, MASK_M: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """P^T [BN, BM] for the query tile at start_m, given its lse [BM]."""
+    rows = start_m + offs_m  # [BM]
+    p_q = Q + rows[:, None] * stride_qm + offs_d[None, :]  # [BM, BD]
+    if MASK_M:
+        b_q = tl.load(p_q, mask=(rows[:, None] < m_stop) & (offs_d[None, :] < D), other=0.0)
+    elif BLOCK_D != D:
+        b_q = tl.load(p_q, mask=offs_d[None, :] < D, other=0.0)
+    else:
+        b_q = tl.load(p_q)
+    b_st = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PRECISION)  # [BN, BM]
+    return tl.math.exp2(b_st * qk_scale - b_lse[None, :])
 
 
 @triton.jit(do_not_specialize=["N_K", "M_START", "M_STOP"])
@@ -46,11 +52,18 @@ def key_mass_kernel(
 ):
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
+    share = tl.program_id(2)
     b = bh // H
     h = bh % H
     Q += b * stride_qb + h * stride_qh
     K += b * stride_kb + h * stride_kh
     LSE += bh * N_Q
+
+    # This program's share of the query tiles: [m_lo, m_hi).
+    tiles_per_share = tl.cdiv(tl.cdiv(M_STOP - M_START, BLOCK_M), tl.num_programs(2))
+    m_lo = M_START + share * tiles_per_share * BLOCK_M
+    m_hi = tl.minimum(M_STOP, m_lo + tiles_per_share * BLOCK_M)
+    m_full = m_lo + tl.maximum((m_hi - m_lo) // BLOCK_M, 0) * BLOCK_M
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
     offs_m = tl.arange(0, BLOCK_M)  # [BM]
@@ -58,21 +71,15 @@ def key_mass_kernel(
     mask_n = offs_n < N_K
     b_k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :],
                   mask=mask_n[:, None] & (offs_d[None, :] < D), other=0.0)  # [BN, BD]
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    m_full = M_START + ((M_STOP - M_START) // BLOCK_M) * BLOCK_M
-    if m_full > M_START:
-        # Software-pipelined by hand: the scores of tile i + 1 are issued before the
-        # exponentials of tile i, so the tensor cores and the exp unit can overlap.
-        b_st, b_lse = _scores_t(b_k, Q, LSE, M_START, offs_m, offs_d, stride_qm, M_STOP,
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    b_lse = _load_lse(LSE, m_lo + offs_m, m_hi)
+    for start_m in range(m_lo, m_full, BLOCK_M):
+        b_lse_next = _load_lse(LSE, start_m + BLOCK_M + offs_m, m_hi)
+        acc += _probabilities_t(b_k, Q, b_lse, start_m, offs_m, offs_d, stride_qm, m_hi, qk_scale,
                                 D, BLOCK_D, False, DOT_PRECISION)
-        for start_m in range(M_START + BLOCK_M, m_full, BLOCK_M):
-            b_st_next, b_lse_next = _scores_t(b_k, Q, LSE, start_m, offs_m, offs_d, stride_qm, M_STOP,
-                                              D, BLOCK_D, False, DOT_PRECISION)
-            acc += _column_mass(b_st, b_lse, qk_scale)
-            b_st, b_lse = b_st_next, b_lse_next
-        acc += _column_mass(b_st, b_lse, qk_scale)
-    if m_full < M_STOP:
-        b_st, b_lse = _scores_t(b_k, Q, LSE, m_full, offs_m, offs_d, stride_qm, M_STOP,
+        b_lse = b_lse_next
+    if m_full < m_hi:
+        acc += _probabilities_t(b_k, Q, b_lse, m_full, offs_m, offs_d, stride_qm, m_hi, qk_scale,
                                 D, BLOCK_D, True, DOT_PRECISION)
-        acc += _column_mass(b_st, b_lse, qk_scale)
-    tl.store(MASS + bh * N_K + offs_n, acc * inv_count, mask=mask_n)
+    MASS += (share * tl.num_programs(1) + bh) * N_K
+    tl.store(MASS + offs_n, tl.sum(acc, 1) * inv_count, mask=mask_n)

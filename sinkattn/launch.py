@@ -8,6 +8,7 @@ bfloat16 numerics proper are checked on the GPU.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -85,25 +86,54 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: torch.dt
     return out, lse
 
 
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def mass_shares(q: Tensor, n_k: int, n_rows: int) -> int:
+    """How many shares the key-mass pass cuts the mass queries into: enough programs for
+    about 8 per multiprocessor when the keys alone give fewer (77 text keys: 20 programs
+    for SDXL's cross-attention), with at least 4 query tiles of 64 per share. The partial
+    sums cost shares x (B, H, Nk) floats."""
+    # Under the interpreter, pretend to have 4 multiprocessors so the CPU tests cut shares.
+    processors = 4 if q.device.type != "cuda" else _multiprocessors(q.device.index or 0)
+    key_programs = triton.cdiv(n_k, 128) * q.shape[0] * q.shape[1]
+    return max(1, min(triton.cdiv(8 * processors, key_programs), n_rows // (4 * 64)))
+
+
 def key_mass(q: Tensor, k: Tensor, lse: Tensor, scale: float, rows: tuple[int, int]) -> Tensor:
     """m (B, H, Nk) float32: the mean over query rows [rows) of the attention probabilities."""
     batch, n_heads, n_q, _ = q.shape
     n_k = k.shape[2]
     dims = _head_dims(q, q)
-    mass = _output((batch, n_heads, n_k), torch.float32, q.device)
+    shares = mass_shares(q, n_k, rows[1] - rows[0])
+    partial = _output((shares, batch, n_heads, n_k), torch.float32, q.device)
     qo, ko = _operand(q), _operand(k)
 
     def grid(meta):
-        return (triton.cdiv(n_k, meta["BLOCK_N"]), batch * n_heads)
+        return (triton.cdiv(n_k, meta["BLOCK_N"]), batch * n_heads, shares)
 
     configs.key_mass(
-        grid, qo, ko, lse, mass,
+        grid, qo, ko, lse, partial,
         qo.stride(0), qo.stride(1), qo.stride(2),
         ko.stride(0), ko.stride(1), ko.stride(2),
         n_heads, n_q, n_k, rows[0], rows[1], scale * LOG2E, 1.0 / (rows[1] - rows[0]),
         D=dims["D"], BLOCK_D=dims["BLOCK_D"], DOT_PRECISION=_dot_precision(q.dtype),
     )
-    return mass
+    # The shares' partial sums, added in a fixed order (deterministic).
+    return partial[0] if shares == 1 else partial.sum(dim=0)
+
+
+def top1(mass: Tensor, candidates: tuple[int, int], largest: bool) -> Tensor:
+    """(B, H, 1) int64: per row of the (B, H, Nk) mass, the candidate key with the most
+    (``largest``) or least mass; ties to the lower index."""
+    rows = mass.shape[0] * mass.shape[1]
+    out = _output((*mass.shape[:2], 1), torch.int64, mass.device)
+    block = min(4096, max(16, triton.next_power_of_2(candidates[1] - candidates[0])))
+    configs.top1((rows,), mass, out, mass.shape[-1], candidates[0], candidates[1],
+                 LARGEST=largest, BLOCK=block)
+    return out
 
 
 def _without_duplicates(sinks: Tensor) -> Tensor:

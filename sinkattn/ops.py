@@ -117,15 +117,23 @@ def sink_attention(
     if explicit is None and call.top_k > 0 and call.control == "random":
         groups = (q.shape[0], q.shape[1]) if call.select == "head" else (q.shape[0],)
         explicit = random_keys(groups, call.top_k, call.candidates, call.generator, q.device)
-    out, mass, chosen = torch.ops.sinkattn.sink_attention(
+    # Eager calls skip the dispatcher (~40 us of host time per call, which is most of a small
+    # call's cost); anything that traces (torch.compile, export, fake or dispatch modes,
+    # tensor subclasses) goes through the registered op.
+    run = torch.ops.sinkattn.sink_attention if _traced(q, k, v) else _run_kernels
+    out, mass, chosen = run(
         q, k, v, explicit, call.top_k, call.path, call.select, call.control, call.eta,
         list(call.mass_rows), list(call.candidates), list(call.apply_rows), call.scale, call.want_mass,
     )
     return SinkAttentionResult(out, mass if call.want_mass else None, chosen)
 
 
-@torch.library.custom_op("sinkattn::sink_attention", mutates_args=())
-def _sink_attention_op(
+def _traced(*tensors: Tensor) -> bool:
+    return (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
+            or any(type(t) is not Tensor for t in tensors))
+
+
+def _run_kernels(
     q: Tensor, k: Tensor, v: Tensor, sinks: Tensor | None, top_k: int, path: str, select: str,
     control: str, eta: float, mass_rows: list[int], candidates: list[int], apply_rows: list[int],
     scale: float, want_mass: bool,
@@ -141,6 +149,8 @@ def _sink_attention_op(
     mass = launch.key_mass(q, k, lse, scale, tuple(mass_rows)) if need_mass else q.new_empty(0, dtype=torch.float32)
     if sinks is not None:
         chosen = sinks.clone()
+    elif top_k == 1 and select == "head":
+        chosen = launch.top1(mass, tuple(candidates), largest=control == "sink")
     elif top_k > 0:
         chosen = ranked_keys(mass, top_k, select, control, tuple(candidates))
     else:
@@ -160,6 +170,9 @@ def _sink_attention_op(
     launch.attention(q, k, v, scale, out_dtype=q.dtype, key_weight=key_weight, weight_path=path,
                      apply_rows=tuple(apply_rows), row_flags=inaccurate_rows, out=corrected)
     return corrected, mass, chosen
+
+
+_sink_attention_op = torch.library.custom_op("sinkattn::sink_attention", mutates_args=())(_run_kernels)
 
 
 @_sink_attention_op.register_fake

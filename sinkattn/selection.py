@@ -35,7 +35,7 @@ def ranked_keys(mass: Tensor, top_k: int, select: str, control: str, candidates:
     else:
         # A stable sort keeps equal values in index order, so ties go to the lower index.
         ranks = window.sort(dim=-1, descending=control == "sink", stable=True).indices[..., :top_k]
-    return ranks + start
+    return ranks + start if start else ranks
 
 
 def per_head(sinks: Tensor, heads: int) -> Tensor:

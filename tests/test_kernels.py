@@ -197,6 +197,36 @@ def test_correction_falls_back_where_it_would_lose_accuracy(plant_sink, poisoned
     assert rows[0, 0].any().item() and not rows[0, 1].any().item()
 
 
+@pytest.mark.parametrize("largest", [True, False], ids=["sink", "bottom"])
+def test_top1_selection_matches_torch(largest, poisoned):
+    """The one-launch selection of the default call: ties to the lower index, a NaN mass
+    counts as the extreme (as torch.argmax / argmin), candidate windows anywhere, rows
+    longer than one block."""
+    from sinkattn import launch
+
+    mass = torch.rand(3, 4, 5000, device=DEVICE)
+    mass[0, 0, 10] = mass[0, 0, 4000] = 2.0 if largest else -1.0
+    mass[0, 1, 4500] = mass[0, 1, 4700] = float("nan")
+    mass[1, 2, :] = 0.5
+    for candidates in [(0, 5000), (7, 4600), (4096, 5000), (100, 101)]:
+        window = mass[..., candidates[0]:candidates[1]]
+        want = (window.argmax(-1) if largest else window.argmin(-1)) + candidates[0]
+        got = launch.top1(mass, candidates, largest)
+        assert got.shape == (3, 4, 1) and torch.equal(got[..., 0], want), candidates
+
+
+def test_mass_over_query_shares(poisoned):
+    """Few keys give too few key-parallel programs, so the mass queries are cut into shares
+    whose partial sums are added afterwards; a range that starts off a tile boundary and
+    ends in a partial tile."""
+    from sinkattn import launch, sink_attention
+
+    q, k, v = diffusers_layout(1, 2, 1100, 77, 64, 64, torch.bfloat16)
+    assert launch.mass_shares(q, 77, 1100 - 13) > 1
+    res = sink_attention(q, k, v, top_k=1, path="score", mass_queries=(13, 1100))
+    check_against_reference(q, k, v, res, top_k=1, path="score", mass_queries=(13, 1100))
+
+
 def test_mass_is_deterministic():
     from sinkattn import sink_attention
 
