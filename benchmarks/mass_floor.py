@@ -4,12 +4,14 @@ exponentials taken out, timed on the SD3-medium shape (B2 H24 N4429 D64, bf16).
     python benchmarks/mass_floor.py [--out benchmarks/results/mass_floor_h200.json]
 
 Variants of one diagnostic kernel, each over the full query tiles of every key tile:
-  full       K Q^T on the tensor cores, exp2 on the MUFU unit (what key_mass_kernel does)
-  dot_only   K Q^T, no exponentials (the scores themselves are summed)
-  exp_only   no K Q^T (scores synthesised from the indices: two integer/convert ops per
-             element), exponentials kept
-  loads_only neither: the Q and lse loads, the synthesised scores and the sums
-If full ~ dot_only + exp_only - loads_only, the two units do not overlap.
+  full        K Q^T on the tensor cores, exp2 on the MUFU unit (what key_mass_kernel does)
+  dot_only    K Q^T, no exponentials (the scores themselves are summed)
+  exp_only    no Q and no K Q^T: scores synthesised from the indices (an integer add and a
+              convert per element), exponentials kept
+  synth_only  the same synthesised scores without the exponentials
+exp_only - synth_only is what the exponentials cost alone. If full ~ dot_only +
+(exp_only - synth_only), the tensor cores and the exp unit do not overlap; if full is
+close to dot_only, the loop around the products is the bound.
 """
 
 from __future__ import annotations
@@ -47,12 +49,11 @@ def mass_phases_kernel(Q, K, LSE, MASS, stride_qb, stride_qh, stride_qm, stride_
     for start_m in range(0, (N_Q // BLOCK_M) * BLOCK_M, BLOCK_M):
         rows = start_m + offs_m
         b_lse = tl.load(LSE + rows)
-        b_q = tl.load(Q + rows[:, None] * stride_qm + offs_d[None, :])
         if DOT:
+            b_q = tl.load(Q + rows[:, None] * stride_qm + offs_d[None, :])
             b_s = tl.dot(b_k, tl.trans(b_q))
         else:
-            # Keep the Q load live without the tensor cores: one element per row.
-            b_s = (offs_n[:, None] - rows[None, :]).to(tl.float32) + tl.sum(b_q, 1)[None, :].to(tl.float32)
+            b_s = (offs_n[:, None] - rows[None, :]).to(tl.float32)
         x = b_s * qk_scale - b_lse[None, :]
         if EXP:
             x = tl.math.exp2(x)
@@ -60,7 +61,7 @@ def mass_phases_kernel(Q, K, LSE, MASS, stride_qb, stride_qh, stride_qm, stride_
     tl.store(MASS + bh * N_K + offs_n, tl.sum(acc, 1), mask=offs_n < N_K)
 
 
-VARIANTS = {"full": (True, True), "dot_only": (True, False), "exp_only": (False, True), "loads_only": (False, False)}
+VARIANTS = {"full": (True, True), "dot_only": (True, False), "exp_only": (False, True), "synth_only": (False, False)}
 TILES = [(32, 128, 4, 3), (128, 64, 4, 3)]  # (BLOCK_M, BLOCK_N, warps, stages): the two best key-mass configs
 
 

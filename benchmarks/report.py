@@ -65,6 +65,42 @@ def plot(rows, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def mass_floor_section(path: Path) -> list[str]:
+    """The key-mass pass with its tensor-core work or its exponentials taken out
+    (benchmarks/mass_floor.py)."""
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    lines = ["## What bounds the key-mass pass", "",
+             f"`python benchmarks/mass_floor.py` ({data['meta']['gpu']}, torch {data['meta']['torch']}, "
+             f"triton {data['meta']['triton']}, {data['meta']['date']}), SD3-medium shape: the pass with its parts "
+             "taken out (see the script's docstring).", "",
+             "| tile | full | dot_only | exp_only | synth_only |", "|---|---:|---:|---:|---:|"]
+    by_tile: dict[str, dict[str, float]] = {}
+    for r in data["rows"]:
+        by_tile.setdefault(r["tile"], {})[r["variant"]] = r["ms"]
+    for tile, ms in by_tile.items():
+        lines.append(f"| {tile} | " + " | ".join(_fmt(ms.get(v), ".3f") for v in
+                                                ("full", "dot_only", "exp_only", "synth_only")) + " |")
+    return lines + [""]
+
+
+def pytest_benchmark_section(path: Path) -> list[str]:
+    """Medians of the pytest-benchmark suite (wall clock per call with a synchronisation)."""
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    lines = ["## pytest-benchmark suite", "",
+             f"`pytest benchmarks/test_bench.py --benchmark-json=...` ({data['machine_info'].get('node', '')}, "
+             f"{data.get('datetime', '')}): wall clock per call including a device synchronisation, so the "
+             "host's launch cost shows at small shapes. Median ms over "
+             f"{data['benchmarks'][0]['stats']['rounds'] if data['benchmarks'] else 0} rounds.", "",
+             "| test | median ms |", "|---|---:|"]
+    for b in data["benchmarks"]:
+        lines.append(f"| {b['name']} | {b['stats']['median'] * 1e3:.3f} |")
+    return lines + [""]
+
+
 def main(argv=None):
     src = Path((argv or sys.argv[1:] or [Path(__file__).parent / "results" / "h200.json"])[0])
     data = json.loads(src.read_text())
@@ -90,6 +126,8 @@ def main(argv=None):
         "",
         table(data["rows"]),
         "",
+        *mass_floor_section(src.parent / "mass_floor_h200.json"),
+        *pytest_benchmark_section(src.parent / "pytest_benchmark_h200.json"),
     ]
     out.write_text("\n".join(body))
     print(f"wrote {out} and {png}")
