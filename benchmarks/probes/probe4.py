@@ -1,0 +1,54 @@
+"""Probe for the next device session: the pair kernel (pair_key_mass.py, one of two K Q^T
+products left in flight) against the shipped key-mass kernel, mass pass alone, same
+tensors; relative error of both against a float64 reference at SD3-medium.
+
+    python3 benchmarks/probes/probe4.py | tee benchmarks/probes/probe4.txt
+"""
+import math
+import os
+import sys
+
+import torch
+import triton
+
+sys.path.insert(0, os.path.dirname(__file__))
+from pair_key_mass import key_mass_pair_kernel  # noqa: E402
+
+from sinkattn import launch  # noqa: E402
+from sinkattn.kernels.key_mass import key_mass_kernel  # noqa: E402
+
+LOG2E = 1 / math.log(2)
+SHAPES = {"sd3m": (2, 24, 4429, 64), "sd35l": (2, 38, 4429, 64), "sdxl_self": (2, 10, 4096, 64), "flux": (1, 24, 4608, 128)}
+SHIPPED = [(32, 128, 4, 3), (128, 64, 4, 3), (32, 128, 4, 4), (64, 128, 4, 3)]
+PAIR = [(64, 64, 4, 3), (32, 128, 4, 3), (64, 128, 4, 3), (32, 64, 4, 3), (64, 64, 4, 4), (32, 128, 4, 4)]
+
+
+def reference(q, k, lse, scale):
+    B, H, N, _ = q.shape
+    m = torch.zeros(B, H, k.shape[2], dtype=torch.float64, device=q.device)
+    for s in range(0, N, 512):
+        st = torch.einsum("bhmd,bhnd->bhmn", q[:, :, s:s + 512].double(), k.double()) * scale * LOG2E
+        m += torch.exp2(st - lse[:, :, s:s + 512, None].double()).sum(2)
+    return m / N
+
+
+for name, (B, H, N, D) in SHAPES.items():
+    q, k = (torch.randn(B, N, H * D, device="cuda", dtype=torch.bfloat16).view(B, N, H, D).transpose(1, 2) for _ in range(2))
+    scale = D ** -0.5
+    _, lse = launch.attention(q, k, k, scale, torch.bfloat16)
+    ref = reference(q, k, lse, scale) if name == "sd3m" else None
+    mass = torch.empty(B, H, N, device="cuda", dtype=torch.float32)
+    for kind, kernel, configs in (("shipped", key_mass_kernel, SHIPPED), ("pair", key_mass_pair_kernel, PAIR)):
+        for bm, bn, warps, stages in configs:
+            def run():
+                kernel[(triton.cdiv(N, bn), B * H, 1)](
+                    q, k, lse, mass, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                    H, N, N, 0, N, scale * LOG2E, 1.0 / N, D=D, BLOCK_D=D, BLOCK_M=bm, BLOCK_N=bn,
+                    DOT_PRECISION="tf32", num_warps=warps, num_stages=stages)
+            try:
+                run()
+                ms = triton.testing.do_bench(run, warmup=25, rep=150, return_mode="median")
+                err = "" if ref is None else f"  err {((mass.double() - ref).norm() / ref.norm()).item():.2e}"
+                print(f"{name:10s} {kind:8s} BM{bm} BN{bn} w{warps} s{stages}: {ms:.4f} ms{err}", flush=True)
+            except Exception as e:  # noqa: BLE001 - a config that cannot run is reported
+                print(f"{name:10s} {kind:8s} BM{bm} BN{bn} w{warps} s{stages}: {type(e).__name__} {str(e)[:120]}", flush=True)
