@@ -52,3 +52,25 @@ for name, (B, H, N, D) in SHAPES.items():
                 print(f"{name:10s} {kind:8s} BM{bm} BN{bn} w{warps} s{stages}: {ms:.4f} ms{err}", flush=True)
             except Exception as e:  # noqa: BLE001 - a config that cannot run is reported
                 print(f"{name:10s} {kind:8s} BM{bm} BN{bn} w{warps} s{stages}: {type(e).__name__} {str(e)[:120]}", flush=True)
+
+# The flagged-row pass of the correction route when no row is flagged (kernels/NOTES.md:
+# 20-80 us at SD3 in run 5), by config, score and value path.
+from sinkattn.kernels.attention import attention_forward_kernel  # noqa: E402
+
+B, H, N, D = SHAPES["sd3m"]
+q, k, v = (torch.randn(B, N, H * D, device="cuda", dtype=torch.bfloat16).view(B, N, H, D).transpose(1, 2) for _ in range(3))
+out = torch.empty(B, H, N, D, device="cuda", dtype=torch.bfloat16)
+lse = torch.empty(B, H, N, device="cuda", dtype=torch.float32)
+weight = torch.ones(B, H, N, device="cuda", dtype=torch.float32)
+flags = torch.zeros(B, H, N, device="cuda", dtype=torch.int8)
+for on_value in (False, True):
+    for bm, bn, warps, stages in [(128, 64, 4, 3), (64, 128, 4, 3), (128, 64, 8, 4), (128, 32, 4, 2), (64, 64, 4, 2)]:
+        def flagged_pass():
+            attention_forward_kernel[(triton.cdiv(N, bm), B * H)](
+                q, k, v, out, lse, weight, flags, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
+                k.stride(2), v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+                H, N, N, 0, N, D ** -0.5 * LOG2E, D=D, DV=D, BLOCK_D=D, BLOCK_DV=D, BLOCK_M=bm, BLOCK_N=bn,
+                WEIGHT_ON_VALUE=on_value, DOT_PRECISION="tf32", num_warps=warps, num_stages=stages)
+        flagged_pass()
+        ms = triton.testing.do_bench(flagged_pass, warmup=25, rep=150, return_mode="median")
+        print(f"flagged pass, nothing flagged, {'value' if on_value else 'score'} BM{bm} BN{bn} w{warps} s{stages}: {ms * 1e3:.1f} us", flush=True)
