@@ -13,15 +13,11 @@ import os
 
 import triton
 
+from . import interpreting
 from .attention import attention_forward_kernel
 from .correction import correction_kernel
 from .key_mass import key_mass_kernel
 from .selection import top1_kernel
-
-
-def interpreting() -> bool:
-    """True when the kernels run under the Triton interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _autotune_enabled() -> bool:

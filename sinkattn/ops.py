@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from . import reference
+from .kernels import interpreting
 from .reference import SinkAttentionResult
 from .selection import per_head, random_keys, ranked_keys
 from .validation import check_call
@@ -29,17 +30,13 @@ __all__ = ["sink_attention", "SinkAttentionResult", "kernels_available"]
 # benchmark measures both; kernels/NOTES.md says why correction is the default.
 INTERVENTION_ROUTE = os.environ.get("SINKATTN_ROUTE", "correction")
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def kernels_available(device: torch.device | None = None) -> bool:
     """True when calls on ``device`` run on the Triton kernels."""
     try:
         import triton  # noqa: F401
     except ImportError:
         return False
-    if _interpreting():
+    if interpreting():
         return True
     return device is not None and torch.device(device).type == "cuda"
 
