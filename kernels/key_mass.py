@@ -26,9 +26,9 @@ def _load_lse(LSE, rows, m_stop):
 
 
 @triton.jit
-def _probabilities_t(b_k, Q, b_lse, start_m, offs_m, offs_d, stride_qm, m_stop, qk_scale,
-                     D: tl.constexpr, BLOCK_D: tl.constexpr, MASK_M: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """P^T [BN, BM] for the query tile at start_m, given its lse [BM]."""
+def _scores_t(b_k, Q, start_m, offs_m, offs_d, stride_qm, m_stop,
+              D: tl.constexpr, BLOCK_D: tl.constexpr, MASK_M: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """K Q^T [BN, BM], unscaled, for the query tile at start_m."""
     rows = start_m + offs_m  # [BM]
     p_q = Q + rows[:, None] * stride_qm + offs_d[None, :]  # [BM, BD]
     if MASK_M:
@@ -37,7 +37,14 @@ def _probabilities_t(b_k, Q, b_lse, start_m, offs_m, offs_d, stride_qm, m_stop, 
         b_q = tl.load(p_q, mask=offs_d[None, :] < D, other=0.0)
     else:
         b_q = tl.load(p_q)
-    b_st = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PRECISION)  # [BN, BM]
+    return tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _probabilities_t(b_k, Q, b_lse, start_m, offs_m, offs_d, stride_qm, m_stop, qk_scale,
+                     D: tl.constexpr, BLOCK_D: tl.constexpr, MASK_M: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """P^T [BN, BM] for the query tile at start_m, given its lse [BM]."""
+    b_st = _scores_t(b_k, Q, start_m, offs_m, offs_d, stride_qm, m_stop, D, BLOCK_D, MASK_M, DOT_PRECISION)
     return tl.math.exp2(b_st * qk_scale - b_lse[None, :])
 
 

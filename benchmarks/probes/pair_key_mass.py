@@ -14,30 +14,14 @@ tile is consumed before the new b product is issued (the other order makes ptxas
 every wgmma: C7514). In the SASS ~26 of the 64 exponentials per iteration sit after b's
 HGMMA, the rest were hoisted above it by ptxas.
 
-Same signature, shares and masking as sinkattn.kernels.key_mass.key_mass_kernel.
+Same signature, shares and masking as sinkattn.kernels.key_mass.key_mass_kernel, whose
+tile helpers it uses.
 """
 
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _lse(LSE, rows, m_stop):
-    return tl.load(LSE + rows, mask=rows < m_stop, other=float("inf"))
-
-
-@triton.jit
-def _scores_t(b_k, Q, start_m, offs_m, offs_d, stride_qm, m_stop,
-              D: tl.constexpr, BLOCK_D: tl.constexpr, MASK_M: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    rows = start_m + offs_m
-    p_q = Q + rows[:, None] * stride_qm + offs_d[None, :]
-    if MASK_M:
-        b_q = tl.load(p_q, mask=(rows[:, None] < m_stop) & (offs_d[None, :] < D), other=0.0)
-    elif BLOCK_D != D:
-        b_q = tl.load(p_q, mask=offs_d[None, :] < D, other=0.0)
-    else:
-        b_q = tl.load(p_q)
-    return tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PRECISION)
+from sinkattn.kernels.key_mass import _load_lse, _scores_t
 
 
 @triton.jit(do_not_specialize=["N_K", "M_START", "M_STOP"])
@@ -85,6 +69,6 @@ def key_mass_pair_kernel(
     # Fewer than two tiles are left (the last may be partial): masked, synchronous.
     for start_m in range(m_pairs, m_hi, BLOCK_M):
         s_t = _scores_t(b_k, Q, start_m, offs_m, offs_d, stride_qm, m_hi, D, BLOCK_D, True, DOT_PRECISION)
-        acc += tl.math.exp2(s_t * qk_scale - _lse(LSE, start_m + offs_m, m_hi)[None, :])
+        acc += tl.math.exp2(s_t * qk_scale - _load_lse(LSE, start_m + offs_m, m_hi)[None, :])
     MASS += (share * tl.num_programs(1) + bh) * N_K
     tl.store(MASS + offs_n, tl.sum(acc, 1) * inv_count, mask=mask_n)
