@@ -1,10 +1,10 @@
 """Probe for the next device session: the pair kernel (pair_key_mass.py, one of two K Q^T
 products left in flight) against the shipped key-mass kernel, mass pass alone, same
-tensors; relative error of both against a float64 reference at SD3-medium.
+tensors; relative error of both against the float64 reference (sinkattn.reference) at
+SD3-medium.
 
     python3 benchmarks/probes/probe4.py | tee benchmarks/probes/probe4.txt
 """
-import math
 import os
 import sys
 
@@ -12,31 +12,25 @@ import torch
 import triton
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
 from pair_key_mass import key_mass_pair_kernel  # noqa: E402
+from run import diffusers_layout  # noqa: E402  (benchmarks/run.py)
 
 from sinkattn import launch  # noqa: E402
 from sinkattn.kernels.key_mass import key_mass_kernel  # noqa: E402
+from sinkattn.reference import sink_attention as reference  # noqa: E402
 
-LOG2E = 1 / math.log(2)
+LOG2E = launch.LOG2E
 SHAPES = {"sd3m": (2, 24, 4429, 64), "sd35l": (2, 38, 4429, 64), "sdxl_self": (2, 10, 4096, 64), "flux": (1, 24, 4608, 128)}
 SHIPPED = [(32, 128, 4, 3), (128, 64, 4, 3), (32, 128, 4, 4), (64, 128, 4, 3)]
 PAIR = [(64, 64, 4, 3), (32, 128, 4, 3), (64, 128, 4, 3), (32, 64, 4, 3), (64, 64, 4, 4), (32, 128, 4, 4)]
 
 
-def reference(q, k, lse, scale):
-    B, H, N, _ = q.shape
-    m = torch.zeros(B, H, k.shape[2], dtype=torch.float64, device=q.device)
-    for s in range(0, N, 512):
-        st = torch.einsum("bhmd,bhnd->bhmn", q[:, :, s:s + 512].double(), k.double()) * scale * LOG2E
-        m += torch.exp2(st - lse[:, :, s:s + 512, None].double()).sum(2)
-    return m / N
-
-
 for name, (B, H, N, D) in SHAPES.items():
-    q, k = (torch.randn(B, N, H * D, device="cuda", dtype=torch.bfloat16).view(B, N, H, D).transpose(1, 2) for _ in range(2))
+    q, k, _ = diffusers_layout(B, H, N, N, D)
     scale = D ** -0.5
     _, lse = launch.attention(q, k, k, scale, torch.bfloat16)
-    ref = reference(q, k, lse, scale) if name == "sd3m" else None
+    ref = reference(q.double(), k.double(), k.double(), top_k=0, path="none", return_mass=True).mass if name == "sd3m" else None
     mass = torch.empty(B, H, N, device="cuda", dtype=torch.float32)
     for kind, kernel, configs in (("shipped", key_mass_kernel, SHIPPED), ("pair", key_mass_pair_kernel, PAIR)):
         for bm, bn, warps, stages in configs:
@@ -58,7 +52,7 @@ for name, (B, H, N, D) in SHAPES.items():
 from sinkattn.kernels.attention import attention_forward_kernel  # noqa: E402
 
 B, H, N, D = SHAPES["sd3m"]
-q, k, v = (torch.randn(B, N, H * D, device="cuda", dtype=torch.bfloat16).view(B, N, H, D).transpose(1, 2) for _ in range(3))
+q, k, v = diffusers_layout(B, H, N, N, D)
 out = torch.empty(B, H, N, D, device="cuda", dtype=torch.bfloat16)
 lse = torch.empty(B, H, N, device="cuda", dtype=torch.float32)
 weight = torch.ones(B, H, N, device="cuda", dtype=torch.float32)
