@@ -11,9 +11,10 @@ The optional per-key weight ``W`` (B, H, Nk) is the masked pass of the intervent
 on the score path log2(W) is added to the logits (W = eta on the intervened keys, so
 eta = 0 gives a -inf logit); on the value path W scales the probabilities that multiply V
 but not the normaliser (v_j <- W_j v_j). It applies to query rows in [APPLY_START, APPLY_STOP).
-With ``ROW_FLAGS`` (B, H, Nq) int8 a program computes its tile only if one of its rows is
-flagged, and returns at once otherwise: the correction route's fallback recomputes just
-the flagged tiles, decided on the device, with no host synchronisation.
+With ``ROW_FLAGS`` (B, H, Nq) int8 the grid is a few programs per head that walk its query
+tiles and compute only those holding a flagged row: the correction route's fallback
+recomputes just the flagged tiles, decided on the device, with no host synchronisation,
+and costs little more than a launch when nothing is flagged (the usual case).
 """
 
 import triton
@@ -60,13 +61,9 @@ def _attend_tile(
     return acc, l_i, m_new
 
 
-@triton.heuristics({
-    "HAS_WEIGHT": lambda a: a["W"] is not None,
-    "HAS_ROW_FLAGS": lambda a: a["ROW_FLAGS"] is not None,
-})
-@triton.jit(do_not_specialize=["N_Q", "N_K", "APPLY_START", "APPLY_STOP"])
-def attention_forward_kernel(
-    Q, K, V, O, LSE, W, ROW_FLAGS,
+@triton.jit
+def _attend_query_tile(
+    Q, K, V, O, LSE, W, pid_m, bh,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -74,16 +71,9 @@ def attention_forward_kernel(
     H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale,
     D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_WEIGHT: tl.constexpr, WEIGHT_ON_VALUE: tl.constexpr, HAS_ROW_FLAGS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, WEIGHT_ON_VALUE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
-    mask_m = offs_m < N_Q
-    if HAS_ROW_FLAGS:
-        if tl.max(tl.load(ROW_FLAGS + bh * N_Q + offs_m, mask=mask_m, other=0), 0) == 0:
-            return
+    """O and lse2 of the query rows [pid_m * BLOCK_M, +BLOCK_M) of head bh (int64)."""
     b = bh // H
     h = bh % H
     Q += b * stride_qb + h * stride_qh
@@ -94,6 +84,8 @@ def attention_forward_kernel(
     if HAS_WEIGHT:
         W += bh * N_K
 
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+    mask_m = offs_m < N_Q
     offs_n = tl.arange(0, BLOCK_N)  # [BN]
     offs_d = tl.arange(0, BLOCK_D)  # [BD]
     offs_dv = tl.arange(0, BLOCK_DV)  # [BDV]
@@ -120,3 +112,44 @@ def attention_forward_kernel(
     tl.store(LSE + offs_m, m_i + tl.math.log2(l_i), mask=mask_m)
     tl.store(O + offs_m[:, None] * stride_om + offs_dv[None, :], b_o.to(O.dtype.element_ty),
              mask=mask_m[:, None] & (offs_dv[None, :] < DV))
+
+
+@triton.heuristics({
+    "HAS_WEIGHT": lambda a: a["W"] is not None,
+    "HAS_ROW_FLAGS": lambda a: a["ROW_FLAGS"] is not None,
+})
+@triton.jit(do_not_specialize=["N_Q", "N_K", "APPLY_START", "APPLY_STOP"])
+def attention_forward_kernel(
+    Q, K, V, O, LSE, W, ROW_FLAGS,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_om,
+    H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, WEIGHT_ON_VALUE: tl.constexpr, HAS_ROW_FLAGS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    if HAS_ROW_FLAGS:
+        # A few programs per head (grid dim 0, chosen by the launcher) walk its query tiles
+        # with a stride and compute only the tiles holding a flagged row: with none flagged
+        # the pass costs a read of the flags, not a wave of programs per tile.
+        bh = tl.program_id(1).to(tl.int64)
+        offs = tl.arange(0, BLOCK_M)
+        for pid_m in range(tl.program_id(0), tl.cdiv(N_Q, BLOCK_M), tl.num_programs(0)):
+            rows = pid_m * BLOCK_M + offs
+            if tl.max(tl.load(ROW_FLAGS + bh * N_Q + rows, mask=rows < N_Q, other=0), 0) != 0:
+                _attend_query_tile(
+                    Q, K, V, O, LSE, W, pid_m, bh,
+                    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                    stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
+                    H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale,
+                    D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, HAS_WEIGHT, WEIGHT_ON_VALUE, DOT_PRECISION)
+    else:
+        _attend_query_tile(
+            Q, K, V, O, LSE, W, tl.program_id(0), tl.program_id(1).to(tl.int64),
+            stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+            stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
+            H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale,
+            D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, HAS_WEIGHT, WEIGHT_ON_VALUE, DOT_PRECISION)

@@ -24,8 +24,8 @@ def _autotune_enabled() -> bool:
     return os.environ.get("SINKATTN_AUTOTUNE", "1") not in ("", "0")
 
 
-def _cfg(bm, bn, warps, stages):
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+def _cfg(bm, bn, warps, stages, **flags):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, **flags}, num_warps=warps, num_stages=stages)
 
 
 # Ordered by what the H200 measured (kernels/NOTES.md): with SINKATTN_AUTOTUNE=0 the first
@@ -35,18 +35,26 @@ FORWARD_CONFIGS = [
     _cfg(128, 64, 4, 3), _cfg(128, 32, 4, 4), _cfg(128, 128, 8, 2), _cfg(64, 128, 4, 3),
     _cfg(32, 32, 4, 2),  # the last resort of float32 at head dim 256
 ]
+# PAIRED: two query tiles per iteration (kernels/key_mass.py); best at head dim 64 (SD3),
+# the one-tile loop at 128 (Flux) and for SDXL (benchmarks/probes/probe4.txt).
 KEY_MASS_CONFIGS = [
-    _cfg(32, 128, 4, 3), _cfg(128, 64, 4, 3), _cfg(32, 128, 4, 4), _cfg(64, 128, 4, 3),
-    _cfg(64, 64, 4, 3), _cfg(64, 128, 8, 3),
+    _cfg(32, 64, 4, 3, PAIRED=True), _cfg(128, 64, 4, 3, PAIRED=False), _cfg(32, 128, 4, 3, PAIRED=False),
+    _cfg(32, 128, 4, 4, PAIRED=True), _cfg(32, 128, 4, 4, PAIRED=False), _cfg(64, 128, 4, 3, PAIRED=False),
+    _cfg(64, 64, 4, 3, PAIRED=False), _cfg(64, 128, 8, 3, PAIRED=False),
 ]
 INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32}
 CORRECTION_BLOCK_M = 32 if interpreting() else 64
 
 
+def _query_rows(config):
+    """Query rows a config holds per iteration (two tiles when PAIRED)."""
+    return config.kwargs["BLOCK_M"] * (2 if config.kwargs.get("PAIRED") else 1)
+
+
 def _keep(configs, fits):
-    kept = [c for c in configs if fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages)]
+    kept = [c for c in configs if fits(_query_rows(c), c.kwargs["BLOCK_N"], c.num_stages)]
     # Nothing fits: the config with the smallest tiles.
-    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.num_stages)]
+    return kept or [min(configs, key=lambda c: _query_rows(c) * c.kwargs["BLOCK_N"] * c.num_stages)]
 
 
 @functools.lru_cache(maxsize=None)
@@ -58,28 +66,48 @@ def _shared_memory_of(tensor) -> int:
     return _shared_memory(tensor.device.index or 0)
 
 
+def _forward_fits(n_q, n_k, dim, dim_v, size, limit):
+    def fits(bm, bn, stages):
+        smem = (stages * bn * (dim + dim_v) + bm * (dim + bn)) * size
+        return (bm <= max(64, triton.next_power_of_2(n_q)) and bn <= max(32, triton.next_power_of_2(n_k))
+                and (dim < 256 or bm * bn <= 64 * 64) and smem <= limit)
+    return fits
+
+
 def prune_forward(configs, named_args, **kwargs):
     """Drop tiles far larger than the sequence, 128 x 128 tiles for head dims >= 256 (the
     accumulator and K/V tiles then spill registers), and configs that would not fit in
     shared memory (float32 at D 128). The estimate, `stages` K/V tiles plus a Q and a P
     tile, is above what Triton 3.6 allocates (BM 128, BN 64, 4 stages, float32, D 128/64:
     estimate 288 KiB, allocated 240 KiB, H200 limit 227 KiB)."""
-    n_q, n_k = named_args["N_Q"], named_args["N_K"]
     dim, dim_v = (kwargs.get(n, named_args.get(n)) for n in ("BLOCK_D", "BLOCK_DV"))
-    size, limit = named_args["Q"].element_size(), _shared_memory_of(named_args["Q"])
-
-    def fits(bm, bn, stages):
-        smem = (stages * bn * (dim + dim_v) + bm * (dim + bn)) * size
-        return (bm <= max(64, triton.next_power_of_2(n_q)) and bn <= max(32, triton.next_power_of_2(n_k))
-                and (dim < 256 or bm * bn <= 64 * 64) and smem <= limit)
-
-    kept = _keep(configs, fits)
+    q = named_args["Q"]
+    kept = _keep(configs, _forward_fits(named_args["N_Q"], named_args["N_K"], dim, dim_v,
+                                        q.element_size(), _shared_memory_of(q)))
     return kept if _autotune_enabled() else kept[:1]
+
+
+@functools.lru_cache(maxsize=None)
+def _flagged_config(q_bucket, k_bucket, dim, dim_v, size, limit):
+    return _keep(FORWARD_CONFIGS, _forward_fits(q_bucket, k_bucket, dim, dim_v, size, limit))[0]
+
+
+def _forward_flagged(grid, *args, **kwargs):
+    """The flagged-row pass runs the first candidate that fits, untuned: tuning it would time
+    calls that, with no row flagged, do nothing."""
+    named = dict(zip(attention_forward_kernel.arg_names, args))
+    q = named["Q"]
+    # Only the powers of two of the lengths matter to the pruning (small sequences).
+    config = _flagged_config(min(triton.next_power_of_2(named["N_Q"]), 256),
+                             min(triton.next_power_of_2(named["N_K"]), 256), kwargs["BLOCK_D"],
+                             kwargs["BLOCK_DV"], q.element_size(), _shared_memory_of(q))
+    return attention_forward_kernel[grid](*args, **kwargs, **config.kwargs, num_warps=config.num_warps,
+                                          num_stages=config.num_stages)
 
 
 def prune_key_mass(configs, named_args, **kwargs):
     """Drop key tiles far larger than the keys, large tiles for head dims >= 256, and configs
-    whose Q tiles (one per stage) and K tile would not fit in shared memory."""
+    whose Q tiles (one per stage, two when PAIRED) and K tile would not fit in shared memory."""
     n_k = named_args["N_K"]
     dim = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
     size, limit = named_args["Q"].element_size(), _shared_memory_of(named_args["Q"])
@@ -107,7 +135,9 @@ def _tuned_launch(tuner):
 _TUNING_KEY = ["D", "DV", "BLOCK_D", "BLOCK_DV", "WEIGHT_ON_VALUE", "DOT_PRECISION"]
 if interpreting():
     forward = _fixed(attention_forward_kernel, INTERPRETER_CONFIG)
-    key_mass = _fixed(key_mass_kernel, INTERPRETER_CONFIG)
+    forward_flagged = forward
+    # The CPU tests run the paired loop by default (tests/test_kernels.py runs both loops).
+    key_mass = _fixed(key_mass_kernel, {**INTERPRETER_CONFIG, "PAIRED": True})
     correction = _fixed(correction_kernel, {"BLOCK_M": CORRECTION_BLOCK_M})
     top1 = _fixed(top1_kernel, {})
     _tuned = {}
@@ -117,6 +147,7 @@ else:
     _key_mass_tuned = triton.autotune(KEY_MASS_CONFIGS, key=["D", "BLOCK_D", "DOT_PRECISION"],
                                       prune_configs_by={"early_config_prune": prune_key_mass})(key_mass_kernel)
     forward = _tuned_launch(_forward_tuned)
+    forward_flagged = _forward_flagged
     key_mass = _tuned_launch(_key_mass_tuned)
     correction = _fixed(correction_kernel, {"BLOCK_M": CORRECTION_BLOCK_M, "num_warps": 4})
     top1 = _fixed(top1_kernel, {"num_warps": 4})

@@ -71,10 +71,20 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: torch.dt
     apply_start, apply_stop = apply_rows if apply_rows is not None else (0, n_q)
     qo, ko, vo = _operand(q), _operand(k), _operand(v)
 
-    def grid(meta):
-        return (triton.cdiv(n_q, meta["BLOCK_M"]), batch * n_heads)
+    if row_flags is None:
+        run = configs.forward
 
-    configs.forward(
+        def grid(meta):
+            return (triton.cdiv(n_q, meta["BLOCK_M"]), batch * n_heads)
+    else:
+        run = configs.forward_flagged
+        # About two programs per multiprocessor in all, each walking a head's query tiles.
+        per_head = triton.cdiv(2 * _multiprocessors_of(q), batch * n_heads)
+
+        def grid(meta):
+            return (min(per_head, triton.cdiv(n_q, meta["BLOCK_M"])), batch * n_heads)
+
+    run(
         grid, qo, ko, vo, out, lse, key_weight, row_flags,
         qo.stride(0), qo.stride(1), qo.stride(2),
         ko.stride(0), ko.stride(1), ko.stride(2),
@@ -91,13 +101,17 @@ def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def _multiprocessors_of(t: Tensor) -> int:
+    # Under the interpreter, pretend to have 4 (so the CPU tests cut shares and stride tiles).
+    return 4 if t.device.type != "cuda" else _multiprocessors(t.device.index or 0)
+
+
 def mass_shares(q: Tensor, n_k: int, n_rows: int) -> int:
     """How many shares the key-mass pass cuts the mass queries into: enough programs for
     about 8 per multiprocessor when the keys alone give fewer (77 text keys: 20 programs
     for SDXL's cross-attention), with at least 4 query tiles of 64 per share. The partial
     sums cost shares x (B, H, Nk) floats."""
-    # Under the interpreter, pretend to have 4 multiprocessors so the CPU tests cut shares.
-    processors = 4 if q.device.type != "cuda" else _multiprocessors(q.device.index or 0)
+    processors = _multiprocessors_of(q)
     key_programs = triton.cdiv(n_k, 128) * q.shape[0] * q.shape[1]
     return max(1, min(triton.cdiv(8 * processors, key_programs), n_rows // (4 * 64)))
 

@@ -197,6 +197,35 @@ def test_correction_falls_back_where_it_would_lose_accuracy(plant_sink, poisoned
     assert rows[0, 0].any().item() and not rows[0, 1].any().item()
 
 
+@pytest.mark.parametrize("path", ["score", "value"])
+def test_flagged_pass_computes_exactly_the_flagged_tiles(path, poisoned):
+    """The fallback pass of the correction route: a few programs per head stride over its
+    query tiles (more tiles than programs here). Flagged rows get the masked attention;
+    rows far from any flagged row (further than the largest tile, 128) and heads with
+    nothing flagged are not written."""
+    from sinkattn import launch
+
+    B, H, N, NK = (2, 24, 4429, 4429) if CUDA else (1, 3, 600, 100)
+    q, k, v = diffusers_layout(B, H, N, NK, 64, 64, torch.bfloat16)
+    scale = 64 ** -0.5
+    weight = torch.ones(B, H, NK, device=DEVICE)
+    weight[..., 5] = 0.0
+    masked, _ = launch.attention(q, k, v, scale, torch.bfloat16, key_weight=weight, weight_path=path)
+    flags = torch.zeros(B, H, N, dtype=torch.int8, device=DEVICE)
+    flagged = [(0, 0, 0), (0, 0, N - 1), (B - 1, H - 1, N // 2)]
+    for b, h, row in flagged:
+        flags[b, h, row] = 1
+    out = torch.full((B, H, N, 64), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+    launch.attention(q, k, v, scale, torch.bfloat16, key_weight=weight, weight_path=path, row_flags=flags, out=out)
+    for b, h, row in flagged:
+        assert rel(out[b, h, row], masked[b, h, row]) < 1e-2
+    written = ~out.isnan().all(-1)
+    near = torch.zeros_like(written)
+    for b, h, row in flagged:
+        near[b, h, max(0, row - 128):row + 129] = True
+    assert not (written & ~near).any()
+
+
 @pytest.mark.parametrize("largest", [True, False], ids=["sink", "bottom"])
 def test_top1_selection_matches_torch(largest, poisoned):
     """The one-launch selection of the default call: ties to the lower index, a NaN mass
@@ -225,6 +254,26 @@ def test_mass_over_query_shares(poisoned):
     assert launch.mass_shares(q, 77, 1100 - 13) > 1
     res = sink_attention(q, k, v, top_k=1, path="score", mass_queries=(13, 1100))
     check_against_reference(q, k, v, res, top_k=1, path="score", mass_queries=(13, 1100))
+
+
+@pytest.mark.parametrize("paired", [False, True], ids=["one_tile", "paired"])
+def test_key_mass_loops_match_reference(paired, monkeypatch, poisoned):
+    """Both loops of the key-mass kernel (one query tile per iteration, or two), on ranges
+    with an odd number of full tiles and a partial one, shorter than a pair, and starting
+    off a tile boundary."""
+    from sinkattn import launch
+    from sinkattn.kernels import configs
+    from sinkattn.kernels.key_mass import key_mass_kernel
+    from sinkattn.reference import sink_attention as reference
+
+    monkeypatch.setattr(configs, "key_mass", configs._fixed(
+        key_mass_kernel, {"BLOCK_M": 32, "BLOCK_N": 32, "PAIRED": paired}))
+    q, k, v = diffusers_layout(1, 2, 150, 70, 64, 64, torch.bfloat16)
+    _, lse = launch.attention(q, k, v, 64 ** -0.5, torch.bfloat16)
+    for rows in [(0, 150), (13, 150), (5, 40), (0, 96)]:
+        want = reference(q.double(), k.double(), v.double(), top_k=0, path="none", return_mass=True,
+                         mass_queries=rows).mass
+        assert rel(launch.key_mass(q, k, lse, 64 ** -0.5, rows), want) < 1e-5, rows
 
 
 def test_mass_is_deterministic():

@@ -1,7 +1,8 @@
-"""Probe for the next device session: the pair kernel (pair_key_mass.py, one of two K Q^T
-products left in flight) against the shipped key-mass kernel, mass pass alone, same
-tensors; relative error of both against the float64 reference (sinkattn.reference) at
-SD3-medium.
+"""Session-3 probe 4: the key-mass loop over two query tiles per iteration (one of two
+K Q^T products left in flight; written as benchmarks/probes/pair_key_mass.py when this ran,
+now key_mass_kernel's PAIRED loop, the same code) against the one-tile loop, mass pass
+alone, same tensors; relative error of both against the float64 reference
+(sinkattn.reference) at SD3-medium. Then the flagged-row pass with nothing flagged.
 
     python3 benchmarks/probes/probe4.py | tee benchmarks/probes/probe4.txt
 """
@@ -13,7 +14,6 @@ import triton
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
-from pair_key_mass import key_mass_pair_kernel  # noqa: E402
 from run import diffusers_layout  # noqa: E402  (benchmarks/run.py)
 
 from sinkattn import launch  # noqa: E402
@@ -32,13 +32,13 @@ for name, (B, H, N, D) in SHAPES.items():
     _, lse = launch.attention(q, k, k, scale, torch.bfloat16)
     ref = reference(q.double(), k.double(), k.double(), top_k=0, path="none", return_mass=True).mass if name == "sd3m" else None
     mass = torch.empty(B, H, N, device="cuda", dtype=torch.float32)
-    for kind, kernel, configs in (("shipped", key_mass_kernel, SHIPPED), ("pair", key_mass_pair_kernel, PAIR)):
+    for kind, paired, configs in (("shipped", False, SHIPPED), ("pair", True, PAIR)):
         for bm, bn, warps, stages in configs:
             def run():
-                kernel[(triton.cdiv(N, bn), B * H, 1)](
+                key_mass_kernel[(triton.cdiv(N, bn), B * H, 1)](
                     q, k, lse, mass, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                     H, N, N, 0, N, scale * LOG2E, 1.0 / N, D=D, BLOCK_D=D, BLOCK_M=bm, BLOCK_N=bn,
-                    DOT_PRECISION="tf32", num_warps=warps, num_stages=stages)
+                    PAIRED=paired, DOT_PRECISION="tf32", num_warps=warps, num_stages=stages)
             try:
                 run()
                 ms = triton.testing.do_bench(run, warmup=25, rep=150, return_mode="median")
@@ -48,7 +48,8 @@ for name, (B, H, N, D) in SHAPES.items():
                 print(f"{name:10s} {kind:8s} BM{bm} BN{bn} w{warps} s{stages}: {type(e).__name__} {str(e)[:120]}", flush=True)
 
 # The flagged-row pass of the correction route when no row is flagged (kernels/NOTES.md:
-# 20-80 us at SD3 in run 5), by config, score and value path.
+# 20-80 us at SD3 in run 5), by config, score and value path: one program per query tile
+# (run 5's grid) against a few programs per head striding over its tiles (session 3).
 from sinkattn.kernels.attention import attention_forward_kernel  # noqa: E402
 
 B, H, N, D = SHAPES["sd3m"]
@@ -57,14 +58,30 @@ out = torch.empty(B, H, N, D, device="cuda", dtype=torch.bfloat16)
 lse = torch.empty(B, H, N, device="cuda", dtype=torch.float32)
 weight = torch.ones(B, H, N, device="cuda", dtype=torch.float32)
 flags = torch.zeros(B, H, N, device="cuda", dtype=torch.int8)
+sms = torch.cuda.get_device_properties(0).multi_processor_count
 for on_value in (False, True):
-    for bm, bn, warps, stages in [(128, 64, 4, 3), (64, 128, 4, 3), (128, 64, 8, 4), (128, 32, 4, 2), (64, 64, 4, 2)]:
-        def flagged_pass():
-            attention_forward_kernel[(triton.cdiv(N, bm), B * H)](
-                q, k, v, out, lse, weight, flags, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
-                k.stride(2), v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-                H, N, N, 0, N, D ** -0.5 * LOG2E, D=D, DV=D, BLOCK_D=D, BLOCK_DV=D, BLOCK_M=bm, BLOCK_N=bn,
-                WEIGHT_ON_VALUE=on_value, DOT_PRECISION="tf32", num_warps=warps, num_stages=stages)
-        flagged_pass()
-        ms = triton.testing.do_bench(flagged_pass, warmup=25, rep=150, return_mode="median")
-        print(f"flagged pass, nothing flagged, {'value' if on_value else 'score'} BM{bm} BN{bn} w{warps} s{stages}: {ms * 1e3:.1f} us", flush=True)
+    for bm, bn, warps, stages in [(128, 64, 8, 4), (128, 64, 4, 3), (64, 128, 4, 3), (64, 64, 4, 2)]:
+        for grid_name, per_head in (("per tile", triton.cdiv(N, bm)), ("strided 2/SM", triton.cdiv(2 * sms, B * H)),
+                                    ("strided 1/SM", triton.cdiv(sms, B * H))):
+            def flagged_pass():
+                attention_forward_kernel[(per_head, B * H)](
+                    q, k, v, out, lse, weight, flags, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
+                    k.stride(2), v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+                    H, N, N, 0, N, D ** -0.5 * LOG2E, D=D, DV=D, BLOCK_D=D, BLOCK_DV=D, BLOCK_M=bm, BLOCK_N=bn,
+                    WEIGHT_ON_VALUE=on_value, DOT_PRECISION="tf32", num_warps=warps, num_stages=stages)
+            flagged_pass()
+            ms = triton.testing.do_bench(flagged_pass, warmup=25, rep=150, return_mode="median")
+            print(f"flagged pass, nothing flagged, {'value' if on_value else 'score'} BM{bm} BN{bn} w{warps} s{stages} "
+                  f"{grid_name}: {ms * 1e3:.1f} us", flush=True)
+
+# The same through the launcher (the shipped grid and config), with 0, one and 1% of the rows flagged.
+for share in (0.0, 1 / (B * H * N), 0.01):
+    flags = (torch.rand(B, H, N, device="cuda") < share).to(torch.int8)
+    if share and not flags.any():
+        flags[0, 0, N // 2] = 1
+
+    def launched():
+        launch.attention(q, k, v, D ** -0.5, torch.bfloat16, key_weight=weight, row_flags=flags, out=out)
+    launched()
+    ms = triton.testing.do_bench(launched, warmup=25, rep=150, return_mode="median")
+    print(f"launch.attention flagged pass, {int(flags.sum())} rows flagged: {ms * 1e3:.1f} us", flush=True)
