@@ -7,10 +7,12 @@ domain too (``lse2 = max + log2(sum)``), which is what the key-mass and correcti
 read. Only the last key tile is masked (sequence lengths are runtime values: no padding,
 no recompiles per resolution).
 
-The optional per-key weight ``W`` (B, H, Nk) is the masked pass of the intervention:
-on the score path log2(W) is added to the logits (W = eta on the intervened keys, so
-eta = 0 gives a -inf logit); on the value path W scales the probabilities that multiply V
-but not the normaliser (v_j <- W_j v_j). It applies to query rows in [APPLY_START, APPLY_STOP).
+The optional ``SINKS`` (B, H, TOP_K) int64 key indices (-1 for none; repeats count once)
+make it the masked pass of the intervention, with per-key weight w = eta on those keys and
+1 elsewhere: on the score path log2(w) is added to the logits (eta = 0 gives a -inf logit);
+on the value path w scales the probabilities that multiply V but not the normaliser
+(v_j <- w_j v_j). It applies to query rows in [APPLY_START, APPLY_STOP). The indices are
+loaded once per program and compared with each key tile (no (B, H, Nk) weight tensor).
 With ``ROW_FLAGS`` (B, H, Nq) int8 the grid is a few programs per head that walk its query
 tiles and compute only those holding a flagged row: the correction route's fallback
 recomputes just the flagged tiles, decided on the device, with no host synchronisation,
@@ -23,10 +25,10 @@ import triton.language as tl
 
 @triton.jit
 def _attend_tile(
-    acc, l_i, m_i, q, K, V, W, start_n, offs_n, offs_d, offs_dv, row_applied,
-    stride_kn, stride_vn, N_K, qk_scale,
+    acc, l_i, m_i, q, K, V, b_sinks, start_n, offs_n, offs_d, offs_dv, row_applied,
+    stride_kn, stride_vn, N_K, qk_scale, eta,
     D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    MASK_N: tl.constexpr, HAS_WEIGHT: tl.constexpr, WEIGHT_ON_VALUE: tl.constexpr,
+    MASK_N: tl.constexpr, HAS_SINKS: tl.constexpr, WEIGHT_ON_VALUE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     cols = start_n + offs_n  # [BN]
@@ -43,18 +45,19 @@ def _attend_tile(
     b_s = tl.dot(q, tl.trans(b_k), input_precision=DOT_PRECISION) * qk_scale  # [BM, BN]
     if MASK_N:
         b_s = tl.where(cols[None, :] < N_K, b_s, float("-inf"))
-    if HAS_WEIGHT:
-        b_w = tl.load(W + cols, mask=cols < N_K, other=1.0)  # [BN]
+    if HAS_SINKS:
+        hit = tl.max((cols[:, None] == b_sinks[None, :]).to(tl.int32), 1) > 0  # [BN]
+        b_w = tl.where(hit, eta, 1.0)  # [BN]
         if not WEIGHT_ON_VALUE:
             b_s = b_s + tl.where(row_applied[:, None], tl.log2(b_w)[None, :], 0.0)
     m_new = tl.maximum(m_i, tl.max(b_s, 1))  # [BM]
-    if HAS_WEIGHT:
+    if HAS_SINKS:
         # A row whose keys so far were all removed has m = -inf: keep exp2 finite.
         m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
     b_p = tl.math.exp2(b_s - m_new[:, None])  # [BM, BN]
     alpha = tl.math.exp2(m_i - m_new)  # [BM]
     l_i = l_i * alpha + tl.sum(b_p, 1)
-    if HAS_WEIGHT:
+    if HAS_SINKS:
         if WEIGHT_ON_VALUE:
             b_p = b_p * tl.where(row_applied[:, None], b_w[None, :], 1.0)
     acc = acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)  # [BM, BDV]
@@ -63,15 +66,15 @@ def _attend_tile(
 
 @triton.jit
 def _attend_query_tile(
-    Q, K, V, O, LSE, W, pid_m, bh,
+    Q, K, V, O, LSE, SINKS, pid_m, bh,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_om,
-    H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale,
+    H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale, TOP_K, eta,
     D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_WEIGHT: tl.constexpr, WEIGHT_ON_VALUE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    HAS_SINKS: tl.constexpr, WEIGHT_ON_VALUE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """O and lse2 of the query rows [pid_m * BLOCK_M, +BLOCK_M) of head bh (int64)."""
     b = bh // H
@@ -81,8 +84,11 @@ def _attend_query_tile(
     V += b * stride_vb + h * stride_vh
     O += b * stride_ob + h * stride_oh
     LSE += bh * N_Q
-    if HAS_WEIGHT:
-        W += bh * N_K
+    offs_t = tl.arange(0, BLOCK_T)
+    if HAS_SINKS:
+        b_sinks = tl.load(SINKS + bh * TOP_K + offs_t, mask=offs_t < TOP_K, other=-1).to(tl.int32)  # [BT]
+    else:
+        b_sinks = offs_t  # unused
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
     mask_m = offs_m < N_Q
@@ -99,14 +105,14 @@ def _attend_query_tile(
     n_full = (N_K // BLOCK_N) * BLOCK_N
     for start_n in range(0, n_full, BLOCK_N):
         acc, l_i, m_i = _attend_tile(
-            acc, l_i, m_i, b_q, K, V, W, start_n, offs_n, offs_d, offs_dv, row_applied,
-            stride_kn, stride_vn, N_K, qk_scale,
-            D, DV, BLOCK_D, BLOCK_DV, False, HAS_WEIGHT, WEIGHT_ON_VALUE, DOT_PRECISION)
+            acc, l_i, m_i, b_q, K, V, b_sinks, start_n, offs_n, offs_d, offs_dv, row_applied,
+            stride_kn, stride_vn, N_K, qk_scale, eta,
+            D, DV, BLOCK_D, BLOCK_DV, False, HAS_SINKS, WEIGHT_ON_VALUE, DOT_PRECISION)
     if n_full < N_K:
         acc, l_i, m_i = _attend_tile(
-            acc, l_i, m_i, b_q, K, V, W, n_full, offs_n, offs_d, offs_dv, row_applied,
-            stride_kn, stride_vn, N_K, qk_scale,
-            D, DV, BLOCK_D, BLOCK_DV, True, HAS_WEIGHT, WEIGHT_ON_VALUE, DOT_PRECISION)
+            acc, l_i, m_i, b_q, K, V, b_sinks, n_full, offs_n, offs_d, offs_dv, row_applied,
+            stride_kn, stride_vn, N_K, qk_scale, eta,
+            D, DV, BLOCK_D, BLOCK_DV, True, HAS_SINKS, WEIGHT_ON_VALUE, DOT_PRECISION)
 
     b_o = acc / l_i[:, None]  # [BM, BDV]
     tl.store(LSE + offs_m, m_i + tl.math.log2(l_i), mask=mask_m)
@@ -115,20 +121,20 @@ def _attend_query_tile(
 
 
 @triton.heuristics({
-    "HAS_WEIGHT": lambda a: a["W"] is not None,
+    "HAS_SINKS": lambda a: a["SINKS"] is not None,
     "HAS_ROW_FLAGS": lambda a: a["ROW_FLAGS"] is not None,
 })
-@triton.jit(do_not_specialize=["N_Q", "N_K", "APPLY_START", "APPLY_STOP"])
+@triton.jit(do_not_specialize=["N_Q", "N_K", "APPLY_START", "APPLY_STOP", "TOP_K"])
 def attention_forward_kernel(
-    Q, K, V, O, LSE, W, ROW_FLAGS,
+    Q, K, V, O, LSE, SINKS, ROW_FLAGS,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_om,
-    H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale,
+    H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale, TOP_K, eta,
     D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_WEIGHT: tl.constexpr, WEIGHT_ON_VALUE: tl.constexpr, HAS_ROW_FLAGS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    HAS_SINKS: tl.constexpr, WEIGHT_ON_VALUE: tl.constexpr, HAS_ROW_FLAGS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     if HAS_ROW_FLAGS:
@@ -141,15 +147,15 @@ def attention_forward_kernel(
             rows = pid_m * BLOCK_M + offs
             if tl.max(tl.load(ROW_FLAGS + bh * N_Q + rows, mask=rows < N_Q, other=0), 0) != 0:
                 _attend_query_tile(
-                    Q, K, V, O, LSE, W, pid_m, bh,
+                    Q, K, V, O, LSE, SINKS, pid_m, bh,
                     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
-                    H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale,
-                    D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, HAS_WEIGHT, WEIGHT_ON_VALUE, DOT_PRECISION)
+                    H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale, TOP_K, eta,
+                    D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, BLOCK_T, HAS_SINKS, WEIGHT_ON_VALUE, DOT_PRECISION)
     else:
         _attend_query_tile(
-            Q, K, V, O, LSE, W, tl.program_id(0), tl.program_id(1).to(tl.int64),
+            Q, K, V, O, LSE, SINKS, tl.program_id(0), tl.program_id(1).to(tl.int64),
             stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
             stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
-            H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale,
-            D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, HAS_WEIGHT, WEIGHT_ON_VALUE, DOT_PRECISION)
+            H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale, TOP_K, eta,
+            D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, BLOCK_T, HAS_SINKS, WEIGHT_ON_VALUE, DOT_PRECISION)

@@ -89,20 +89,22 @@ def prune_forward(configs, named_args, **kwargs):
 
 @functools.lru_cache(maxsize=None)
 def _flagged_config(q_bucket, k_bucket, dim, dim_v, size, limit):
-    return _keep(FORWARD_CONFIGS, _forward_fits(q_bucket, k_bucket, dim, dim_v, size, limit))[0]
+    config = _keep(FORWARD_CONFIGS, _forward_fits(q_bucket, k_bucket, dim, dim_v, size, limit))[0]
+    return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
 
 
-def _forward_flagged(grid, *args, **kwargs):
-    """The flagged-row pass runs the first candidate that fits, untuned: tuning it would time
-    calls that, with no row flagged, do nothing."""
-    named = dict(zip(attention_forward_kernel.arg_names, args))
-    q = named["Q"]
-    # Only the powers of two of the lengths matter to the pruning (small sequences).
-    config = _flagged_config(min(triton.next_power_of_2(named["N_Q"]), 256),
-                             min(triton.next_power_of_2(named["N_K"]), 256), kwargs["BLOCK_D"],
-                             kwargs["BLOCK_DV"], q.element_size(), _shared_memory_of(q))
-    return attention_forward_kernel[grid](*args, **kwargs, **config.kwargs, num_warps=config.num_warps,
-                                          num_stages=config.num_stages)
+def flagged_config(q, n_q: int, n_k: int, block_d: int, block_dv: int) -> dict:
+    """The flagged-row pass runs the first forward candidate that fits, untuned: tuning it
+    would time calls that, with no row flagged, do nothing."""
+    if interpreting():
+        return INTERPRETER_CONFIG
+    # Only the powers of two of short lengths matter to the pruning.
+    return _flagged_config(min(triton.next_power_of_2(n_q), 256), min(triton.next_power_of_2(n_k), 256),
+                           block_d, block_dv, q.element_size(), _shared_memory_of(q))
+
+
+def forward_flagged(grid, config, *args, **kwargs):
+    return attention_forward_kernel[grid](*args, **kwargs, **config)
 
 
 def prune_key_mass(configs, named_args, **kwargs):
@@ -126,16 +128,29 @@ def _fixed(kernel, config):
     return launch
 
 
-def _tuned_launch(tuner):
+def _tuned_launch(tuner, key):
+    """Launch through the autotuner the first time per tuning key, then with its choice
+    directly: Triton's Autotuner.run rebuilds its key from every argument on every call,
+    ~15 us of host time per launch on the H200 machine's host (benchmarks/probes/probe6.txt),
+    and the SD3-sized forward with the sink processor is host-bound there. The key is the
+    autotuner's: the tuning-key values and the dtype of every tensor argument."""
+    chosen = {}
+
     def launch(grid, *args, **kwargs):
-        return tuner[grid](*args, **kwargs)
+        call_key = (*(kwargs[name] for name in key), *(getattr(a, "dtype", None) for a in args))
+        config = chosen.get(call_key)
+        if config is None:
+            result = tuner[grid](*args, **kwargs)
+            chosen[call_key] = tuner.best_config.all_kwargs()
+            return result
+        return tuner.fn[grid](*args, **kwargs, **config)
     return launch
 
 
 _TUNING_KEY = ["D", "DV", "BLOCK_D", "BLOCK_DV", "WEIGHT_ON_VALUE", "DOT_PRECISION"]
+_KEY_MASS_TUNING_KEY = ["D", "BLOCK_D", "DOT_PRECISION"]
 if interpreting():
     forward = _fixed(attention_forward_kernel, INTERPRETER_CONFIG)
-    forward_flagged = forward
     # The CPU tests run the paired loop by default (tests/test_kernels.py runs both loops).
     key_mass = _fixed(key_mass_kernel, {**INTERPRETER_CONFIG, "PAIRED": True})
     correction = _fixed(correction_kernel, {"BLOCK_M": CORRECTION_BLOCK_M})
@@ -144,11 +159,10 @@ if interpreting():
 else:
     _forward_tuned = triton.autotune(FORWARD_CONFIGS, key=_TUNING_KEY,
                                      prune_configs_by={"early_config_prune": prune_forward})(attention_forward_kernel)
-    _key_mass_tuned = triton.autotune(KEY_MASS_CONFIGS, key=["D", "BLOCK_D", "DOT_PRECISION"],
+    _key_mass_tuned = triton.autotune(KEY_MASS_CONFIGS, key=_KEY_MASS_TUNING_KEY,
                                       prune_configs_by={"early_config_prune": prune_key_mass})(key_mass_kernel)
-    forward = _tuned_launch(_forward_tuned)
-    forward_flagged = _forward_flagged
-    key_mass = _tuned_launch(_key_mass_tuned)
+    forward = _tuned_launch(_forward_tuned, _TUNING_KEY)
+    key_mass = _tuned_launch(_key_mass_tuned, _KEY_MASS_TUNING_KEY)
     correction = _fixed(correction_kernel, {"BLOCK_M": CORRECTION_BLOCK_M, "num_warps": 4})
     top1 = _fixed(top1_kernel, {"num_warps": 4})
     _tuned = {"attention_forward": _forward_tuned, "key_mass": _key_mass_tuned}

@@ -46,8 +46,8 @@ def _operand(t: Tensor) -> Tensor:
     return t
 
 
-def _head_dims(q: Tensor, v: Tensor) -> dict:
-    dim, dim_v = q.shape[-1], v.shape[-1]
+@functools.lru_cache(maxsize=None)
+def _head_dims(dim: int, dim_v: int) -> dict:
     if max(dim, dim_v) > MAX_HEAD_DIM:
         raise ValueError(f"head dim {max(dim, dim_v)} is not supported by the kernels (max {MAX_HEAD_DIM})")
     return {"D": dim, "DV": dim_v, "BLOCK_D": max(16, triton.next_power_of_2(dim)),
@@ -55,44 +55,40 @@ def _head_dims(q: Tensor, v: Tensor) -> dict:
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: torch.dtype,
-              key_weight: Tensor | None = None, weight_path: str = "score",
+              sinks: Tensor | None = None, eta: float = 0.0, path: str = "score",
               apply_rows: tuple[int, int] | None = None, row_flags: Tensor | None = None,
               out: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """O (B, H, Nq, Dv) in ``out_dtype`` and lse2 (B, H, Nq) float32, the row log-sum-exp in
-    log2 units of the scaled scores. With ``key_weight`` (B, H, Nk) float32 the intervention
-    is applied inside the pass (the masked route); with ``row_flags`` (B, H, Nq) int8 only
-    the query tiles holding a flagged row are computed, into ``out``."""
+    log2 units of the scaled scores. With ``sinks`` (B, H, t) int64 the intervention on those
+    keys (weight ``eta`` on the ``path``, "score" or "value") is applied inside the pass (the
+    masked route); with ``row_flags`` (B, H, Nq) int8 only the query tiles holding a flagged
+    row are computed, into ``out``."""
     batch, n_heads, n_q, _ = q.shape
     n_k = k.shape[2]
-    dims = _head_dims(q, v)
+    dims = _head_dims(q.shape[-1], v.shape[-1])
     if out is None:
         out = _output((batch, n_heads, n_q, v.shape[-1]), out_dtype, q.device)
     lse = _output((batch, n_heads, n_q), torch.float32, q.device)
     apply_start, apply_stop = apply_rows if apply_rows is not None else (0, n_q)
+    if sinks is not None:
+        sinks = sinks.contiguous()
+    top_k = 0 if sinks is None else sinks.shape[-1]
     qo, ko, vo = _operand(q), _operand(k), _operand(v)
-
+    args = (qo, ko, vo, out, lse, sinks, row_flags,
+            qo.stride(0), qo.stride(1), qo.stride(2),
+            ko.stride(0), ko.stride(1), ko.stride(2),
+            vo.stride(0), vo.stride(1), vo.stride(2),
+            out.stride(0), out.stride(1), out.stride(2),
+            n_heads, n_q, n_k, apply_start, apply_stop, scale * LOG2E, top_k, eta)
+    kwargs = dict(BLOCK_T=max(16, triton.next_power_of_2(top_k)), WEIGHT_ON_VALUE=path == "value",
+                  DOT_PRECISION=_dot_precision(q.dtype), **dims)
     if row_flags is None:
-        run = configs.forward
-
-        def grid(meta):
-            return (triton.cdiv(n_q, meta["BLOCK_M"]), batch * n_heads)
+        configs.forward(lambda meta: (triton.cdiv(n_q, meta["BLOCK_M"]), batch * n_heads), *args, **kwargs)
     else:
-        run = configs.forward_flagged
         # About two programs per multiprocessor in all, each walking a head's query tiles.
-        per_head = triton.cdiv(2 * _multiprocessors_of(q), batch * n_heads)
-
-        def grid(meta):
-            return (min(per_head, triton.cdiv(n_q, meta["BLOCK_M"])), batch * n_heads)
-
-    run(
-        grid, qo, ko, vo, out, lse, key_weight, row_flags,
-        qo.stride(0), qo.stride(1), qo.stride(2),
-        ko.stride(0), ko.stride(1), ko.stride(2),
-        vo.stride(0), vo.stride(1), vo.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        n_heads, n_q, n_k, apply_start, apply_stop, scale * LOG2E,
-        WEIGHT_ON_VALUE=weight_path == "value", DOT_PRECISION=_dot_precision(q.dtype), **dims,
-    )
+        config = configs.flagged_config(q, n_q, n_k, dims["BLOCK_D"], dims["BLOCK_DV"])
+        per_head = min(triton.cdiv(2 * _multiprocessors_of(q), batch * n_heads), triton.cdiv(n_q, config["BLOCK_M"]))
+        configs.forward_flagged((per_head, batch * n_heads), config, *args, **kwargs)
     return out, lse
 
 
@@ -120,7 +116,7 @@ def key_mass(q: Tensor, k: Tensor, lse: Tensor, scale: float, rows: tuple[int, i
     """m (B, H, Nk) float32: the mean over query rows [rows) of the attention probabilities."""
     batch, n_heads, n_q, _ = q.shape
     n_k = k.shape[2]
-    dims = _head_dims(q, q)
+    dims = _head_dims(q.shape[-1], q.shape[-1])
     shares = mass_shares(q, n_k, rows[1] - rows[0])
     partial = _output((shares, batch, n_heads, n_k), torch.float32, q.device)
     qo, ko = _operand(q), _operand(k)
@@ -166,7 +162,7 @@ def correct(q: Tensor, k: Tensor, v: Tensor, out32: Tensor, lse: Tensor, sinks: 
     (B, H, t), plus (B, H, Nq) int8 flags of the rows whose correction would lose accuracy.
     ``may_repeat=False`` promises distinct indices per row (selection gives those)."""
     batch, n_heads, n_q, _ = q.shape
-    dims = _head_dims(q, v)
+    dims = _head_dims(q.shape[-1], v.shape[-1])
     out = _output((batch, n_heads, n_q, v.shape[-1]), out_dtype, q.device)
     flags = _output((batch, n_heads, n_q), torch.int8, q.device)
     unique = _without_duplicates(sinks) if may_repeat else sinks.contiguous()

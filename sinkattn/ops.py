@@ -156,16 +156,14 @@ def _run_kernels(
     if not intervene:
         return out, mass, chosen
     heads_sinks = per_head(chosen, heads)
-    key_weight = torch.ones(k.shape[:3], dtype=torch.float32, device=q.device)
-    key_weight.scatter_(-1, heads_sinks, eta)
     if INTERVENTION_ROUTE == "masked":
-        corrected, _ = launch.attention(q, k, v, scale, out_dtype=q.dtype, key_weight=key_weight,
-                                        weight_path=path, apply_rows=tuple(apply_rows))
+        corrected, _ = launch.attention(q, k, v, scale, out_dtype=q.dtype, sinks=heads_sinks, eta=eta, path=path,
+                                        apply_rows=tuple(apply_rows))
         return corrected, mass, chosen
     corrected, inaccurate_rows = launch.correct(q, k, v, out, lse, heads_sinks, eta, path, tuple(apply_rows),
                                                 scale, q.dtype, may_repeat=sinks is not None)
     # Rows whose correction would lose accuracy get the masked pass (only their tiles run).
-    launch.attention(q, k, v, scale, out_dtype=q.dtype, key_weight=key_weight, weight_path=path,
+    launch.attention(q, k, v, scale, out_dtype=q.dtype, sinks=heads_sinks, eta=eta, path=path,
                      apply_rows=tuple(apply_rows), row_flags=inaccurate_rows, out=corrected)
     return corrected, mass, chosen
 

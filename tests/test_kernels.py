@@ -152,6 +152,21 @@ def test_kernels_match_reference(shape, dtype, mode, poisoned):
     assert all(torch.Size(s).numel() <= B * H * max(Nq, Nk) * max(D, Dv) for s in poisoned)
 
 
+@pytest.mark.parametrize("mode", [m for m in MODES if m.values[0]["top_k"] > 0])
+@pytest.mark.parametrize("shape,dtype", [SHAPES[0], SHAPES[1], SHAPES[5], SHAPES[6]])
+def test_masked_route_matches_reference(shape, dtype, mode, monkeypatch, poisoned):
+    """The second route (SINKATTN_ROUTE=masked): one masked attention pass for every row, the
+    selected keys compared with each key tile inside the kernel."""
+    from sinkattn import ops, sink_attention
+
+    monkeypatch.setattr(ops, "INTERVENTION_ROUTE", "masked")
+    B, H, Nq, Nk, D, Dv = shape
+    q, k, v = diffusers_layout(B, H, Nq, Nk, D, Dv, dtype)
+    kw = _resolve(mode, Nq, Nk)
+    res = sink_attention(q, k, v, **kw)
+    check_against_reference(q, k, v, res, **kw)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("select", ["head", "shared"])
 @pytest.mark.parametrize("path", ["score", "value"])
@@ -208,15 +223,14 @@ def test_flagged_pass_computes_exactly_the_flagged_tiles(path, poisoned):
     B, H, N, NK = (2, 24, 4429, 4429) if CUDA else (1, 3, 600, 100)
     q, k, v = diffusers_layout(B, H, N, NK, 64, 64, torch.bfloat16)
     scale = 64 ** -0.5
-    weight = torch.ones(B, H, NK, device=DEVICE)
-    weight[..., 5] = 0.0
-    masked, _ = launch.attention(q, k, v, scale, torch.bfloat16, key_weight=weight, weight_path=path)
+    sinks = torch.full((B, H, 1), 5, dtype=torch.int64, device=DEVICE)
+    masked, _ = launch.attention(q, k, v, scale, torch.bfloat16, sinks=sinks, path=path)
     flags = torch.zeros(B, H, N, dtype=torch.int8, device=DEVICE)
     flagged = [(0, 0, 0), (0, 0, N - 1), (B - 1, H - 1, N // 2)]
     for b, h, row in flagged:
         flags[b, h, row] = 1
     out = torch.full((B, H, N, 64), float("nan"), dtype=torch.bfloat16, device=DEVICE)
-    launch.attention(q, k, v, scale, torch.bfloat16, key_weight=weight, weight_path=path, row_flags=flags, out=out)
+    launch.attention(q, k, v, scale, torch.bfloat16, sinks=sinks, path=path, row_flags=flags, out=out)
     for b, h, row in flagged:
         assert rel(out[b, h, row], masked[b, h, row]) < 1e-2
     written = ~out.isnan().all(-1)

@@ -50,13 +50,15 @@ for name, (B, H, N, D) in SHAPES.items():
 # The flagged-row pass of the correction route when no row is flagged (kernels/NOTES.md:
 # 20-80 us at SD3 in run 5), by config, score and value path: one program per query tile
 # (run 5's grid) against a few programs per head striding over its tiles (session 3).
+# When this ran the kernel took a (B, H, Nk) weight tensor where it now takes the sink
+# indices (the following commit); the launch arguments below are the current ones.
 from sinkattn.kernels.attention import attention_forward_kernel  # noqa: E402
 
 B, H, N, D = SHAPES["sd3m"]
 q, k, v = diffusers_layout(B, H, N, N, D)
 out = torch.empty(B, H, N, D, device="cuda", dtype=torch.bfloat16)
 lse = torch.empty(B, H, N, device="cuda", dtype=torch.float32)
-weight = torch.ones(B, H, N, device="cuda", dtype=torch.float32)
+sinks = torch.zeros(B, H, 1, device="cuda", dtype=torch.int64)
 flags = torch.zeros(B, H, N, device="cuda", dtype=torch.int8)
 sms = torch.cuda.get_device_properties(0).multi_processor_count
 for on_value in (False, True):
@@ -65,9 +67,10 @@ for on_value in (False, True):
                                     ("strided 1/SM", triton.cdiv(sms, B * H))):
             def flagged_pass():
                 attention_forward_kernel[(per_head, B * H)](
-                    q, k, v, out, lse, weight, flags, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
+                    q, k, v, out, lse, sinks, flags, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
                     k.stride(2), v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-                    H, N, N, 0, N, D ** -0.5 * LOG2E, D=D, DV=D, BLOCK_D=D, BLOCK_DV=D, BLOCK_M=bm, BLOCK_N=bn,
+                    H, N, N, 0, N, D ** -0.5 * LOG2E, 1, 0.0, D=D, DV=D, BLOCK_D=D, BLOCK_DV=D, BLOCK_M=bm,
+                    BLOCK_N=bn, BLOCK_T=16,
                     WEIGHT_ON_VALUE=on_value, DOT_PRECISION="tf32", num_warps=warps, num_stages=stages)
             flagged_pass()
             ms = triton.testing.do_bench(flagged_pass, warmup=25, rep=150, return_mode="median")
@@ -81,7 +84,7 @@ for share in (0.0, 1 / (B * H * N), 0.01):
         flags[0, 0, N // 2] = 1
 
     def launched():
-        launch.attention(q, k, v, D ** -0.5, torch.bfloat16, key_weight=weight, row_flags=flags, out=out)
+        launch.attention(q, k, v, D ** -0.5, torch.bfloat16, sinks=sinks, row_flags=flags, out=out)
     launched()
     ms = triton.testing.do_bench(launched, warmup=25, rep=150, return_mode="median")
     print(f"launch.attention flagged pass, {int(flags.sum())} rows flagged: {ms * 1e3:.1f} us", flush=True)
