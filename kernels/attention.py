@@ -48,8 +48,11 @@ def _attend_tile(
     if HAS_SINKS:
         hit = tl.max((cols[:, None] == b_sinks[None, :]).to(tl.int32), 1) > 0  # [BN]
         b_w = tl.where(hit, eta, 1.0)  # [BN]
+        # Most key tiles hold no selected key: only those pay for the [BM, BN] weighting.
+        tile_has_sink = tl.max(hit.to(tl.int32), 0) > 0
         if not WEIGHT_ON_VALUE:
-            b_s = b_s + tl.where(row_applied[:, None], tl.log2(b_w)[None, :], 0.0)
+            if tile_has_sink:
+                b_s = b_s + tl.where(row_applied[:, None], tl.log2(b_w)[None, :], 0.0)
     m_new = tl.maximum(m_i, tl.max(b_s, 1))  # [BM]
     if HAS_SINKS:
         # A row whose keys so far were all removed has m = -inf: keep exp2 finite.
@@ -59,7 +62,8 @@ def _attend_tile(
     l_i = l_i * alpha + tl.sum(b_p, 1)
     if HAS_SINKS:
         if WEIGHT_ON_VALUE:
-            b_p = b_p * tl.where(row_applied[:, None], b_w[None, :], 1.0)
+            if tile_has_sink:
+                b_p = b_p * tl.where(row_applied[:, None], b_w[None, :], 1.0)
     acc = acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)  # [BM, BDV]
     return acc, l_i, m_new
 

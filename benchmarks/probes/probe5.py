@@ -84,3 +84,7 @@ for label, processor in (("stock", JointAttnProcessor2_0()), ("sink k=1", SinkSu
     top = list(times.items())[:12]
     print(f"forward {label}: GPU {sum(times.values()) / 1e3:.2f} ms per forward; top kernels (us): "
           + ", ".join(f"{kname}={t:.0f}" for kname, t in top), flush=True)
+
+from sinkattn.kernels import configs  # noqa: E402
+
+print("configs chosen by the autotuner in this process:", configs.chosen_configs(), flush=True)
