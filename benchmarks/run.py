@@ -47,8 +47,11 @@ SINK_MODES = {  # mode name: sink_attention keywords
 }
 
 
-def diffusers_layout(B, H, Nq, Nk, D, dtype=torch.bfloat16, device="cuda"):
-    """Transposed views of (B, N, H*D) projections, as diffusers' processors hand them over."""
+def diffusers_layout(B, H, Nq, Nk, D, dtype=torch.bfloat16, device="cuda", seed=0):
+    """Transposed views of (B, N, H*D) projections, as diffusers' processors hand them over.
+    Seeded: whether a random draw makes the correction flag a few rows moves the sink rows
+    by up to ~0.1 ms at SD3 (kernels/NOTES.md, session 3), so runs compare the same draw."""
+    torch.manual_seed(seed)
     q = torch.randn(B, Nq, H * D, device=device, dtype=dtype).view(B, Nq, H, D).transpose(1, 2)
     k = torch.randn(B, Nk, H * D, device=device, dtype=dtype).view(B, Nk, H, D).transpose(1, 2)
     v = torch.randn(B, Nk, H * D, device=device, dtype=dtype).view(B, Nk, H, D).transpose(1, 2)
