@@ -29,7 +29,7 @@ def _attend_tile(
     stride_kn, stride_vn, N_K, qk_scale, eta,
     D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     MASK_N: tl.constexpr, HAS_SINKS: tl.constexpr, WEIGHT_ON_VALUE: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    FOLD_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     cols = start_n + offs_n  # [BN]
     p_k = K + cols[:, None] * stride_kn + offs_d[None, :]  # [BN, BD]
@@ -42,27 +42,36 @@ def _attend_tile(
         b_v = tl.load(p_v, mask=(cols[:, None] < N_K) & (offs_dv[None, :] < DV), other=0.0)
     else:
         b_v = tl.load(p_v)
-    b_s = tl.dot(q, tl.trans(b_k), input_precision=DOT_PRECISION) * qk_scale  # [BM, BN]
+    b_s = tl.dot(q, tl.trans(b_k), input_precision=DOT_PRECISION)  # [BM, BN]
+    # Scaled scores are b_s * mult. With a positive scale (FOLD_SCALE) the multiply is left
+    # to the exponential's FFMA and the row max is taken on the raw products and scaled
+    # after, one [BM] multiply instead of a [BM, BN] one per tile.
+    if FOLD_SCALE:
+        mult = qk_scale
+    else:
+        b_s = b_s * qk_scale
+        mult = 1.0
     if MASK_N:
         b_s = tl.where(cols[None, :] < N_K, b_s, float("-inf"))
     if HAS_SINKS:
         hit = tl.max((cols[:, None] == b_sinks[None, :]).to(tl.int32), 1) > 0  # [BN]
-        b_w = tl.where(hit, eta, 1.0)  # [BN]
         # Most key tiles hold no selected key: only those pay for the [BM, BN] weighting.
         tile_has_sink = tl.max(hit.to(tl.int32), 0) > 0
         if not WEIGHT_ON_VALUE:
             if tile_has_sink:
-                b_s = b_s + tl.where(row_applied[:, None], tl.log2(b_w)[None, :], 0.0)
-    m_new = tl.maximum(m_i, tl.max(b_s, 1))  # [BM]
+                log_w = tl.where(hit, tl.log2(eta) / mult, 0.0)  # [BN]
+                b_s = b_s + tl.where(row_applied[:, None], log_w[None, :], 0.0)
+    m_new = tl.maximum(m_i, tl.max(b_s, 1) * mult)  # [BM]
     if HAS_SINKS:
         # A row whose keys so far were all removed has m = -inf: keep exp2 finite.
         m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-    b_p = tl.math.exp2(b_s - m_new[:, None])  # [BM, BN]
+    b_p = tl.math.exp2(b_s * mult - m_new[:, None])  # [BM, BN]
     alpha = tl.math.exp2(m_i - m_new)  # [BM]
     l_i = l_i * alpha + tl.sum(b_p, 1)
     if HAS_SINKS:
         if WEIGHT_ON_VALUE:
             if tile_has_sink:
+                b_w = tl.where(hit, eta, 1.0)  # [BN]
                 b_p = b_p * tl.where(row_applied[:, None], b_w[None, :], 1.0)
     acc = acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)  # [BM, BDV]
     return acc, l_i, m_new
@@ -78,7 +87,8 @@ def _attend_query_tile(
     H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale, TOP_K, eta,
     D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
-    HAS_SINKS: tl.constexpr, WEIGHT_ON_VALUE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_SINKS: tl.constexpr, WEIGHT_ON_VALUE: tl.constexpr, FOLD_SCALE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """O and lse2 of the query rows [pid_m * BLOCK_M, +BLOCK_M) of head bh (int64)."""
     b = bh // H
@@ -111,12 +121,12 @@ def _attend_query_tile(
         acc, l_i, m_i = _attend_tile(
             acc, l_i, m_i, b_q, K, V, b_sinks, start_n, offs_n, offs_d, offs_dv, row_applied,
             stride_kn, stride_vn, N_K, qk_scale, eta,
-            D, DV, BLOCK_D, BLOCK_DV, False, HAS_SINKS, WEIGHT_ON_VALUE, DOT_PRECISION)
+            D, DV, BLOCK_D, BLOCK_DV, False, HAS_SINKS, WEIGHT_ON_VALUE, FOLD_SCALE, DOT_PRECISION)
     if n_full < N_K:
         acc, l_i, m_i = _attend_tile(
             acc, l_i, m_i, b_q, K, V, b_sinks, n_full, offs_n, offs_d, offs_dv, row_applied,
             stride_kn, stride_vn, N_K, qk_scale, eta,
-            D, DV, BLOCK_D, BLOCK_DV, True, HAS_SINKS, WEIGHT_ON_VALUE, DOT_PRECISION)
+            D, DV, BLOCK_D, BLOCK_DV, True, HAS_SINKS, WEIGHT_ON_VALUE, FOLD_SCALE, DOT_PRECISION)
 
     b_o = acc / l_i[:, None]  # [BM, BDV]
     tl.store(LSE + offs_m, m_i + tl.math.log2(l_i), mask=mask_m)
@@ -139,7 +149,7 @@ def attention_forward_kernel(
     D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
     HAS_SINKS: tl.constexpr, WEIGHT_ON_VALUE: tl.constexpr, HAS_ROW_FLAGS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    FOLD_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     if HAS_ROW_FLAGS:
         # A few programs per head (grid dim 0, chosen by the launcher) walk its query tiles
@@ -155,11 +165,13 @@ def attention_forward_kernel(
                     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
                     H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale, TOP_K, eta,
-                    D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, BLOCK_T, HAS_SINKS, WEIGHT_ON_VALUE, DOT_PRECISION)
+                    D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, BLOCK_T, HAS_SINKS, WEIGHT_ON_VALUE, FOLD_SCALE,
+            DOT_PRECISION)
     else:
         _attend_query_tile(
             Q, K, V, O, LSE, SINKS, tl.program_id(0), tl.program_id(1).to(tl.int64),
             stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
             stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
             H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale, TOP_K, eta,
-            D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, BLOCK_T, HAS_SINKS, WEIGHT_ON_VALUE, DOT_PRECISION)
+            D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, BLOCK_T, HAS_SINKS, WEIGHT_ON_VALUE, FOLD_SCALE,
+            DOT_PRECISION)

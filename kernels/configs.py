@@ -42,6 +42,15 @@ KEY_MASS_CONFIGS = [
     _cfg(32, 128, 4, 4, PAIRED=True), _cfg(32, 128, 4, 4, PAIRED=False), _cfg(64, 128, 4, 3, PAIRED=False),
     _cfg(64, 64, 4, 3, PAIRED=False), _cfg(64, 128, 8, 3, PAIRED=False),
 ]
+# The flagged-row pass (the correction route's fallback, kernels/attention.py) computes only
+# the query tiles that hold a flagged row, usually a handful: small query tiles waste less on
+# a tile's unflagged rows, and each flagged tile is one program's serial walk over all keys.
+# FLAGGED_PROGRAMS_PER_SM programs in all stride over the tiles.
+# H200, SD3 shape (benchmarks/probes/probe8.txt): BM 64 at 16 programs per SM was the best
+# or near it whether 2 rows, 1% or 10% of the rows, or one whole head were flagged; BM 16
+# wins only for a couple of rows (67 against 78 us) and loses 3x when many are flagged.
+FLAGGED_CONFIGS = [_cfg(64, 64, 4, 3), _cfg(64, 64, 4, 2), _cfg(32, 32, 4, 2)]
+FLAGGED_PROGRAMS_PER_SM = 16
 INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32}
 CORRECTION_BLOCK_M = 32 if interpreting() else 64
 
@@ -89,12 +98,12 @@ def prune_forward(configs, named_args, **kwargs):
 
 @functools.lru_cache(maxsize=None)
 def _flagged_config(q_bucket, k_bucket, dim, dim_v, size, limit):
-    config = _keep(FORWARD_CONFIGS, _forward_fits(q_bucket, k_bucket, dim, dim_v, size, limit))[0]
+    config = _keep(FLAGGED_CONFIGS, _forward_fits(q_bucket, k_bucket, dim, dim_v, size, limit))[0]
     return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
 
 
 def flagged_config(q, n_q: int, n_k: int, block_d: int, block_dv: int) -> dict:
-    """The flagged-row pass runs the first forward candidate that fits, untuned: tuning it
+    """The flagged-row pass runs the first of FLAGGED_CONFIGS that fits, untuned: tuning it
     would time calls that, with no row flagged, do nothing."""
     if interpreting():
         return INTERPRETER_CONFIG
@@ -147,7 +156,7 @@ def _tuned_launch(tuner, key):
     return launch
 
 
-_TUNING_KEY = ["D", "DV", "BLOCK_D", "BLOCK_DV", "WEIGHT_ON_VALUE", "DOT_PRECISION"]
+_TUNING_KEY = ["D", "DV", "BLOCK_D", "BLOCK_DV", "WEIGHT_ON_VALUE", "FOLD_SCALE", "DOT_PRECISION"]
 _KEY_MASS_TUNING_KEY = ["D", "BLOCK_D", "DOT_PRECISION"]
 if interpreting():
     forward = _fixed(attention_forward_kernel, INTERPRETER_CONFIG)

@@ -81,13 +81,14 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: torch.dt
             out.stride(0), out.stride(1), out.stride(2),
             n_heads, n_q, n_k, apply_start, apply_stop, scale * LOG2E, top_k, eta)
     kwargs = dict(BLOCK_T=max(16, triton.next_power_of_2(top_k)), WEIGHT_ON_VALUE=path == "value",
-                  DOT_PRECISION=_dot_precision(q.dtype), **dims)
+                  FOLD_SCALE=scale > 0, DOT_PRECISION=_dot_precision(q.dtype), **dims)
     if row_flags is None:
         configs.forward(lambda meta: (triton.cdiv(n_q, meta["BLOCK_M"]), batch * n_heads), *args, **kwargs)
     else:
-        # About two programs per multiprocessor in all, each walking a head's query tiles.
+        # A few programs per multiprocessor in all, each walking a head's query tiles.
         config = configs.flagged_config(q, n_q, n_k, dims["BLOCK_D"], dims["BLOCK_DV"])
-        per_head = min(triton.cdiv(2 * _multiprocessors_of(q), batch * n_heads), triton.cdiv(n_q, config["BLOCK_M"]))
+        programs = configs.FLAGGED_PROGRAMS_PER_SM * _multiprocessors_of(q)
+        per_head = min(triton.cdiv(programs, batch * n_heads), triton.cdiv(n_q, config["BLOCK_M"]))
         configs.forward_flagged((per_head, batch * n_heads), config, *args, **kwargs)
     return out, lse
 

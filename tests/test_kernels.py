@@ -167,6 +167,23 @@ def test_masked_route_matches_reference(shape, dtype, mode, monkeypatch, poisone
     check_against_reference(q, k, v, res, **kw)
 
 
+@pytest.mark.parametrize("route", ["correction", "masked"])
+@pytest.mark.parametrize("path", ["score", "value"])
+@pytest.mark.parametrize("scale", [0.4, 0.0, -3.0])
+def test_any_scale_matches_reference(scale, path, route, monkeypatch, poisoned):
+    """A positive scale is folded into the exponentials' multiply-add (the row max is taken
+    on the unscaled products); zero and negative scales take the explicit multiply. Both
+    forms, with the intervention inside the masked pass too (log2(eta) / scale)."""
+    from sinkattn import ops, sink_attention
+
+    monkeypatch.setattr(ops, "INTERVENTION_ROUTE", route)
+    q, k, v = diffusers_layout(2, 2, 70, 77, 64, 64, torch.bfloat16)
+    for eta in (0.0, 0.3):
+        kw = dict(top_k=1, path=path, eta=eta, scale=scale, apply_queries=(10, 70))
+        res = sink_attention(q, k, v, **kw)
+        check_against_reference(q, k, v, res, **kw)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("select", ["head", "shared"])
 @pytest.mark.parametrize("path", ["score", "value"])
@@ -220,7 +237,7 @@ def test_flagged_pass_computes_exactly_the_flagged_tiles(path, poisoned):
     nothing flagged are not written."""
     from sinkattn import launch
 
-    B, H, N, NK = (2, 24, 4429, 4429) if CUDA else (1, 3, 600, 100)
+    B, H, N, NK = (2, 24, 4429, 4429) if CUDA else (1, 3, 2000, 100)
     q, k, v = diffusers_layout(B, H, N, NK, 64, 64, torch.bfloat16)
     scale = 64 ** -0.5
     sinks = torch.full((B, H, 1), 5, dtype=torch.int64, device=DEVICE)
