@@ -1,4 +1,6 @@
-"""End to end: a whole tiny StableDiffusion3Pipeline with the processor; torch.compile."""
+"""End to end: a whole tiny StableDiffusion3Pipeline with the processor; torch.compile.
+On a CUDA machine both run there (the Triton kernels, inductor around the custom op); on
+the CPU the processor takes the reference path and the compile uses aot_eager."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ import torch
 from sinkattn import tiny
 from sinkattn.processors import SinkSuppressProcessor
 
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+
 
 def generate(pipe, seed):
     return pipe("a photo of a red cat", height=64, width=64, num_inference_steps=2, max_sequence_length=16,
@@ -15,7 +20,7 @@ def generate(pipe, seed):
 
 
 def test_tiny_sd3_pipeline_generates_with_the_processor():
-    pipe = tiny.tiny_sd3_pipeline()
+    pipe = tiny.tiny_sd3_pipeline().to(DEVICE)
     stock = generate(pipe, 0)
     pipe.transformer.set_attn_processor(SinkSuppressProcessor(k=1))
     first, again = generate(pipe, 0), generate(pipe, 0)
@@ -36,13 +41,17 @@ def test_tiny_pipelines_are_deterministic_builds():
     pytest.param(tiny.tiny_flux_transformer, dict(k=2, path="value", eta=0.5), id="flux-value"),
 ])
 def test_torch_compile_matches_eager(builder, kwargs):
-    # aot_eager: dynamo + AOTAutograd tracing of the processor (what breaks a compile), without
-    # inductor's C++ codegen, which takes minutes on a 2-core CI runner for no extra coverage
-    # of our code. On a GPU the op is a torch.library custom op and inductor compiles around it.
-    model = builder()
-    inputs = tiny.tiny_inputs(model, batch=1, size=8)
+    # CPU: aot_eager, i.e. dynamo + AOTAutograd tracing of the processor (what breaks a
+    # compile), without inductor's C++ codegen, which takes minutes on a 2-core CI runner for
+    # no extra coverage of our code. GPU: inductor compiles the transformer around the op, and
+    # fuses its other ops differently from eager (hence the looser bound there).
+    model = builder().to(DEVICE)
+    inputs = {name: value.to(DEVICE) if torch.is_tensor(value) else value
+              for name, value in tiny.tiny_inputs(model, batch=1, size=8).items()}
     model.set_attn_processor(SinkSuppressProcessor(**kwargs))
+    torch._dynamo.reset()
     with torch.no_grad():
         eager = model(**inputs, return_dict=False)[0]
-        compiled = torch.compile(model, backend="aot_eager")(**inputs, return_dict=False)[0]
-    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+        compiled = torch.compile(model, backend="inductor" if CUDA else "aot_eager")(**inputs, return_dict=False)[0]
+    tol = 1e-4 if CUDA else 1e-5
+    torch.testing.assert_close(compiled, eager, rtol=tol, atol=tol)
