@@ -13,10 +13,18 @@ make it the masked pass of the intervention, with per-key weight w = eta on thos
 on the value path w scales the probabilities that multiply V but not the normaliser
 (v_j <- w_j v_j). It applies to query rows in [APPLY_START, APPLY_STOP). The indices are
 loaded once per program and compared with each key tile (no (B, H, Nk) weight tensor).
-With ``ROW_FLAGS`` (B, H, Nq) int8 the grid is a few programs per head that walk its query
-tiles and compute only those holding a flagged row: the correction route's fallback
-recomputes just the flagged tiles, decided on the device, with no host synchronisation,
-and costs little more than a launch when nothing is flagged (the usual case).
+
+``flagged_tiles_kernel`` is the correction route's fallback: it recomputes with the masked
+pass only the query tiles that the correction kernel gave a slot (tiles holding a row whose
+correction would lose accuracy), decided on the device with no host synchronisation. A few
+programs per head stride over its tiles, so with nothing flagged it costs little more than a
+launch. One flagged tile alone would be one program's serial walk over every key tile
+(latency-bound, ~80 us at SD3 on an H200), so when few tiles are flagged (at most
+MAX_SPLIT_TILES in all) each one's keys are cut into KEY_SPLITS ranges computed by different
+programs, each writing its (O, lse) partial into the tile's slot, and
+``combine_splits_kernel`` merges a tile's partials in split order (flash-decoding's merge;
+deterministic, no atomics on values). With more tiles flagged there is parallelism enough
+across tiles, and each is computed whole, straight into the output.
 """
 
 import triton
@@ -78,8 +86,51 @@ def _attend_tile(
 
 
 @triton.jit
-def _attend_query_tile(
-    Q, K, V, O, LSE, SINKS, pid_m, bh,
+def _attend_rows(
+    Q, K, V, b_sinks, offs_m, mask_m, row_applied, n_lo, n_hi,
+    stride_qm, stride_kn, stride_vn, N_K, qk_scale, eta,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_SINKS: tl.constexpr, WEIGHT_ON_VALUE: tl.constexpr, FOLD_SCALE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Online softmax of the query rows offs_m over the keys [n_lo, n_hi) (n_lo on a tile
+    boundary; only a range ending at N_K may end inside a tile). Q, K, V point at the head.
+    Returns (acc, l, m): O = acc / l, lse2 = m + log2(l)."""
+    offs_n = tl.arange(0, BLOCK_N)  # [BN]
+    offs_d = tl.arange(0, BLOCK_D)  # [BD]
+    offs_dv = tl.arange(0, BLOCK_DV)  # [BDV]
+    b_q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :],
+                  mask=mask_m[:, None] & (offs_d[None, :] < D), other=0.0)  # [BM, BD]
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    n_full = n_lo + tl.maximum(n_hi - n_lo, 0) // BLOCK_N * BLOCK_N
+    for start_n in range(n_lo, n_full, BLOCK_N):
+        acc, l_i, m_i = _attend_tile(
+            acc, l_i, m_i, b_q, K, V, b_sinks, start_n, offs_n, offs_d, offs_dv, row_applied,
+            stride_kn, stride_vn, N_K, qk_scale, eta,
+            D, DV, BLOCK_D, BLOCK_DV, False, HAS_SINKS, WEIGHT_ON_VALUE, FOLD_SCALE, DOT_PRECISION)
+    if n_full < n_hi:
+        acc, l_i, m_i = _attend_tile(
+            acc, l_i, m_i, b_q, K, V, b_sinks, n_full, offs_n, offs_d, offs_dv, row_applied,
+            stride_kn, stride_vn, N_K, qk_scale, eta,
+            D, DV, BLOCK_D, BLOCK_DV, True, HAS_SINKS, WEIGHT_ON_VALUE, FOLD_SCALE, DOT_PRECISION)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _head_sinks(SINKS, bh, TOP_K, BLOCK_T: tl.constexpr, HAS_SINKS: tl.constexpr):
+    offs_t = tl.arange(0, BLOCK_T)
+    if HAS_SINKS:
+        return tl.load(SINKS + bh * TOP_K + offs_t, mask=offs_t < TOP_K, other=-1).to(tl.int32)  # [BT]
+    return offs_t  # unused
+
+
+@triton.heuristics({"HAS_SINKS": lambda a: a["SINKS"] is not None})
+@triton.jit(do_not_specialize=["N_Q", "N_K", "APPLY_START", "APPLY_STOP", "TOP_K"])
+def attention_forward_kernel(
+    Q, K, V, O, LSE, SINKS,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -90,88 +141,120 @@ def _attend_query_tile(
     HAS_SINKS: tl.constexpr, WEIGHT_ON_VALUE: tl.constexpr, FOLD_SCALE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """O and lse2 of the query rows [pid_m * BLOCK_M, +BLOCK_M) of head bh (int64)."""
+    """O and lse2 of the query rows [pid_m * BLOCK_M, +BLOCK_M) of head bh."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+    mask_m = offs_m < N_Q
+    row_applied = (offs_m >= APPLY_START) & (offs_m < APPLY_STOP)  # [BM]
+    acc, l_i, m_i = _attend_rows(
+        Q + b * stride_qb + h * stride_qh, K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh,
+        _head_sinks(SINKS, bh, TOP_K, BLOCK_T, HAS_SINKS), offs_m, mask_m, row_applied, 0, N_K,
+        stride_qm, stride_kn, stride_vn, N_K, qk_scale, eta,
+        D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, HAS_SINKS, WEIGHT_ON_VALUE, FOLD_SCALE, DOT_PRECISION)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    tl.store(LSE + bh * N_Q + offs_m, m_i + tl.math.log2(l_i), mask=mask_m)
+    tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :],
+             (acc / l_i[:, None]).to(O.dtype.element_ty), mask=mask_m[:, None] & (offs_dv[None, :] < DV))
+
+
+@triton.jit
+def _split_mode(SLOT_COUNT, MAX_SPLIT_TILES):
+    """True when few enough tiles were flagged that each one's keys are split."""
+    return tl.load(SLOT_COUNT) <= MAX_SPLIT_TILES
+
+
+@triton.jit(do_not_specialize=["N_Q", "N_K", "APPLY_START", "APPLY_STOP", "TOP_K", "KEY_SPLITS"])
+def flagged_tiles_kernel(
+    Q, K, V, OUT, SINKS, TILE_SLOTS, SLOT_COUNT, PART_O, PART_LSE,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_om,
+    H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale, TOP_K, eta, KEY_SPLITS, MAX_SPLIT_TILES,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    WEIGHT_ON_VALUE: tl.constexpr, FOLD_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """The masked pass over the query tiles of TILE_SLOTS (B*H, cdiv(N_Q, BLOCK_M)) int32 >= 0
+    (-1: not flagged). Grid: (programs per head, B*H, KEY_SPLITS). In split mode program
+    (p, bh, s) computes key range s of the head's tiles p, p + P, ... into PART_O
+    (MAX_SPLIT_TILES, KEY_SPLITS, BLOCK_M, DV) float32 and PART_LSE (..., BLOCK_M) at the
+    tile's slot; otherwise the programs (p, s) of a head stride over its tiles together,
+    each tile whole into OUT."""
+    bh = tl.program_id(1).to(tl.int64)
+    split = tl.program_id(2)
     b = bh // H
     h = bh % H
     Q += b * stride_qb + h * stride_qh
     K += b * stride_kb + h * stride_kh
     V += b * stride_vb + h * stride_vh
-    O += b * stride_ob + h * stride_oh
-    LSE += bh * N_Q
-    offs_t = tl.arange(0, BLOCK_T)
-    if HAS_SINKS:
-        b_sinks = tl.load(SINKS + bh * TOP_K + offs_t, mask=offs_t < TOP_K, other=-1).to(tl.int32)  # [BT]
-    else:
-        b_sinks = offs_t  # unused
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
-    mask_m = offs_m < N_Q
-    offs_n = tl.arange(0, BLOCK_N)  # [BN]
-    offs_d = tl.arange(0, BLOCK_D)  # [BD]
-    offs_dv = tl.arange(0, BLOCK_DV)  # [BDV]
-    row_applied = (offs_m >= APPLY_START) & (offs_m < APPLY_STOP)  # [BM]
-    b_q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :],
-                  mask=mask_m[:, None] & (offs_d[None, :] < D), other=0.0)  # [BM, BD]
-
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    n_full = (N_K // BLOCK_N) * BLOCK_N
-    for start_n in range(0, n_full, BLOCK_N):
-        acc, l_i, m_i = _attend_tile(
-            acc, l_i, m_i, b_q, K, V, b_sinks, start_n, offs_n, offs_d, offs_dv, row_applied,
-            stride_kn, stride_vn, N_K, qk_scale, eta,
-            D, DV, BLOCK_D, BLOCK_DV, False, HAS_SINKS, WEIGHT_ON_VALUE, FOLD_SCALE, DOT_PRECISION)
-    if n_full < N_K:
-        acc, l_i, m_i = _attend_tile(
-            acc, l_i, m_i, b_q, K, V, b_sinks, n_full, offs_n, offs_d, offs_dv, row_applied,
-            stride_kn, stride_vn, N_K, qk_scale, eta,
-            D, DV, BLOCK_D, BLOCK_DV, True, HAS_SINKS, WEIGHT_ON_VALUE, FOLD_SCALE, DOT_PRECISION)
-
-    b_o = acc / l_i[:, None]  # [BM, BDV]
-    tl.store(LSE + offs_m, m_i + tl.math.log2(l_i), mask=mask_m)
-    tl.store(O + offs_m[:, None] * stride_om + offs_dv[None, :], b_o.to(O.dtype.element_ty),
-             mask=mask_m[:, None] & (offs_dv[None, :] < DV))
+    OUT += b * stride_ob + h * stride_oh
+    b_sinks = _head_sinks(SINKS, bh, TOP_K, BLOCK_T, True)
+    n_tiles = tl.cdiv(N_Q, BLOCK_M)
+    split_mode = _split_mode(SLOT_COUNT, MAX_SPLIT_TILES)
+    # Split mode: the head's tiles p, p + P, ..., keys of range `split`. Otherwise: tiles
+    # p * KEY_SPLITS + split, with stride P * KEY_SPLITS, all keys.
+    first = tl.where(split_mode, tl.program_id(0), tl.program_id(0) * KEY_SPLITS + split)
+    step = tl.where(split_mode, tl.num_programs(0), tl.num_programs(0) * KEY_SPLITS)
+    keys_per_split = tl.cdiv(tl.cdiv(N_K, BLOCK_N), tl.where(split_mode, KEY_SPLITS, 1)) * BLOCK_N
+    n_lo = tl.where(split_mode, split, 0) * keys_per_split
+    n_hi = tl.minimum(n_lo + keys_per_split, N_K)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    for pid_m in range(first, n_tiles, step):
+        slot = tl.load(TILE_SLOTS + bh * n_tiles + pid_m)
+        if slot >= 0:
+            offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+            mask_m = offs_m < N_Q
+            row_applied = (offs_m >= APPLY_START) & (offs_m < APPLY_STOP)
+            acc, l_i, m_i = _attend_rows(
+                Q, K, V, b_sinks, offs_m, mask_m, row_applied, n_lo, n_hi,
+                stride_qm, stride_kn, stride_vn, N_K, qk_scale, eta,
+                D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, True, WEIGHT_ON_VALUE, FOLD_SCALE, DOT_PRECISION)
+            if split_mode:
+                # A range whose keys are all removed for a row leaves l = 0: lse2 = -inf there,
+                # and the merge gives that partial no weight.
+                part = (slot.to(tl.int64) * KEY_SPLITS + split) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+                tl.store(PART_LSE + part, m_i + tl.math.log2(l_i))
+                tl.store(PART_O + part[:, None] * DV + offs_dv[None, :], acc / l_i[:, None],
+                         mask=offs_dv[None, :] < DV)
+            else:
+                tl.store(OUT + offs_m[:, None] * stride_om + offs_dv[None, :],
+                         (acc / l_i[:, None]).to(OUT.dtype.element_ty), mask=mask_m[:, None] & (offs_dv[None, :] < DV))
 
 
-@triton.heuristics({
-    "HAS_SINKS": lambda a: a["SINKS"] is not None,
-    "HAS_ROW_FLAGS": lambda a: a["ROW_FLAGS"] is not None,
-})
-@triton.jit(do_not_specialize=["N_Q", "N_K", "APPLY_START", "APPLY_STOP", "TOP_K"])
-def attention_forward_kernel(
-    Q, K, V, O, LSE, SINKS, ROW_FLAGS,
-    stride_qb, stride_qh, stride_qm,
-    stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
+@triton.jit(do_not_specialize=["N_Q", "KEY_SPLITS"])
+def combine_splits_kernel(
+    OUT, TILE_SLOTS, SLOT_COUNT, PART_O, PART_LSE,
     stride_ob, stride_oh, stride_om,
-    H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale, TOP_K, eta,
-    D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
-    HAS_SINKS: tl.constexpr, WEIGHT_ON_VALUE: tl.constexpr, HAS_ROW_FLAGS: tl.constexpr,
-    FOLD_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    H, N_Q, KEY_SPLITS, MAX_SPLIT_TILES,
+    DV: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    if HAS_ROW_FLAGS:
-        # A few programs per head (grid dim 0, chosen by the launcher) walk its query tiles
-        # with a stride and compute only the tiles holding a flagged row: with none flagged
-        # the pass costs a read of the flags, not a wave of programs per tile.
+    """OUT rows of each split tile: sum_s 2^(lse_s - lse) O_s with lse = log2 sum_s 2^lse_s,
+    the splits taken in order. Grid: (programs per head, B*H)."""
+    if _split_mode(SLOT_COUNT, MAX_SPLIT_TILES):
         bh = tl.program_id(1).to(tl.int64)
-        offs = tl.arange(0, BLOCK_M)
-        for pid_m in range(tl.program_id(0), tl.cdiv(N_Q, BLOCK_M), tl.num_programs(0)):
-            rows = pid_m * BLOCK_M + offs
-            if tl.max(tl.load(ROW_FLAGS + bh * N_Q + rows, mask=rows < N_Q, other=0), 0) != 0:
-                _attend_query_tile(
-                    Q, K, V, O, LSE, SINKS, pid_m, bh,
-                    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
-                    stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
-                    H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale, TOP_K, eta,
-                    D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, BLOCK_T, HAS_SINKS, WEIGHT_ON_VALUE, FOLD_SCALE,
-            DOT_PRECISION)
-    else:
-        _attend_query_tile(
-            Q, K, V, O, LSE, SINKS, tl.program_id(0), tl.program_id(1).to(tl.int64),
-            stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
-            stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
-            H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale, TOP_K, eta,
-            D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, BLOCK_T, HAS_SINKS, WEIGHT_ON_VALUE, FOLD_SCALE,
-            DOT_PRECISION)
+        OUT += (bh // H) * stride_ob + (bh % H) * stride_oh
+        n_tiles = tl.cdiv(N_Q, BLOCK_M)
+        offs_dv = tl.arange(0, BLOCK_DV)
+        for pid_m in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
+            slot = tl.load(TILE_SLOTS + bh * n_tiles + pid_m)
+            if slot >= 0:
+                base = slot.to(tl.int64) * KEY_SPLITS * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM], split 0
+                lse_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+                for s in range(KEY_SPLITS):
+                    lse_max = tl.maximum(lse_max, tl.load(PART_LSE + base + s * BLOCK_M))
+                weight_sum = tl.zeros([BLOCK_M], tl.float32)
+                b_o = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+                for s in range(KEY_SPLITS):
+                    part = base + s * BLOCK_M
+                    weight = tl.math.exp2(tl.load(PART_LSE + part) - lse_max)  # 0 for an empty range
+                    b_part = tl.load(PART_O + part[:, None] * DV + offs_dv[None, :], mask=offs_dv[None, :] < DV, other=0.0)
+                    b_o += tl.where(weight[:, None] > 0, weight[:, None] * b_part, 0.0)
+                    weight_sum += weight
+                offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+                tl.store(OUT + offs_m[:, None] * stride_om + offs_dv[None, :],
+                         (b_o / weight_sum[:, None]).to(OUT.dtype.element_ty),
+                         mask=(offs_m < N_Q)[:, None] & (offs_dv[None, :] < DV))

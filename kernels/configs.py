@@ -14,7 +14,7 @@ import os
 import triton
 
 from . import interpreting
-from .attention import attention_forward_kernel
+from .attention import attention_forward_kernel, combine_splits_kernel, flagged_tiles_kernel
 from .correction import correction_kernel
 from .key_mass import key_mass_kernel
 from .selection import top1_kernel
@@ -42,15 +42,18 @@ KEY_MASS_CONFIGS = [
     _cfg(32, 128, 4, 4, PAIRED=True), _cfg(32, 128, 4, 4, PAIRED=False), _cfg(64, 128, 4, 3, PAIRED=False),
     _cfg(64, 64, 4, 3, PAIRED=False), _cfg(64, 128, 8, 3, PAIRED=False),
 ]
-# The flagged-row pass (the correction route's fallback, kernels/attention.py) computes only
-# the query tiles that hold a flagged row, usually a handful: small query tiles waste less on
-# a tile's unflagged rows, and each flagged tile is one program's serial walk over all keys.
-# FLAGGED_PROGRAMS_PER_SM programs in all stride over the tiles.
-# H200, SD3 shape (benchmarks/probes/probe8.txt): BM 64 at 16 programs per SM was the best
-# or near it whether 2 rows, 1% or 10% of the rows, or one whole head were flagged; BM 16
-# wins only for a couple of rows (67 against 78 us) and loses 3x when many are flagged.
-FLAGGED_CONFIGS = [_cfg(64, 64, 4, 3), _cfg(64, 64, 4, 2), _cfg(32, 32, 4, 2)]
+# The flagged-tile pass (the correction route's fallback, kernels/attention.py) computes only
+# the query tiles that hold a flagged row, usually a handful, in tiles of the correction
+# kernel's CORRECTION_BLOCK_M rows. H200, SD3 shape (benchmarks/probes/probe8.txt, before the
+# key split): BM 64 at 16 programs per SM was the best or near it whether 2 rows, 1% or 10%
+# of the rows, or one whole head were flagged; BM 16 won only for a couple of rows (67
+# against 78 us, both a lone program's walk over all keys) and lost 3x when many were.
+# With at most FLAGGED_MAX_SPLIT_TILES tiles flagged in all, each one's keys are cut into up
+# to FLAGGED_KEY_SPLITS ranges computed by separate programs.
+FLAGGED_CONFIGS = [_cfg(64, 64, 4, 3), _cfg(64, 64, 4, 2), _cfg(64, 32, 4, 2)]
 FLAGGED_PROGRAMS_PER_SM = 16
+FLAGGED_KEY_SPLITS = 8
+FLAGGED_MAX_SPLIT_TILES = 64
 INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32}
 CORRECTION_BLOCK_M = 32 if interpreting() else 64
 
@@ -103,17 +106,17 @@ def _flagged_config(q_bucket, k_bucket, dim, dim_v, size, limit):
 
 
 def flagged_config(q, n_q: int, n_k: int, block_d: int, block_dv: int) -> dict:
-    """The flagged-row pass runs the first of FLAGGED_CONFIGS that fits, untuned: tuning it
+    """The flagged-tile pass runs the first of FLAGGED_CONFIGS that fits, untuned: tuning it
     would time calls that, with no row flagged, do nothing."""
     if interpreting():
-        return INTERPRETER_CONFIG
+        return {**INTERPRETER_CONFIG, "BLOCK_M": CORRECTION_BLOCK_M}
     # Only the powers of two of short lengths matter to the pruning.
     return _flagged_config(min(triton.next_power_of_2(n_q), 256), min(triton.next_power_of_2(n_k), 256),
                            block_d, block_dv, q.element_size(), _shared_memory_of(q))
 
 
-def forward_flagged(grid, config, *args, **kwargs):
-    return attention_forward_kernel[grid](*args, **kwargs, **config)
+def flagged_tiles(grid, config, *args, **kwargs):
+    return flagged_tiles_kernel[grid](*args, **kwargs, **config)
 
 
 def prune_key_mass(configs, named_args, **kwargs):
@@ -163,6 +166,7 @@ if interpreting():
     # The CPU tests run the paired loop by default (tests/test_kernels.py runs both loops).
     key_mass = _fixed(key_mass_kernel, {**INTERPRETER_CONFIG, "PAIRED": True})
     correction = _fixed(correction_kernel, {"BLOCK_M": CORRECTION_BLOCK_M})
+    combine_splits = _fixed(combine_splits_kernel, {"BLOCK_M": CORRECTION_BLOCK_M})
     top1 = _fixed(top1_kernel, {})
     _tuned = {}
 else:
@@ -173,6 +177,7 @@ else:
     forward = _tuned_launch(_forward_tuned, _TUNING_KEY)
     key_mass = _tuned_launch(_key_mass_tuned, _KEY_MASS_TUNING_KEY)
     correction = _fixed(correction_kernel, {"BLOCK_M": CORRECTION_BLOCK_M, "num_warps": 4})
+    combine_splits = _fixed(combine_splits_kernel, {"BLOCK_M": CORRECTION_BLOCK_M, "num_warps": 4})
     top1 = _fixed(top1_kernel, {"num_warps": 4})
     _tuned = {"attention_forward": _forward_tuned, "key_mass": _key_mass_tuned}
 

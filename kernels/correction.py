@@ -7,8 +7,11 @@ intervened keys of a row:
 This costs O(Nq * |J| * D) instead of another attention pass. The forward rounded each
 p_j to the input precision before its P V product, so the subtraction leaves an error of
 about eps * f * sum_J p_j |v_j| in the row; FLAG marks rows where that exceeds
-max_amplification * eps * |O - f sum_J p_j v_j| (the row would lose accuracy), and the
-launcher recomputes their heads with the masked attention pass.
+max_amplification * eps * |O - f sum_J p_j v_j| (the row would lose accuracy). A program
+(one query tile) holding such a row takes the next slot from SLOT_COUNT and writes it to
+TILE_SLOTS (-1 otherwise); kernels/attention.py's flagged_tiles_kernel then recomputes
+those tiles with the masked pass. Slot numbers follow the programs' order of arrival, but
+nothing computed depends on them, only on how many there are.
 Indices < 0 in SINKS are skipped (duplicates are marked so by the launcher).
 """
 
@@ -18,7 +21,7 @@ import triton.language as tl
 
 @triton.jit(do_not_specialize=["N_Q", "TOP_K", "APPLY_START", "APPLY_STOP"])
 def correction_kernel(
-    Q, K, V, O32, LSE, SINKS, OUT, FLAG,
+    Q, K, V, O32, LSE, SINKS, OUT, TILE_SLOTS, SLOT_COUNT,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -38,7 +41,6 @@ def correction_kernel(
     O32 += b * stride_ob + h * stride_oh
     OUT += b * stride_outb + h * stride_outh
     LSE += bh * N_Q
-    FLAG += bh * N_Q
     SINKS += bh * TOP_K
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
@@ -79,4 +81,6 @@ def correction_kernel(
              mask=mask_m[:, None] & mask_dv[None, :])
     num_norm = tl.sqrt(tl.sum(b_num * b_num, 1))  # [BM]
     ill = applied & (removal * b_bound > max_amplification * num_norm)
-    tl.store(FLAG + offs_m, ill.to(tl.int8), mask=mask_m)
+    any_ill = tl.max(ill.to(tl.int32), 0) > 0
+    slot = tl.atomic_add(SLOT_COUNT, 1, mask=any_ill)
+    tl.store(TILE_SLOTS + bh * tl.num_programs(0) + pid_m, tl.where(any_ill, slot, -1))

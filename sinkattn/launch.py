@@ -56,41 +56,71 @@ def _head_dims(dim: int, dim_v: int) -> dict:
 
 def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: torch.dtype,
               sinks: Tensor | None = None, eta: float = 0.0, path: str = "score",
-              apply_rows: tuple[int, int] | None = None, row_flags: Tensor | None = None,
-              out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+              apply_rows: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
     """O (B, H, Nq, Dv) in ``out_dtype`` and lse2 (B, H, Nq) float32, the row log-sum-exp in
     log2 units of the scaled scores. With ``sinks`` (B, H, t) int64 the intervention on those
     keys (weight ``eta`` on the ``path``, "score" or "value") is applied inside the pass (the
-    masked route); with ``row_flags`` (B, H, Nq) int8 only the query tiles holding a flagged
-    row are computed, into ``out``."""
+    masked route)."""
     batch, n_heads, n_q, _ = q.shape
     n_k = k.shape[2]
     dims = _head_dims(q.shape[-1], v.shape[-1])
-    if out is None:
-        out = _output((batch, n_heads, n_q, v.shape[-1]), out_dtype, q.device)
+    out = _output((batch, n_heads, n_q, v.shape[-1]), out_dtype, q.device)
     lse = _output((batch, n_heads, n_q), torch.float32, q.device)
     apply_start, apply_stop = apply_rows if apply_rows is not None else (0, n_q)
     if sinks is not None:
         sinks = sinks.contiguous()
-    top_k = 0 if sinks is None else sinks.shape[-1]
     qo, ko, vo = _operand(q), _operand(k), _operand(v)
-    args = (qo, ko, vo, out, lse, sinks, row_flags,
-            qo.stride(0), qo.stride(1), qo.stride(2),
-            ko.stride(0), ko.stride(1), ko.stride(2),
-            vo.stride(0), vo.stride(1), vo.stride(2),
-            out.stride(0), out.stride(1), out.stride(2),
-            n_heads, n_q, n_k, apply_start, apply_stop, scale * LOG2E, top_k, eta)
-    kwargs = dict(BLOCK_T=max(16, triton.next_power_of_2(top_k)), WEIGHT_ON_VALUE=path == "value",
-                  FOLD_SCALE=scale > 0, DOT_PRECISION=_dot_precision(q.dtype), **dims)
-    if row_flags is None:
-        configs.forward(lambda meta: (triton.cdiv(n_q, meta["BLOCK_M"]), batch * n_heads), *args, **kwargs)
-    else:
-        # A few programs per multiprocessor in all, each walking a head's query tiles.
-        config = configs.flagged_config(q, n_q, n_k, dims["BLOCK_D"], dims["BLOCK_DV"])
-        programs = configs.FLAGGED_PROGRAMS_PER_SM * _multiprocessors_of(q)
-        per_head = min(triton.cdiv(programs, batch * n_heads), triton.cdiv(n_q, config["BLOCK_M"]))
-        configs.forward_flagged((per_head, batch * n_heads), config, *args, **kwargs)
+    configs.forward(
+        lambda meta: (triton.cdiv(n_q, meta["BLOCK_M"]), batch * n_heads),
+        qo, ko, vo, out, lse, sinks, *_strides(qo, ko, vo, out),
+        n_heads, n_q, n_k, apply_start, apply_stop, scale * LOG2E, 0 if sinks is None else sinks.shape[-1], eta,
+        **_masked_pass_flags(q, sinks, path, scale), **dims)
     return out, lse
+
+
+def _strides(q: Tensor, k: Tensor, v: Tensor, out: Tensor) -> tuple[int, ...]:
+    return (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2))
+
+
+def _masked_pass_flags(q: Tensor, sinks: Tensor | None, path: str, scale: float) -> dict:
+    top_k = 0 if sinks is None else sinks.shape[-1]
+    return dict(BLOCK_T=max(16, triton.next_power_of_2(top_k)), WEIGHT_ON_VALUE=path == "value",
+                FOLD_SCALE=scale > 0, DOT_PRECISION=_dot_precision(q.dtype))
+
+
+def recompute_flagged(q: Tensor, k: Tensor, v: Tensor, scale: float, sinks: Tensor, eta: float, path: str,
+                      apply_rows: tuple[int, int], tile_slots: Tensor, slot_count: Tensor, out: Tensor) -> None:
+    """The masked pass for the query tiles that ``correct`` gave a slot, into ``out``; the
+    keys of each tile are split over programs when few tiles are flagged."""
+    batch, n_heads, n_q, _ = q.shape
+    n_k = k.shape[2]
+    dims = _head_dims(q.shape[-1], v.shape[-1])
+    config = configs.flagged_config(q, n_q, n_k, dims["BLOCK_D"], dims["BLOCK_DV"])
+    block_m = config["BLOCK_M"]
+    if block_m != configs.CORRECTION_BLOCK_M:
+        raise AssertionError("the flagged-tile pass must use the correction kernel's tiles")
+    n_tiles = triton.cdiv(n_q, block_m)
+    key_tiles = triton.cdiv(n_k, config["BLOCK_N"])
+    # Up to FLAGGED_KEY_SPLITS ranges of whole key tiles, none of them empty.
+    splits = triton.cdiv(key_tiles, triton.cdiv(key_tiles, configs.FLAGGED_KEY_SPLITS))
+    # The partials never take more memory than the output does.
+    max_split_tiles = min(configs.FLAGGED_MAX_SPLIT_TILES, batch * n_heads * n_q // (splits * block_m))
+    part_o = _output((max_split_tiles, splits, block_m, v.shape[-1]), torch.float32, q.device)
+    part_lse = _output((max_split_tiles, splits, block_m), torch.float32, q.device)
+    programs = configs.FLAGGED_PROGRAMS_PER_SM * _multiprocessors_of(q)
+    per_head = min(triton.cdiv(programs, batch * n_heads * splits), n_tiles)
+    qo, ko, vo = _operand(q), _operand(k), _operand(v)
+    sinks = sinks.contiguous()
+    configs.flagged_tiles(
+        (per_head, batch * n_heads, splits), config,
+        qo, ko, vo, out, sinks, tile_slots, slot_count, part_o, part_lse, *_strides(qo, ko, vo, out),
+        n_heads, n_q, n_k, apply_rows[0], apply_rows[1], scale * LOG2E, sinks.shape[-1], eta, splits, max_split_tiles,
+        **_masked_pass_flags(q, sinks, path, scale), **dims)
+    configs.combine_splits(
+        (min(triton.cdiv(programs, batch * n_heads), n_tiles), batch * n_heads),
+        out, tile_slots, slot_count, part_o, part_lse, out.stride(0), out.stride(1), out.stride(2),
+        n_heads, n_q, splits, max_split_tiles, DV=dims["DV"], BLOCK_DV=dims["BLOCK_DV"])
 
 
 @functools.lru_cache(maxsize=None)
@@ -158,18 +188,21 @@ def _without_duplicates(sinks: Tensor) -> Tensor:
 
 def correct(q: Tensor, k: Tensor, v: Tensor, out32: Tensor, lse: Tensor, sinks: Tensor, eta: float,
             path: str, apply_rows: tuple[int, int], scale: float, out_dtype: torch.dtype,
-            may_repeat: bool = True) -> tuple[Tensor, Tensor]:
+            may_repeat: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """The intervened output from the unintervened float32 one and the selected keys
-    (B, H, t), plus (B, H, Nq) int8 flags of the rows whose correction would lose accuracy.
-    ``may_repeat=False`` promises distinct indices per row (selection gives those)."""
+    (B, H, t); the slots (B*H, cdiv(Nq, CORRECTION_BLOCK_M)) int32 of the query tiles holding
+    a row whose correction would lose accuracy (-1 for the others), and their count (1,)
+    int32: the input of ``recompute_flagged``. ``may_repeat=False`` promises distinct indices
+    per row (selection gives those)."""
     batch, n_heads, n_q, _ = q.shape
     dims = _head_dims(q.shape[-1], v.shape[-1])
     out = _output((batch, n_heads, n_q, v.shape[-1]), out_dtype, q.device)
-    flags = _output((batch, n_heads, n_q), torch.int8, q.device)
+    n_tiles = triton.cdiv(n_q, configs.CORRECTION_BLOCK_M)
+    tile_slots = _output((batch * n_heads, n_tiles), torch.int32, q.device)
+    slot_count = torch.zeros(1, dtype=torch.int32, device=q.device)
     unique = _without_duplicates(sinks) if may_repeat else sinks.contiguous()
-    grid = (triton.cdiv(n_q, configs.CORRECTION_BLOCK_M), batch * n_heads)
     configs.correction(
-        grid, q, k, v, out32, lse, unique, out, flags,
+        (n_tiles, batch * n_heads), q, k, v, out32, lse, unique, out, tile_slots, slot_count,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -178,4 +211,4 @@ def correct(q: Tensor, k: Tensor, v: Tensor, out32: Tensor, lse: Tensor, sinks: 
         n_heads, n_q, unique.shape[-1], apply_rows[0], apply_rows[1], scale * LOG2E,
         1.0 - eta, _MAX_AMPLIFICATION[q.dtype], SCORE_PATH=path == "score", **dims,
     )
-    return out, flags
+    return out, tile_slots, slot_count

@@ -160,11 +160,11 @@ def _run_kernels(
         corrected, _ = launch.attention(q, k, v, scale, out_dtype=q.dtype, sinks=heads_sinks, eta=eta, path=path,
                                         apply_rows=tuple(apply_rows))
         return corrected, mass, chosen
-    corrected, inaccurate_rows = launch.correct(q, k, v, out, lse, heads_sinks, eta, path, tuple(apply_rows),
-                                                scale, q.dtype, may_repeat=sinks is not None)
-    # Rows whose correction would lose accuracy get the masked pass (only their tiles run).
-    launch.attention(q, k, v, scale, out_dtype=q.dtype, sinks=heads_sinks, eta=eta, path=path,
-                     apply_rows=tuple(apply_rows), row_flags=inaccurate_rows, out=corrected)
+    corrected, tile_slots, slot_count = launch.correct(q, k, v, out, lse, heads_sinks, eta, path, tuple(apply_rows),
+                                                       scale, q.dtype, may_repeat=sinks is not None)
+    # Tiles holding a row whose correction would lose accuracy get the masked pass.
+    launch.recompute_flagged(q, k, v, scale, heads_sinks, eta, path, tuple(apply_rows), tile_slots, slot_count,
+                             corrected)
     return corrected, mass, chosen
 
 

@@ -225,36 +225,50 @@ def test_correction_falls_back_where_it_would_lose_accuracy(plant_sink, poisoned
     res = sink_attention(q, k, v, top_k=1, path="score")
     check_against_reference(q, k, v, res, top_k=1, path="score")
     out32, lse = launch.attention(q, k, v, 64**-0.5, torch.float32)
-    _, rows = launch.correct(q, k, v, out32, lse, res.sinks, 0.0, "score", (0, 64), 64**-0.5, q.dtype)
-    assert rows[0, 0].any().item() and not rows[0, 1].any().item()
+    _, slots, count = launch.correct(q, k, v, out32, lse, res.sinks, 0.0, "score", (0, 64), 64**-0.5, q.dtype)
+    assert (slots[0] >= 0).any().item() and (slots[1] == -1).all().item()
+    assert count.item() == (slots >= 0).sum().item()
+    assert sorted(slots[slots >= 0].tolist()) == list(range(count.item()))  # distinct slots
 
 
+@pytest.mark.parametrize("removed", ["one-key", "a-whole-key-range"])
+@pytest.mark.parametrize("split", [True, False], ids=["key-split", "whole-tiles"])
 @pytest.mark.parametrize("path", ["score", "value"])
-def test_flagged_pass_computes_exactly_the_flagged_tiles(path, poisoned):
-    """The fallback pass of the correction route: a few programs per head stride over its
-    query tiles (more tiles than programs here). Flagged rows get the masked attention;
-    rows far from any flagged row (further than the largest tile, 128) and heads with
-    nothing flagged are not written."""
+def test_flagged_pass_computes_exactly_the_flagged_tiles(path, split, removed, monkeypatch, poisoned):
+    """The correction route's fallback: a few programs per head stride over its query tiles
+    (more tiles than programs here) and give the tiles that hold a slot the masked attention.
+    With few tiles flagged each tile's keys are split over programs and the partials merged
+    (key-split); with more, each tile is computed whole (whole-tiles). Removing 64 keys
+    empties the first key range of every row on the score path (its partial must get no
+    weight). Tiles without a slot are not written."""
     from sinkattn import launch
+    from sinkattn.kernels import configs
 
-    B, H, N, NK = (2, 24, 4429, 4429) if CUDA else (1, 3, 2000, 100)
+    B, H, N, NK = (2, 24, 4429, 300) if CUDA else (1, 3, 2000, 100)
     q, k, v = diffusers_layout(B, H, N, NK, 64, 64, torch.bfloat16)
     scale = 64 ** -0.5
-    sinks = torch.full((B, H, 1), 5, dtype=torch.int64, device=DEVICE)
+    if removed == "one-key":
+        sinks = torch.full((B, H, 1), 5, dtype=torch.int64, device=DEVICE)
+    else:
+        sinks = torch.arange(64, device=DEVICE).expand(B, H, 64).contiguous()
     masked, _ = launch.attention(q, k, v, scale, torch.bfloat16, sinks=sinks, path=path)
-    flags = torch.zeros(B, H, N, dtype=torch.int8, device=DEVICE)
+    block_m = configs.CORRECTION_BLOCK_M
+    n_tiles = -(-N // block_m)
+    slots = torch.full((B * H, n_tiles), -1, dtype=torch.int32, device=DEVICE)
     flagged = [(0, 0, 0), (0, 0, N - 1), (B - 1, H - 1, N // 2)]
-    for b, h, row in flagged:
-        flags[b, h, row] = 1
+    for slot, (b, h, row) in enumerate(flagged):
+        slots[b * H + h, row // block_m] = slot
+    count = torch.tensor([len(flagged)], dtype=torch.int32, device=DEVICE)
+    if not split:
+        monkeypatch.setattr(configs, "FLAGGED_MAX_SPLIT_TILES", len(flagged) - 1)
     out = torch.full((B, H, N, 64), float("nan"), dtype=torch.bfloat16, device=DEVICE)
-    launch.attention(q, k, v, scale, torch.bfloat16, sinks=sinks, path=path, row_flags=flags, out=out)
+    launch.recompute_flagged(q, k, v, scale, sinks, 0.0, path, (0, N), slots, count, out)
+    expected = torch.zeros(B, H, N, dtype=torch.bool, device=DEVICE)
     for b, h, row in flagged:
-        assert rel(out[b, h, row], masked[b, h, row]) < 1e-2
-    written = ~out.isnan().all(-1)
-    near = torch.zeros_like(written)
-    for b, h, row in flagged:
-        near[b, h, max(0, row - 128):row + 129] = True
-    assert not (written & ~near).any()
+        tile = row // block_m
+        expected[b, h, tile * block_m:(tile + 1) * block_m] = True
+    assert torch.equal(~out.isnan().any(-1), expected)
+    assert rel(out[expected], masked[expected]) < 1e-2
 
 
 @pytest.mark.parametrize("largest", [True, False], ids=["sink", "bottom"])
