@@ -101,6 +101,22 @@ def pytest_benchmark_section(path: Path) -> list[str]:
     return lines + [""]
 
 
+def rerun_sections(results: Path, commit) -> list[str]:
+    """Re-runs of some shapes on the same commit (``results/logs/*_rerun.json``, written by
+    ``run.py --shapes ...``): the small shapes are host-bound and the device machine's host
+    state varies between and within runs, so a second measurement is shown beside the run."""
+    lines = []
+    for path in sorted((results / "logs").glob("*_rerun.json")):
+        data = json.loads(path.read_text())
+        if data["meta"].get("commit") != commit:
+            continue
+        meta = data["meta"]
+        lines += [f"## Re-run of {', '.join(sorted({r['shape'] for r in data['rows']}))} (same commit)", "",
+                  f"`{path.relative_to(results.parent)}`: {meta['gpu']}, torch {meta['torch']}, triton "
+                  f"{meta['triton']}, date {meta['date']}, commit {commit}.", "", table(data["rows"]), ""]
+    return lines
+
+
 def main(argv=None):
     src = Path((argv or sys.argv[1:] or [Path(__file__).parent / "results" / "h200.json"])[0])
     data = json.loads(src.read_text())
@@ -126,6 +142,7 @@ def main(argv=None):
         "",
         table(data["rows"]),
         "",
+        *rerun_sections(src.parent, meta.get("commit")),
         *mass_floor_section(src.parent / "mass_floor_h200.json"),
         *pytest_benchmark_section(src.parent / "pytest_benchmark_h200.json"),
     ]
