@@ -19,7 +19,7 @@ pass only the query tiles that the correction kernel gave a slot (tiles holding 
 correction would lose accuracy), decided on the device with no host synchronisation. A few
 programs per head stride over its tiles, so with nothing flagged it costs little more than a
 launch. One flagged tile alone would be one program's serial walk over every key tile
-(latency-bound, ~80 us at SD3 on an H200), so when few tiles are flagged (at most
+(latency-bound, ~75 us at SD3 on an H200), so when few tiles are flagged (at most
 MAX_SPLIT_TILES in all) each one's keys are cut into KEY_SPLITS ranges computed by different
 programs, each writing its (O, lse) partial into the tile's slot, and
 ``combine_splits_kernel`` merges a tile's partials in split order (flash-decoding's merge;
