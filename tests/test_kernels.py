@@ -261,8 +261,26 @@ def test_flagged_pass_computes_exactly_the_flagged_tiles(path, split, removed, m
     count = torch.tensor([len(flagged)], dtype=torch.int32, device=DEVICE)
     if not split:
         monkeypatch.setattr(configs, "FLAGGED_MAX_SPLIT_TILES", len(flagged) - 1)
+    allocated = []
+    poisoned_output = launch._output
+
+    def recorded_output(*args):
+        allocated.append(poisoned_output(*args))
+        return allocated[-1]
+
+    monkeypatch.setattr(launch, "_output", recorded_output)
     out = torch.full((B, H, N, 64), float("nan"), dtype=torch.bfloat16, device=DEVICE)
     launch.recompute_flagged(q, k, v, scale, sinks, 0.0, path, (0, N), slots, count, out)
+    if split and removed == "a-whole-key-range" and path == "score":
+        # The first key range (64 keys on the GPU, 32 under the interpreter) holds only
+        # removed keys for the rows of the sequence, the last one none: each range was
+        # computed apart.
+        part_lse = allocated[-1][:len(flagged)]  # (tiles, ranges, BLOCK_M)
+        assert part_lse.shape[1] > 1
+        for slot, (_, _, row) in enumerate(flagged):
+            in_sequence = row // block_m * block_m + torch.arange(block_m, device=DEVICE) < N
+            assert torch.isneginf(part_lse[slot, 0][in_sequence]).all()
+            assert torch.isfinite(part_lse[slot, -1]).all()
     expected = torch.zeros(B, H, N, dtype=torch.bool, device=DEVICE)
     for b, h, row in flagged:
         tile = row // block_m
