@@ -42,20 +42,22 @@ KEY_MASS_CONFIGS = [
     _cfg(32, 128, 4, 4, PAIRED=True), _cfg(32, 128, 4, 4, PAIRED=False), _cfg(64, 128, 4, 3, PAIRED=False),
     _cfg(64, 64, 4, 3, PAIRED=False), _cfg(64, 128, 8, 3, PAIRED=False),
 ]
+INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32}
+CORRECTION_BLOCK_M = 32 if interpreting() else 64
 # The flagged-tile pass (the correction route's fallback, kernels/attention.py) computes only
 # the query tiles that hold a flagged row, usually a handful, in tiles of the correction
-# kernel's CORRECTION_BLOCK_M rows. H200, SD3 shape (benchmarks/probes/probe8.txt, before the
-# key split): BM 64 at 16 programs per SM was the best or near it whether 2 rows, 1% or 10%
+# kernel's CORRECTION_BLOCK_M rows (its tile slots index those tiles). H200, SD3 shape
+# (benchmarks/probes/probe8.txt, before the key split): BM 64 at 16 programs per SM was the
+# best or near it whether 2 rows, 1% or 10%
 # of the rows, or one whole head were flagged; BM 16 won only for a couple of rows (67
 # against 78 us, both a lone program's walk over all keys) and lost 3x when many were.
 # With at most FLAGGED_MAX_SPLIT_TILES tiles flagged in all, each one's keys are cut into up
 # to FLAGGED_KEY_SPLITS ranges computed by separate programs.
-FLAGGED_CONFIGS = [_cfg(64, 64, 4, 3), _cfg(64, 64, 4, 2), _cfg(64, 32, 4, 2)]
+FLAGGED_CONFIGS = [_cfg(CORRECTION_BLOCK_M, bn, warps, stages)
+                   for bn, warps, stages in ((64, 4, 3), (64, 4, 2), (32, 4, 2))]
 FLAGGED_PROGRAMS_PER_SM = 16
 FLAGGED_KEY_SPLITS = 8
 FLAGGED_MAX_SPLIT_TILES = 64
-INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32}
-CORRECTION_BLOCK_M = 32 if interpreting() else 64
 
 
 def _query_rows(config):
