@@ -120,6 +120,15 @@ def _attend_rows(
 
 
 @triton.jit
+def _store_rows(OUT, offs_m, mask_m, stride_om, numer, denom, DV: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """OUT[offs_m] = numer / denom per row, in OUT's dtype; OUT points at the head, rows
+    outside mask_m and columns past DV are not written."""
+    offs_dv = tl.arange(0, BLOCK_DV)
+    tl.store(OUT + offs_m[:, None] * stride_om + offs_dv[None, :], (numer / denom[:, None]).to(OUT.dtype.element_ty),
+             mask=mask_m[:, None] & (offs_dv[None, :] < DV))
+
+
+@triton.jit
 def _head_sinks(SINKS, bh, TOP_K, BLOCK_T: tl.constexpr, HAS_SINKS: tl.constexpr):
     offs_t = tl.arange(0, BLOCK_T)
     if HAS_SINKS:
@@ -154,10 +163,8 @@ def attention_forward_kernel(
         _head_sinks(SINKS, bh, TOP_K, BLOCK_T, HAS_SINKS), offs_m, mask_m, row_applied, 0, N_K,
         stride_qm, stride_kn, stride_vn, N_K, qk_scale, eta,
         D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, HAS_SINKS, WEIGHT_ON_VALUE, FOLD_SCALE, DOT_PRECISION)
-    offs_dv = tl.arange(0, BLOCK_DV)
     tl.store(LSE + bh * N_Q + offs_m, m_i + tl.math.log2(l_i), mask=mask_m)
-    tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :],
-             (acc / l_i[:, None]).to(O.dtype.element_ty), mask=mask_m[:, None] & (offs_dv[None, :] < DV))
+    _store_rows(O + b * stride_ob + h * stride_oh, offs_m, mask_m, stride_om, acc, l_i, DV, BLOCK_DV)
 
 
 @triton.jit
@@ -221,8 +228,7 @@ def flagged_tiles_kernel(
                 tl.store(PART_O + part[:, None] * DV + offs_dv[None, :], acc / l_i[:, None],
                          mask=offs_dv[None, :] < DV)
             else:
-                tl.store(OUT + offs_m[:, None] * stride_om + offs_dv[None, :],
-                         (acc / l_i[:, None]).to(OUT.dtype.element_ty), mask=mask_m[:, None] & (offs_dv[None, :] < DV))
+                _store_rows(OUT, offs_m, mask_m, stride_om, acc, l_i, DV, BLOCK_DV)
 
 
 @triton.jit(do_not_specialize=["N_Q", "KEY_SPLITS"])
@@ -255,6 +261,4 @@ def combine_splits_kernel(
                     b_o += tl.where(weight[:, None] > 0, weight[:, None] * b_part, 0.0)
                     weight_sum += weight
                 offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-                tl.store(OUT + offs_m[:, None] * stride_om + offs_dv[None, :],
-                         (b_o / weight_sum[:, None]).to(OUT.dtype.element_ty),
-                         mask=(offs_m < N_Q)[:, None] & (offs_dv[None, :] < DV))
+                _store_rows(OUT, offs_m, offs_m < N_Q, stride_om, b_o, weight_sum, DV, BLOCK_DV)
