@@ -1,17 +1,24 @@
-"""What bounds the key-mass pass: the same loop with its tensor-core work or its
-exponentials taken out, timed on the SD3-medium shape (B2 H24 N4429 D64, bf16).
+"""What bounds the key-mass pass, and with it the mass and sink bars: each kernel's time
+set against its exponentials at the MUFU rate and its products at the tensor-core peak, at
+the SM clock the card actually ran while it was timed, with the power it drew.
 
     python benchmarks/mass_floor.py [--out benchmarks/results/mass_floor_h200.json]
 
-Variants of one diagnostic kernel, each over the full query tiles of every key tile:
+Per shape (SD3-medium, Flux, SDXL self; bf16, diffusers' layout) it times cuDNN SDPA, the
+sinkattn forward and the shipped key-mass pass, then runs each back to back for 1.5 s while
+nvidia-smi samples the SM clock and the power draw every 50 ms. At SD3 it also times variants
+of one diagnostic key-mass kernel (full query tiles only):
   full        K Q^T on the tensor cores, exp2 on the MUFU unit (what key_mass_kernel does)
   dot_only    K Q^T, no exponentials (the scores themselves are summed)
   exp_only    no Q and no K Q^T: scores synthesised from the indices (an integer add and a
               convert per element), exponentials kept
   synth_only  the same synthesised scores without the exponentials
-exp_only - synth_only is what the exponentials cost alone. If full ~ dot_only +
-(exp_only - synth_only), the tensor cores and the exp unit do not overlap; if full is
-close to dot_only, the loop around the products is the bound.
+
+For every row: clocks per SM = time x measured clock; exp clocks = exponentials / 16 per
+clock per SM (MUFU ex2, CUDA programming guide, compute capability 9.0); tensor clocks =
+FLOP / 4096 per clock per SM (dense bf16 on an SXM Hopper: 989 TFLOP/s over 132 SMs at
+1.83 GHz). If a kernel's clocks are near exp + tensor clocks, its exponentials and products
+did not overlap; below that sum, they did.
 """
 
 from __future__ import annotations
@@ -20,11 +27,16 @@ import argparse
 import datetime
 import json
 import math
+import os
+import statistics
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -62,7 +74,117 @@ def mass_phases_kernel(Q, K, LSE, MASS, stride_qb, stride_qh, stride_qm, stride_
 
 
 VARIANTS = {"full": (True, True), "dot_only": (True, False), "exp_only": (False, True), "synth_only": (False, False)}
-TILES = [(32, 128, 4, 3), (128, 64, 4, 3)]  # (BLOCK_M, BLOCK_N, warps, stages): the two best key-mass configs
+TILE = (128, 64, 4, 3)  # (BLOCK_M, BLOCK_N, warps, stages) of the diagnostic kernel
+SHAPES = {"sd3m_1024": (2, 24, 4429, 64), "flux_1024": (1, 24, 4608, 128), "sdxl_self_64x64": (2, 10, 4096, 64)}
+MUFU_EXP2_PER_CLOCK = 16
+TENSOR_FLOP_PER_CLOCK = 4096
+SAMPLE_MS = 50
+
+
+class PowerSampler:
+    """nvidia-smi's SM clock (MHz) and power draw (W) every SAMPLE_MS, with host timestamps."""
+
+    def __init__(self):
+        try:
+            self.proc = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits",
+                 "-lms", str(SAMPLE_MS)], stdout=subprocess.PIPE, text=True)
+        except OSError:
+            self.proc = None
+        self.samples: list[tuple[float, float, float]] = []
+        if self.proc is not None:
+            self.reader = threading.Thread(target=self._read, daemon=True)
+            self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            try:
+                clock, power = (float(x) for x in line.split(","))
+            except ValueError:
+                continue
+            self.samples.append((time.monotonic(), clock, power))
+
+    def window(self, t0: float, t1: float) -> tuple[float | None, float | None]:
+        inside = [(c, p) for t, c, p in self.samples if t0 <= t <= t1]
+        if not inside:
+            return None, None
+        return statistics.median(c for c, _ in inside), statistics.median(p for _, p in inside)
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.terminate()
+
+
+def measure(fn, sampler: PowerSampler, seconds: float = 1.5) -> dict:
+    fn()
+    torch.cuda.synchronize()
+    ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+    start = time.monotonic()
+    for _ in range(max(1, int(seconds * 1e3 / ms))):
+        fn()
+    torch.cuda.synchronize()
+    # The first samples of a window still see the previous kernel's clock.
+    clock, power = sampler.window(start + 0.3, time.monotonic())
+    time.sleep(0.3)
+    return {"ms": ms, "clock_mhz": clock, "power_w": power}
+
+
+def account(row: dict, exps: float, flops: float, sms: int) -> dict:
+    row["exp_kclocks"] = exps / MUFU_EXP2_PER_CLOCK / sms / 1e3
+    row["tensor_kclocks"] = flops / TENSOR_FLOP_PER_CLOCK / sms / 1e3
+    row["kclocks"] = row["ms"] * row["clock_mhz"] if row["clock_mhz"] else None
+    return row
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "mass_floor_h200.json"))
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks/mass_floor.py needs a CUDA device")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    sampler = PowerSampler()
+    rows = []
+    try:
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
+            for shape, (B, H, N, D) in SHAPES.items():
+                torch.manual_seed(0)
+                q, k, v = (torch.randn(B, N, H * D, device="cuda", dtype=torch.bfloat16).view(B, N, H, D).transpose(1, 2)
+                           for _ in range(3))
+                scale = D ** -0.5
+                _, lse = launch.attention(q, k, v, scale, torch.bfloat16)
+                scores = B * H * N * N
+                kernels = {
+                    "cudnn_sdpa": (lambda: F.scaled_dot_product_attention(q, k, v), scores, 4 * scores * D),
+                    "forward": (lambda: launch.attention(q, k, v, scale, torch.bfloat16), scores, 4 * scores * D),
+                    "key_mass": (lambda: launch.key_mass(q, k, lse, scale, (0, N)), scores, 2 * scores * D),
+                }
+                if shape == "sd3m_1024":
+                    mass = torch.empty(B, H, N, device="cuda", dtype=torch.float32)
+                    bm, bn, warps, stages = TILE
+                    covered = B * H * (N // bm * bm) * N
+                    for name, (dot, exp) in VARIANTS.items():
+                        def run(dot=dot, exp=exp):
+                            mass_phases_kernel[(triton.cdiv(N, bn), B * H)](
+                                q, k, lse, mass, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
+                                k.stride(2), H, N, N, scale / math.log(2), D=D, BLOCK_M=bm, BLOCK_N=bn, DOT=dot,
+                                EXP=exp, num_warps=warps, num_stages=stages)
+                        kernels[f"diagnostic_{name}"] = (run, covered if exp else 0, 2 * covered * D if dot else 0)
+                for name, (fn, exps, flops) in kernels.items():
+                    row = account({"shape": shape, "kernel": name, **measure(fn, sampler)}, exps, flops, sms)
+                    rows.append(row)
+                    print(f"{shape:16s} {name:22s} {row['ms']:.4f} ms  {row['clock_mhz']} MHz  {row['power_w']} W  "
+                          f"{_fmt(row['kclocks'])} kclk against exp {row['exp_kclocks']:.0f} + tensor "
+                          f"{row['tensor_kclocks']:.0f}", flush=True)
+    finally:
+        sampler.stop()
+    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": _commit(), "sms": sms, "max_clock_ghz": _max_sm_clock_ghz(),
+            "mufu_exp2_per_clock": MUFU_EXP2_PER_CLOCK, "tensor_flop_per_clock": TENSOR_FLOP_PER_CLOCK,
+            "diagnostic_tile": "BM{} BN{} w{} s{}".format(*TILE)}
+    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(f"wrote {args.out}")
 
 
 def _max_sm_clock_ghz() -> float | None:
@@ -74,42 +196,18 @@ def _max_sm_clock_ghz() -> float | None:
         return None
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "mass_floor_h200.json"))
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        sys.exit("benchmarks/mass_floor.py needs a CUDA device")
-    B, H, N, D = 2, 24, 4429, 64
-    q = torch.randn(B, N, H * D, device="cuda", dtype=torch.bfloat16).view(B, N, H, D).transpose(1, 2)
-    k = torch.randn(B, N, H * D, device="cuda", dtype=torch.bfloat16).view(B, N, H, D).transpose(1, 2)
-    _, lse = launch.attention(q, k, k, D**-0.5, torch.bfloat16)
-    mass = torch.empty(B, H, N, device="cuda", dtype=torch.float32)
-    scores = B * H * (N // 128 * 128) * N
-    rows = []
-    for bm, bn, warps, stages in TILES:
-        for name, (dot, exp) in VARIANTS.items():
-            def run():
-                mass_phases_kernel[(triton.cdiv(N, bn), B * H)](
-                    q, k, lse, mass, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                    H, N, N, D**-0.5 / math.log(2), D=D, BLOCK_M=bm, BLOCK_N=bn, DOT=dot, EXP=exp,
-                    num_warps=warps, num_stages=stages)
-            run()
-            ms = triton.testing.do_bench(run, warmup=25, rep=200, return_mode="median")
-            rows.append({"tile": f"BM{bm} BN{bn} w{warps} s{stages}", "variant": name, "ms": ms,
-                         "exp_per_clock_per_sm": None})
-            print(f"{rows[-1]['tile']:22s} {name:10s} {ms:.4f} ms", flush=True)
-    clock_ghz = _max_sm_clock_ghz()
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for r in rows:
-        if clock_ghz and r["variant"] in ("full", "exp_only"):
-            r["exp_per_clock_per_sm"] = scores / (r["ms"] * 1e-3) / sms / (clock_ghz * 1e9)
-    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "shape": [B, H, N, N, D], "scores": scores, "sms": sms, "max_clock_ghz": clock_ghz,
-            "note": "exp_per_clock_per_sm at the maximum SM clock; the MUFU unit does 16"}
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print(f"wrote {args.out}")
+def _fmt(x):
+    return "—" if x is None else f"{x:.0f}"
+
+
+def _commit() -> str | None:
+    if os.environ.get("SINKATTN_COMMIT"):  # the device machine's copy of the tree is not a git checkout
+        return os.environ["SINKATTN_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 if __name__ == "__main__":

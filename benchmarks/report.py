@@ -66,22 +66,39 @@ def plot(rows, path: Path) -> None:
 
 
 def mass_floor_section(path: Path) -> list[str]:
-    """The key-mass pass with its tensor-core work or its exponentials taken out
-    (benchmarks/mass_floor.py)."""
+    """Each kernel's clocks against its exponentials at the MUFU rate plus its products at the
+    tensor-core peak, and the floor that puts under the mass mode (benchmarks/mass_floor.py)."""
     if not path.exists():
         return []
     data = json.loads(path.read_text())
-    lines = ["## What bounds the key-mass pass", "",
-             f"`python benchmarks/mass_floor.py` ({data['meta']['gpu']}, torch {data['meta']['torch']}, "
-             f"triton {data['meta']['triton']}, {data['meta']['date']}), SD3-medium shape: the pass with its parts "
-             "taken out (see the script's docstring).", "",
-             "| tile | full | dot_only | exp_only | synth_only |", "|---|---:|---:|---:|---:|"]
-    by_tile: dict[str, dict[str, float]] = {}
+    meta = data["meta"]
+    lines = ["## What bounds the mass and sink bars", "",
+             f"`python benchmarks/mass_floor.py` ({meta['gpu']}, torch {meta['torch']}, triton {meta['triton']}, "
+             f"{meta['date']}, commit {meta.get('commit')}): each kernel timed, then run for 1.5 s while nvidia-smi "
+             "sampled the SM clock and the power draw (medians). kclk = thousands of clocks per SM at that clock; "
+             f"exp = exponentials at {meta['mufu_exp2_per_clock']} per clock per SM (MUFU); tensor = FLOP at "
+             f"{meta['tensor_flop_per_clock']} per clock per SM (dense bf16 peak). A kernel at or above "
+             "exp + tensor ran its exponentials and its products one after the other. The diagnostic rows are "
+             f"the key-mass loop ({meta['diagnostic_tile']}, full query tiles) with parts taken out "
+             "(see the script's docstring).", "",
+             "| shape | kernel | ms | SM MHz | W | kclk | exp kclk | tensor kclk | kclk / (exp + tensor) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in data["rows"]:
-        by_tile.setdefault(r["tile"], {})[r["variant"]] = r["ms"]
-    for tile, ms in by_tile.items():
-        lines.append(f"| {tile} | " + " | ".join(_fmt(ms.get(v), ".3f") for v in
-                                                ("full", "dot_only", "exp_only", "synth_only")) + " |")
+        work = r["exp_kclocks"] + r["tensor_kclocks"]
+        share = r["kclocks"] / work if r["kclocks"] and work else None
+        lines.append(f"| {r['shape']} | {r['kernel']} | {r['ms']:.3f} | {_fmt(r['clock_mhz'], '.0f')} | "
+                     f"{_fmt(r['power_w'], '.0f')} | {_fmt(r['kclocks'], '.0f')} | {r['exp_kclocks']:.0f} | "
+                     f"{r['tensor_kclocks']:.0f} | {_fmt(share, '.2f')} |")
+    lines += ["", "Mass mode with a forward as fast as cuDNN's and a key-mass pass whose exponentials and "
+              "products run back to back at their peak rates (at the clock cuDNN ran):", "",
+              "| shape | cuDNN ms | key-mass pass at exp + tensor, ms | mass floor / cuDNN |", "|---|---:|---:|---:|"]
+    by = {(r["shape"], r["kernel"]): r for r in data["rows"]}
+    for shape in dict.fromkeys(r["shape"] for r in data["rows"]):
+        cudnn, pass_ = by.get((shape, "cudnn_sdpa")), by.get((shape, "key_mass"))
+        if not cudnn or not pass_ or not cudnn["clock_mhz"]:
+            continue
+        pass_ms = (pass_["exp_kclocks"] + pass_["tensor_kclocks"]) / cudnn["clock_mhz"]
+        lines.append(f"| {shape} | {cudnn['ms']:.3f} | {pass_ms:.3f} | {(cudnn['ms'] + pass_ms) / cudnn['ms']:.2f} |")
     return lines + [""]
 
 
