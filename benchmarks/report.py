@@ -123,8 +123,8 @@ def rerun_sections(results: Path, commit) -> list[str]:
     ``run.py --shapes ...``): the small shapes are host-bound and the device machine's host
     state varies between and within runs, so a second measurement is shown beside the run."""
     lines = []
-    for path in sorted((results / "logs").glob("*_rerun.json")):
-        data = json.loads(path.read_text())
+    reruns = [(path, json.loads(path.read_text())) for path in (results / "logs").glob("*_rerun.json")]
+    for path, data in sorted(reruns, key=lambda item: item[1]["meta"]["date"]):
         if data["meta"].get("commit") != commit:
             continue
         meta = data["meta"]
