@@ -201,11 +201,7 @@ def correct(q: Tensor, k: Tensor, v: Tensor, out32: Tensor, lse: Tensor, sinks: 
     unique = _without_duplicates(sinks) if may_repeat else sinks.contiguous()
     configs.correction(
         (n_tiles, batch * n_heads), q, k, v, out32, lse, unique, out, tile_slots, slot_count,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        out32.stride(0), out32.stride(1), out32.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
+        *_strides(q, k, v, out32), out.stride(0), out.stride(1), out.stride(2),
         n_heads, n_q, unique.shape[-1], apply_rows[0], apply_rows[1], scale * LOG2E,
         1.0 - eta, _MAX_AMPLIFICATION[q.dtype], SCORE_PATH=path == "score", **dims,
     )
