@@ -24,10 +24,8 @@ did not overlap; below that sum, they did.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -41,6 +39,8 @@ import triton
 import triton.language as tl
 
 from sinkattn import launch
+from run import SHAPES, diffusers_layout  # benchmarks/run.py
+from run import meta as run_meta
 
 
 @triton.jit
@@ -75,7 +75,7 @@ def mass_phases_kernel(Q, K, LSE, MASS, stride_qb, stride_qh, stride_qm, stride_
 
 VARIANTS = {"full": (True, True), "dot_only": (True, False), "exp_only": (False, True), "synth_only": (False, False)}
 TILE = (128, 64, 4, 3)  # (BLOCK_M, BLOCK_N, warps, stages) of the diagnostic kernel
-SHAPES = {"sd3m_1024": (2, 24, 4429, 64), "flux_1024": (1, 24, 4608, 128), "sdxl_self_64x64": (2, 10, 4096, 64)}
+SHAPE_NAMES = ("sd3m_1024", "flux_1024", "sdxl_self_64x64")  # run.py's SHAPES, its seeded inputs
 MUFU_EXP2_PER_CLOCK = 16
 TENSOR_FLOP_PER_CLOCK = 4096
 SAMPLE_MS = 50
@@ -147,10 +147,9 @@ def main(argv=None):
     rows = []
     try:
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
-            for shape, (B, H, N, D) in SHAPES.items():
-                torch.manual_seed(0)
-                q, k, v = (torch.randn(B, N, H * D, device="cuda", dtype=torch.bfloat16).view(B, N, H, D).transpose(1, 2)
-                           for _ in range(3))
+            for shape in SHAPE_NAMES:
+                B, H, N, _, D = SHAPES[shape]
+                q, k, v = diffusers_layout(B, H, N, N, D)
                 scale = D ** -0.5
                 _, lse = launch.attention(q, k, v, scale, torch.bfloat16)
                 scores = B * H * N * N
@@ -178,9 +177,7 @@ def main(argv=None):
                           f"{row['tensor_kclocks']:.0f}", flush=True)
     finally:
         sampler.stop()
-    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": _commit(), "sms": sms, "max_clock_ghz": _max_sm_clock_ghz(),
+    meta = {**run_meta(), "sms": sms, "max_clock_ghz": _max_sm_clock_ghz(),
             "mufu_exp2_per_clock": MUFU_EXP2_PER_CLOCK, "tensor_flop_per_clock": TENSOR_FLOP_PER_CLOCK,
             "diagnostic_tile": "BM{} BN{} w{} s{}".format(*TILE)}
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
@@ -198,16 +195,6 @@ def _max_sm_clock_ghz() -> float | None:
 
 def _fmt(x):
     return "—" if x is None else f"{x:.0f}"
-
-
-def _commit() -> str | None:
-    if os.environ.get("SINKATTN_COMMIT"):  # the device machine's copy of the tree is not a git checkout
-        return os.environ["SINKATTN_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 if __name__ == "__main__":
