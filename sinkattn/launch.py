@@ -2,8 +2,10 @@
 config (from sinkattn.kernels.configs), launch. Inputs are already checked by
 sinkattn.validation; strided views go to the kernels as they are (no copies), except under
 the Triton interpreter, whose tl.dot cannot multiply bfloat16 (it multiplies the raw bit
-patterns: triton issue 11584), so bfloat16 operands are handed over as float32 there.
-bfloat16 numerics proper are checked on the GPU.
+patterns: triton issue 11584), so bfloat16 operands are handed over as float32 there, and
+whose float32 -> bfloat16 conversion truncates where the GPU rounds to nearest even, so
+bfloat16 outputs are written in float32 there and rounded by torch. bfloat16 numerics
+proper are checked on the GPU.
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ def _operand(t: Tensor) -> Tensor:
     return t
 
 
+def _stored(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a kernel writes an output of ``dtype`` in: float32 for bfloat16 under the
+    interpreter (its conversion truncates), ``dtype`` itself everywhere else."""
+    return torch.float32 if dtype == torch.bfloat16 and configs.interpreting() else dtype
+
+
 @functools.lru_cache(maxsize=None)
 def _head_dims(dim: int, dim_v: int) -> dict:
     if max(dim, dim_v) > MAX_HEAD_DIM:
@@ -64,7 +72,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: torch.dt
     batch, n_heads, n_q, _ = q.shape
     n_k = k.shape[2]
     dims = _head_dims(q.shape[-1], v.shape[-1])
-    out = _output((batch, n_heads, n_q, v.shape[-1]), out_dtype, q.device)
+    out = _output((batch, n_heads, n_q, v.shape[-1]), _stored(out_dtype), q.device)
     lse = _output((batch, n_heads, n_q), torch.float32, q.device)
     apply_start, apply_stop = apply_rows if apply_rows is not None else (0, n_q)
     if sinks is not None:
@@ -75,7 +83,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: torch.dt
         qo, ko, vo, out, lse, sinks, *_strides(qo, ko, vo, out),
         n_heads, n_q, n_k, apply_start, apply_stop, scale * LOG2E, 0 if sinks is None else sinks.shape[-1], eta,
         **_masked_pass_flags(q, sinks, path, scale), **dims)
-    return out, lse
+    return out.to(out_dtype), lse
 
 
 def _strides(q: Tensor, k: Tensor, v: Tensor, out: Tensor) -> tuple[int, ...]:
@@ -188,13 +196,14 @@ def correct(q: Tensor, k: Tensor, v: Tensor, out32: Tensor, lse: Tensor, sinks: 
             path: str, apply_rows: tuple[int, int], scale: float, out_dtype: torch.dtype,
             may_repeat: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """The intervened output from the unintervened float32 one and the selected keys
-    (B, H, t); the slots (B*H, cdiv(Nq, CORRECTION_BLOCK_M)) int32 of the query tiles holding
-    a row whose correction would lose accuracy (-1 for the others), and their count (1,)
-    int32: the input of ``recompute_flagged``. ``may_repeat=False`` promises distinct indices
-    per row (selection gives those)."""
+    (B, H, t), in ``_stored(out_dtype)`` (``recompute_flagged`` still writes into it; the
+    caller rounds it to ``out_dtype``); the slots (B*H, cdiv(Nq, CORRECTION_BLOCK_M)) int32
+    of the query tiles holding a row whose correction would lose accuracy (-1 for the
+    others), and their count (1,) int32: the input of ``recompute_flagged``.
+    ``may_repeat=False`` promises distinct indices per row (selection gives those)."""
     batch, n_heads, n_q, _ = q.shape
     dims = _head_dims(q.shape[-1], v.shape[-1])
-    out = _output((batch, n_heads, n_q, v.shape[-1]), out_dtype, q.device)
+    out = _output((batch, n_heads, n_q, v.shape[-1]), _stored(out_dtype), q.device)
     n_tiles = triton.cdiv(n_q, configs.CORRECTION_BLOCK_M)
     tile_slots = _output((batch * n_heads, n_tiles), torch.int32, q.device)
     slot_count = torch.zeros(1, dtype=torch.int32, device=q.device)

@@ -165,7 +165,8 @@ def _run_kernels(
     # Tiles holding a row whose correction would lose accuracy get the masked pass.
     launch.recompute_flagged(q, k, v, scale, heads_sinks, eta, path, tuple(apply_rows), tile_slots, slot_count,
                              corrected)
-    return corrected, mass, chosen
+    # Written in float32 under the interpreter for bfloat16 (launch._stored); no copy otherwise.
+    return corrected.to(q.dtype), mass, chosen
 
 
 _sink_attention_op = torch.library.custom_op("sinkattn::sink_attention", mutates_args=())(_run_kernels)
