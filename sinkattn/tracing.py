@@ -3,9 +3,18 @@
     tracer = SinkTracer(tokenizer=[(pipe.tokenizer, 77), (pipe.tokenizer_3, 256)])
     with intervene(pipe, SinkSuppressProcessor(k=0, tracer=tracer)):   # k=0: analysis only
         for i, prompt in enumerate(prompts):
-            tracer.begin(prompt_id=i, prompt=prompt)
-            pipe(prompt)
+            tracer.begin(prompt_id=i, prompt=prompt)                      # before every generation
+            pipe(prompt, max_sequence_length=256)                         # the T5 segment's length
             tracer.to_csv("sinks.csv")                                    # appends
+
+``begin`` starts a prompt: its rows carry ``prompt_id`` (and any other metadata given), and
+with a tokenizer its text is what names the text keys. A tracer with a tokenizer therefore
+refuses to record without a prompt (``begin`` not called, or called without ``prompt=``):
+the first attention call raises a ValueError rather than leaving every token blank. It
+also raises when the tokenizer segments do not add up to the text keys of a call (e.g. a
+T5 length other than the pipeline's ``max_sequence_length``), which would label only some
+text keys, or the wrong ones. Without a tokenizer ``begin`` is optional (``prompt_id`` is
+then None) and text keys are described by index alone.
 
 Each attention call leaves a few small tensors on the device (top keys, their mass, the
 intervened keys, shares); they are copied to the host together, once per step (when the
@@ -18,7 +27,7 @@ intervened keys, with the head's summaries repeated on each row:
     top_concentration the summed mass of its ``top`` largest keys
     text_share, image_share  summed mass on text keys and on image keys
     key, mass, kind   the key's index in the attention's key sequence, its mass, "text"/"image"
-    token             for text keys, the token string (given a tokenizer and a prompt)
+    token             for text keys, the token string (given a tokenizer; needs a prompt)
     row, col          for image keys, the position on the layer's latent token grid
 """
 
@@ -53,7 +62,9 @@ class SinkTracer:
     Args:
         tokenizer: None; a tokenizer (text keys are its tokens of the prompt, padded to the
             text length of the call); or a list of (tokenizer, n_tokens) segments in key order
-            (SD3: [(pipe.tokenizer, 77), (pipe.tokenizer_3, max_sequence_length)]).
+            (SD3: [(pipe.tokenizer, 77), (pipe.tokenizer_3, max_sequence_length)]) whose
+            n_tokens must add up to the text keys of every call that has any (ValueError
+            otherwise). With a tokenizer, :meth:`begin` must give each generation's prompt.
         top: how many keys of largest mass to record per head (and the concentration width).
         grid: (rows, cols) of the image tokens at full resolution, when no step clock
             (``sinkattn.gating.intervene``) provides it; None: square grids.
@@ -68,6 +79,7 @@ class SinkTracer:
         self._meta: dict = {"prompt_id": None}
         self._prompt: str | None = None
         self._token_cache: dict[int, list[str]] = {}
+        self._checked_text: set[int] = set()
         self._pending: list[_Pending] = []
         self._packed: list[torch.Tensor] = []
         self._step_key = None
@@ -77,8 +89,9 @@ class SinkTracer:
 
     # -- the runner's side ----------------------------------------------------------------
     def begin(self, prompt_id=None, prompt: str | None = None, **meta) -> None:
-        """Start a new prompt: rows from now on carry ``prompt_id`` and ``meta``; ``prompt``
-        gives the text sinks their token strings."""
+        """Start a new prompt (call it before each generation): rows from now on carry
+        ``prompt_id`` and ``meta``; ``prompt`` gives the text keys their token strings and is
+        required when the tracer has a tokenizer."""
         self.flush()
         self._meta = {"prompt_id": prompt_id, **meta}
         self._prompt = prompt
@@ -110,6 +123,8 @@ class SinkTracer:
         total = mass.sum(-1)                                                    # [B, H]
         t0, t1 = call.keys.text
         i0, i1 = call.keys.image
+        if self.tokenizer is not None:
+            self._check_text(layer, t1 - t0)
         columns = [values[..., 0], values.sum(-1), mass[..., t0:t1].sum(-1) / total, mass[..., i0:i1].sum(-1) / total]
         packed = [torch.stack(columns, -1), indices.float(), values]
         n_sel = 0
@@ -122,6 +137,25 @@ class SinkTracer:
                     layer_index=layer_index, family=family, intervened=bool(intervened))
         self._pending.append(_Pending(meta, (t0, t1), (i0, i1), batch, heads, n_top, n_sel))
         self._grid_now = grid
+
+    def _check_text(self, layer: str, n_text: int) -> None:
+        """With a tokenizer: a prompt to tokenize, and segments as long as the call's text."""
+        if self._prompt is None:
+            raise ValueError(
+                "SinkTracer: this tracer has a tokenizer but no prompt to name the text keys with: "
+                "call tracer.begin(prompt_id=..., prompt=...) before each generation (or build the "
+                "tracer without tokenizer=)")
+        if n_text == 0 or n_text in self._checked_text:
+            return
+        if isinstance(self.tokenizer, (list, tuple)):
+            lengths = [int(length) for _, length in self.tokenizer]
+            if sum(lengths) != n_text:
+                raise ValueError(
+                    f"SinkTracer: the tokenizer segments have lengths {lengths}, {sum(lengths)} text tokens "
+                    f"in all, but attention layer {layer!r} has {n_text} text keys; give each segment the "
+                    "length the pipeline pads its text to (SD3: [(pipe.tokenizer, 77), "
+                    "(pipe.tokenizer_3, max_sequence_length)], max_sequence_length=256 by default)")
+        self._checked_text.add(n_text)
 
     # -- export -----------------------------------------------------------------------------
     def flush(self) -> None:
@@ -164,6 +198,8 @@ class SinkTracer:
             for tok, length in segments:
                 ids = tok(self._prompt, padding="max_length", max_length=length, truncation=True).input_ids
                 tokens += tok.convert_ids_to_tokens(ids)
+            if len(tokens) != n_text:
+                raise ValueError(f"SinkTracer: the tokenizer gave {len(tokens)} tokens for {n_text} text keys")
             self._token_cache[n_text] = tokens
         return self._token_cache[n_text]
 

@@ -108,3 +108,50 @@ def test_tracing_alone_leaves_output_stock_and_unbound_names():
     assert not any(r["intervened"] for r in rows) and {r["role"] for r in rows} == {"top"}
     # Flux: the text keys come first (6 tokens), the image grid is 4 x 5.
     assert all((r["kind"] == "text") == (r["key"] < tiny.FLUX_TEXT_TOKENS) for r in rows)
+
+
+def traced_pipeline_run(tokenizer_lengths, max_sequence_length=16, begin=True):
+    """One 1-step 64x64 generation of the tiny SD3 pipeline (77 CLIP + ``max_sequence_length``
+    T5 text tokens per attention call) traced with [(tokenizer, 77), (tokenizer_3, n)]."""
+    pipe = tiny.tiny_sd3_pipeline(t5_tokens=16)
+    lengths = iter(tokenizer_lengths)
+    tracer = SinkTracer(tokenizer=[(pipe.tokenizer, next(lengths)), (pipe.tokenizer_3, next(lengths))], top=3)
+    with intervene(pipe, SinkSuppressProcessor(k=1, tracer=tracer)):
+        if begin:
+            tracer.begin(prompt_id="p", prompt="a photo of a red cat")
+        pipe("a photo of a red cat", height=64, width=64, num_inference_steps=1,
+             max_sequence_length=max_sequence_length, generator=torch.Generator().manual_seed(0))
+    return tracer
+
+
+def test_every_text_key_gets_its_token():
+    rows = traced_pipeline_run((77, 16)).rows()
+    text = [r for r in rows if r["kind"] == "text"]
+    assert text and all(r["token"] is not None and r["prompt_id"] == "p" for r in text)
+    # SD3 text keys follow the 16 x 16 image keys: CLIP's 77 tokens, then T5's 16.
+    tok = tiny.tiny_tokenizer()
+    expected = [tok.convert_ids_to_tokens(tok("a photo of a red cat", padding="max_length", max_length=n).input_ids)
+                for n in (77, 16)]
+    expected = expected[0] + expected[1]
+    assert all(r["token"] == expected[r["key"] - 256] for r in text)
+
+
+@pytest.mark.parametrize("lengths", [(77, 15), (77, 256)], ids=["short", "long"])
+def test_a_tokenizer_length_that_does_not_match_the_call_raises(lengths):
+    """The text keys of the call are 77 + 16 = 93; segments adding up to anything else would
+    label only some of them, or the wrong tokens: a clear error at the first call instead."""
+    with pytest.raises(ValueError, match=rf"{sum(lengths)} text tokens.* 93 text keys"):
+        traced_pipeline_run(lengths)
+
+
+def test_a_tokenizer_without_a_prompt_raises():
+    """A tracer with a tokenizer but no prompt (tracer.begin not called, or called without
+    prompt=) cannot name its text keys: it says so at the first attention call."""
+    with pytest.raises(ValueError, match=r"tracer\.begin\(.*prompt="):
+        traced_pipeline_run((77, 16), begin=False)
+    model = tiny.tiny_sd3_transformer()
+    tracer = SinkTracer(tokenizer=tiny.tiny_tokenizer())
+    tracer.begin(prompt_id=0)
+    with pytest.raises(ValueError, match="prompt"), intervene(model, SinkSuppressProcessor(k=0, tracer=tracer)):
+        with torch.no_grad():
+            model(**tiny.tiny_inputs(model, batch=1, size=8))
