@@ -20,8 +20,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["PairedTest", "bootstrap_ci", "delta_of_deltas", "holm", "paired_deltas", "paired_test",
+__all__ = ["MIN_GROUP_N", "PairedTest", "bootstrap_ci", "delta_of_deltas", "holm", "paired_deltas", "paired_test",
            "random_control_deltas", "summarize"]
+
+
+# Smallest by-tag group (paired values) the report lists: below it a bootstrap interval and a
+# Wilcoxon p-value say nothing (n=1 gives a zero-width interval).
+MIN_GROUP_N = 5
 
 
 @dataclass
@@ -147,11 +152,13 @@ def _apply_holm(tests: list[PairedTest]) -> None:
 
 
 def summarize(records: list[dict], conditions: list[dict], metrics: list[str], n_boot: int = 10000,
-              seed: int = 0) -> dict:
+              seed: int = 0, min_group_n: int = MIN_GROUP_N) -> dict:
     """Every statistic of the report.
 
     conditions: condition specs (``Condition.spec()``) in report order, baseline included.
-    Returns {"vs_baseline": [...], "sink_minus_random": [...], "by_tag": [...], "family": ...}.
+    min_group_n: by-tag groups with fewer paired values are counted in "by_tag_hidden", not listed.
+    Returns {"vs_baseline": [...], "sink_minus_random": [...], "by_tag": [...], "by_tag_hidden": ...,
+    "family": ...}.
     """
     present = {r["condition"] for r in records}
     specs = [c for c in conditions if c["name"] in present and c["name"] != "baseline"]
@@ -183,24 +190,35 @@ def summarize(records: list[dict], conditions: list[dict], metrics: list[str], n
                                 sink_mean=sink_mean, random_mean=ctrl_mean, ratio=ratio))
     _apply_holm([row["test"] for row in dd_rows])
 
-    tags = sorted({r.get("tag") for r in records if r.get("tag") is not None})
-    by_tag = []
-    for tag in tags:
+    by_tag, hidden = _by_tag(records, specs, metrics, n_boot, seed, min_group_n)
+    return {
+        "vs_baseline": [dict(row, test=row["test"].to_dict()) for row in vs_baseline],
+        "sink_minus_random": [dict(row, test=row["test"].to_dict()) for row in dd_rows],
+        "by_tag": [dict(row, test=row["test"].to_dict()) for row in by_tag],
+        "by_tag_hidden": {"groups": hidden, "min_n": min_group_n,
+                          "reason": f"fewer than {min_group_n} paired values: too few for a test, "
+                                    "and their intervals are degenerate"},
+        "family": {"vs_baseline": "every (condition, metric) test against the baseline, Holm per test type",
+                   "sink_minus_random": "every (sink condition, metric) delta-of-deltas, Holm per test type"},
+        "bootstrap": {"resamples": n_boot, "level": 0.95, "seed": seed, "method": "percentile"},
+    }
+
+
+def _by_tag(records, specs, metrics, n_boot, seed, min_n) -> tuple[list[dict], int]:
+    """Per (tag, condition, metric) tests, and how many groups had 0 < n < min_n pairs: a tag holds
+    few prompts, and a table of n=1 rows with zero-width intervals reads as evidence when it is none."""
+    rows, hidden = [], 0
+    for tag in sorted({r.get("tag") for r in records if r.get("tag") is not None}):
         subset = [r for r in records if r.get("tag") == tag]
         for c in specs:
             for metric in metrics:
                 t = paired_test(paired_deltas(subset, metric, c["name"]).values(), f"{tag}|{c['name']}|{metric}",
                                 n_boot, seed)
-                if t.n:
-                    by_tag.append(dict(tag=tag, condition=c["name"], metric=metric, test=t))
-    return {
-        "vs_baseline": [dict(row, test=row["test"].to_dict()) for row in vs_baseline],
-        "sink_minus_random": [dict(row, test=row["test"].to_dict()) for row in dd_rows],
-        "by_tag": [dict(row, test=row["test"].to_dict()) for row in by_tag],
-        "family": {"vs_baseline": "every (condition, metric) test against the baseline, Holm per test type",
-                   "sink_minus_random": "every (sink condition, metric) delta-of-deltas, Holm per test type"},
-        "bootstrap": {"resamples": n_boot, "level": 0.95, "seed": seed, "method": "percentile"},
-    }
+                if t.n >= min_n:
+                    rows.append(dict(tag=tag, condition=c["name"], metric=metric, test=t))
+                elif t.n:
+                    hidden += 1
+    return rows, hidden
 
 
 def _matched(spec: dict) -> tuple:

@@ -90,13 +90,26 @@ def test_delta_of_deltas_and_ratio():
 
 
 def test_by_tag_breakdown():
-    base = np.zeros(6)
-    shift = np.array([1.0, 1.0, 1.0, -2.0, -2.0, -2.0])
-    recs = _records({"baseline": list(base), "sink": list(base + shift)}, tags=["a"] * 3 + ["b"] * 3)
+    base = np.zeros(10)
+    shift = np.array([1.0] * 5 + [-2.0] * 5)
+    recs = _records({"baseline": list(base), "sink": list(base + shift)}, tags=["a"] * 5 + ["b"] * 5)
     s = summarize(recs, [_spec("baseline", "baseline", 0), _spec("sink", "sink", 1)], ["m"], n_boot=200)
     by = {r["tag"]: r["test"]["mean"] for r in s["by_tag"]}
     assert by == {"a": pytest.approx(1.0), "b": pytest.approx(-2.0)}
     assert s["vs_baseline"][0]["test"]["mean"] == pytest.approx(-0.5)
+
+
+def test_by_tag_hides_groups_too_small_to_test():
+    tags = ["a"] * 6 + ["b"] * 4 + ["c"]
+    base = np.zeros(len(tags))
+    recs = _records({"baseline": list(base), "sink": list(base + np.linspace(0, 1, len(tags)))}, tags=tags)
+    specs = [_spec("baseline", "baseline", 0), _spec("sink", "sink", 1)]
+    s = summarize(recs, specs, ["m"], n_boot=200)
+    assert [(r["tag"], r["test"]["n"]) for r in s["by_tag"]] == [("a", 6)]
+    assert s["by_tag_hidden"]["groups"] == 2 and s["by_tag_hidden"]["min_n"] == 5
+    assert "fewer than 5" in s["by_tag_hidden"]["reason"]
+    s = summarize(recs, specs, ["m"], n_boot=200, min_group_n=1)
+    assert [r["tag"] for r in s["by_tag"]] == ["a", "b", "c"] and s["by_tag_hidden"]["groups"] == 0
 
 
 def test_missing_values_are_not_numbers():
