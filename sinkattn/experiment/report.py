@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 
 from . import plots
 from .stats import paired_deltas, paired_test, random_control_deltas, summarize
 from .store import atomic_write_text, merged_records, record_key, results_files
 
-__all__ = ["write_report", "dose_table"]
+__all__ = ["ReportWarning", "write_report", "dose_table"]
 
 METRIC_ORDER = ("clip_t", "image_reward", "hps_v21", "lpips")
 
@@ -104,7 +105,10 @@ def write_report(run_dir: str, bootstrap: int | None = None, seed: int | None = 
     traces = merged_records(run_dir, "trace")
     traces = [t["trace"] for t in traces]
     made.append(plots.sink_atlas(traces, os.path.join(plot_dir, "sink_atlas.png")))
-    made.append(_qualitative(run_dir, records, specs, os.path.join(plot_dir, "qualitative_grid.png")))
+    problems: list[str] = []
+    made.append(_qualitative(run_dir, records, specs, os.path.join(plot_dir, "qualitative_grid.png"), problems))
+    for p in problems:
+        warnings.warn(f"sinkattn report: {p}", ReportWarning, stacklevel=2)
 
     summary = {
         "run_dir": run_dir, "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -115,7 +119,7 @@ def write_report(run_dir: str, bootstrap: int | None = None, seed: int | None = 
         "metrics": metrics, "untrained_metrics": untrained, "missing_values": missing, "first_errors": errors,
         "statistics": stats, "dose_response": dose,
         "plots": [os.path.relpath(p, run_dir) for p in made],
-        "traced_images": len(traces),
+        "traced_images": len(traces), "warnings": problems,
         "config": config,
     }
     atomic_write_text(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
@@ -123,9 +127,46 @@ def write_report(run_dir: str, bootstrap: int | None = None, seed: int | None = 
     return summary
 
 
-def _qualitative(run_dir, records, specs, path, max_rows=4, max_cols=8):
+class ReportWarning(UserWarning):
+    """A record names an image the report may not or cannot show; the report goes on without it."""
+
+
+def _image_path(run_dir: str, rel, problems: list[str]) -> str | None:
+    """The real path of a record's image when it lies inside the run folder, else None.
+
+    Why: results.jsonl is data, and a crafted one must not make the report read files
+    elsewhere; comparing real paths catches absolute paths, `..` and symlinks pointing out."""
+    if not isinstance(rel, str) or not rel:
+        problems.append(f"image {rel!r}: not a path, not shown")
+        return None
+    root = os.path.realpath(run_dir)
+    path = os.path.realpath(os.path.join(root, rel))
+    if os.path.isabs(rel) or os.path.commonpath([root, path]) != root:
+        problems.append(f"image {rel!r}: outside the run folder (resolves to {path}), not opened")
+        return None
+    return path
+
+
+def _load_image(run_dir: str, rel, problems: list[str]):
+    """A record's image as RGB, or None with a problem noted: a missing or undecodable file
+    (a crafted record, a partial copy) costs its grid cell, not the report."""
     from PIL import Image
 
+    path = _image_path(run_dir, rel, problems)
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        problems.append(f"image {rel!r}: missing, not shown")
+        return None
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Exception as err:  # noqa: BLE001 - PIL's decoders raise OSError, ValueError, SyntaxError, ...
+        problems.append(f"image {rel!r}: cannot be read ({type(err).__name__}: {err}), not shown")
+        return None
+
+
+def _qualitative(run_dir, records, specs, path, problems, max_rows=4, max_cols=8):
     cols = ["baseline"]
     for s in specs:  # sinks first, then one draw of each random control, then bottom
         if s["control"] == "sink":
@@ -144,11 +185,7 @@ def _qualitative(run_dir, records, specs, path, max_rows=4, max_cols=8):
         row = []
         for c in cols:
             r = by_key.get((pid, seed, c))
-            image = None
-            if r is not None and os.path.exists(os.path.join(run_dir, r["image"])):
-                with Image.open(os.path.join(run_dir, r["image"])) as im:
-                    image = im.convert("RGB")
-            row.append(image)
+            row.append(None if r is None else _load_image(run_dir, r.get("image"), problems))
         cells.append(row)
         labels.append(f"{pid}: {by_key[(pid, seed, 'baseline')]['prompt']}")
     return plots.qualitative_grid(cells, labels, cols, path)
@@ -201,5 +238,7 @@ def _markdown(s: dict) -> str:
             t = row["test"]
             out.append(f"| {row['tag']} | {row['condition']} | {row['metric']} | {t['n']} | {_fmt(t['mean'])} | "
                        f"[{_fmt(t['ci_low'])}, {_fmt(t['ci_high'])}] |")
+    if s["warnings"]:
+        out += ["", "## Warnings", ""] + [f"- {w}" for w in s["warnings"]]
     out += ["", "## Plots", ""] + [f"![{os.path.basename(p)}]({p})" for p in s["plots"]] + [""]
     return "\n".join(out)
