@@ -70,11 +70,14 @@ def _attend_tile(
                 log_w = tl.where(hit, tl.log2(eta) / mult, 0.0)  # [BN]
                 b_s = b_s + tl.where(row_applied[:, None], log_w[None, :], 0.0)
     m_new = tl.maximum(m_i, tl.max(b_s, 1) * mult)  # [BM]
+    m_exp = m_new
     if HAS_SINKS:
-        # A row whose keys so far were all removed has m = -inf: keep exp2 finite.
-        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-    b_p = tl.math.exp2(b_s * mult - m_new[:, None])  # [BM, BN]
-    alpha = tl.math.exp2(m_i - m_new)  # [BM]
+        # A row whose keys so far were all removed keeps m = -inf as its running max (a
+        # finite stand-in carried on would underflow every later exponential: issue 13);
+        # only the exponentials of this tile use 0 in its place, giving exp2(-inf) = 0.
+        m_exp = tl.where(m_new == float("-inf"), 0.0, m_new)
+    b_p = tl.math.exp2(b_s * mult - m_exp[:, None])  # [BM, BN]
+    alpha = tl.math.exp2(m_i - m_exp)  # [BM]
     l_i = l_i * alpha + tl.sum(b_p, 1)
     if HAS_SINKS:
         if WEIGHT_ON_VALUE:

@@ -7,7 +7,8 @@ intervened keys of a row:
 This costs O(Nq * |J| * D) instead of another attention pass. The forward rounded each
 p_j to the input precision before its P V product, so the subtraction leaves an error of
 about eps * f * sum_J p_j |v_j| in the row; FLAG marks rows where that exceeds
-max_amplification * eps * |O - f sum_J p_j v_j| (the row would lose accuracy). A program
+max_amplification * eps * |O - f sum_J p_j v_j| (the row would lose accuracy), and on the
+score path rows whose kept mass 1 - f sum_J p_j is below MIN_KEPT_MASS. A program
 (one query tile) holding such a row takes the next slot from SLOT_COUNT and writes it to
 TILE_SLOTS (-1 otherwise); kernels/attention.py's flagged_tiles_kernel then recomputes
 those tiles with the masked pass. Slot numbers follow the programs' order of arrival, but
@@ -29,7 +30,7 @@ def correction_kernel(
     stride_outb, stride_outh, stride_outm,
     H, N_Q, TOP_K, APPLY_START, APPLY_STOP, qk_scale, removal, max_amplification,
     D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_M: tl.constexpr, SCORE_PATH: tl.constexpr,
+    BLOCK_M: tl.constexpr, SCORE_PATH: tl.constexpr, MIN_KEPT_MASS: tl.constexpr = 1.0 / 256,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -81,6 +82,12 @@ def correction_kernel(
              mask=mask_m[:, None] & mask_dv[None, :])
     num_norm = tl.sqrt(tl.sum(b_num * b_num, 1))  # [BM]
     ill = applied & (removal * b_bound > max_amplification * num_norm)
+    if SCORE_PATH:
+        # The kept mass 1 - f * sum_J p_j is a difference of two numbers near 1 when the
+        # selected keys hold almost all of it: below MIN_KEPT_MASS its rounding (~1e-7)
+        # outweighs the output's precision, whatever the numerator (zero value vectors of
+        # the removed keys make the bound above 0).
+        ill = ill | (applied & (1.0 - removal * b_mass < MIN_KEPT_MASS))
     any_ill = tl.max(ill.to(tl.int32), 0) > 0
     slot = tl.atomic_add(SLOT_COUNT, 1, mask=any_ill)
     tl.store(TILE_SLOTS + bh * tl.num_programs(0) + pid_m, tl.where(any_ill, slot, -1))

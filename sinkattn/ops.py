@@ -118,12 +118,17 @@ def sink_attention(
     # call took 364 us through the op and 115 us without it (benchmarks/probes/probe1.txt).
     # Anything that traces (torch.compile, export, fake or dispatch modes, tensor subclasses)
     # goes through the registered op.
-    run = torch.ops.sinkattn.sink_attention if _traced(q, k, v) else _run_kernels
+    # Inputs that need gradients go through the op too: its autograd formula is registered there.
+    run = torch.ops.sinkattn.sink_attention if _traced(q, k, v) or _needs_grad(q, k, v) else _run_kernels
     out, mass, chosen = run(
         q, k, v, explicit, call.top_k, call.path, call.select, call.control, call.eta,
         list(call.mass_rows), list(call.candidates), list(call.apply_rows), call.scale, call.want_mass,
     )
     return SinkAttentionResult(out, mass if call.want_mass else None, chosen)
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _traced(*tensors: Tensor) -> bool:
@@ -185,3 +190,26 @@ def _(q, k, v, sinks, top_k, path, select, control, eta, mass_rows, candidates, 
         chosen = q.new_empty((*groups, top_k), dtype=torch.int64)
     return out, mass, chosen
 
+
+
+def _setup_backward(ctx, inputs, output):
+    q, k, v, _, _, path, _, _, eta, _, _, apply_rows, scale, _ = inputs
+    ctx.save_for_backward(q, k, v, output[2])
+    ctx.intervention = dict(path=path, eta=eta, apply_queries=tuple(apply_rows), scale=scale)
+    ctx.mark_non_differentiable(output[1], output[2])
+
+
+def _backward(ctx, grad_out, _grad_mass, _grad_sinks):
+    """Gradients of ``out`` with the selected keys held fixed (a selection has no gradient),
+    recomputed through the reference: exact, but it keeps a chunk_size x Nk probability
+    block per query chunk for autograd, so it costs Nq x Nk memory (the forward never does)."""
+    q, k, v, chosen = ctx.saved_tensors
+    inputs = [t.detach().requires_grad_(need) for t, need in zip((q, k, v), ctx.needs_input_grad[:3])]
+    with torch.enable_grad():
+        out = reference.sink_attention(*inputs, sinks=chosen, return_mass=False, **ctx.intervention).out
+        wanted = [t for t in inputs if t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out))
+    return (*(next(grads) if t.requires_grad else None for t in inputs),) + (None,) * 11
+
+
+_sink_attention_op.register_autograd(_backward, setup_context=_setup_backward)

@@ -144,7 +144,8 @@ def sink_attention(
     top_k = 1 if top_k is None else int(top_k)
     if top_k < 0 or top_k > cand[1] - cand[0]:
         raise ValueError(f"top_k={top_k} must be in [0, {cand[1] - cand[0]}] (the number of candidates)")
-    if path == "score" and float(eta) == 0.0 and top_k >= n_k:
+    removed_per_row = top_k if sinks is None or top_k == 0 else max(len(set(row.tolist())) for row in sinks.reshape(-1, top_k))
+    if path == "score" and float(eta) == 0.0 and removed_per_row >= n_k:
         raise ValueError(f"top_k={top_k} on the score path with eta=0 would remove every key of a row")
 
     compute = compute_dtype or (torch.float64 if q.dtype == torch.float64 else torch.float32)

@@ -45,6 +45,17 @@ def _check_tensor(name: str, t) -> None:
         raise ValueError(f"{name} has an empty dimension: shape {tuple(t.shape)}")
 
 
+def _removes_a_whole_row(sinks: Tensor | None, n_k: int) -> bool:
+    """True when some row of the intervened set holds all n_k keys: always for selection
+    (top_k >= n_k distinct keys), for explicit sinks only if a row's distinct indices do
+    (repeats count once)."""
+    if sinks is None:
+        return True
+    ordered = sinks.sort(dim=-1).values
+    distinct = 1 + (ordered[..., 1:] != ordered[..., :-1]).sum(dim=-1)
+    return bool((distinct >= n_k).any())
+
+
 def _check_choice(name: str, value, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
@@ -98,6 +109,9 @@ def check_call(
             raise ValueError(f"sinks must have shape (B, H, top_k) = ({batch}, {heads}, t) or (B, top_k), got {tuple(sinks.shape)}")
         if sinks.numel() and (int(sinks.min()) < 0 or int(sinks.max()) >= n_k):
             raise ValueError(f"sinks holds indices outside [0, {n_k})")
+        if candidates is not None and sinks.numel() and (int(sinks.min()) < cand[0] or int(sinks.max()) >= cand[1]):
+            raise ValueError(f"sinks holds keys outside candidates {cand}: explicit sinks skip selection, so "
+                             "give candidates only to check them, and then hold every sink inside")
         if top_k is not None and top_k != sinks.shape[-1]:
             raise ValueError(f"top_k={top_k} does not match sinks.shape[-1]={sinks.shape[-1]}")
         top_k = sinks.shape[-1]
@@ -110,7 +124,7 @@ def check_call(
         raise ValueError(f"top_k must be >= 0, got {top_k}")
     if sinks is None and top_k > n_cand:
         raise ValueError(f"top_k={top_k} is larger than the number of candidates ({n_cand})")
-    if path == "score" and eta == 0.0 and top_k >= n_k:
+    if path == "score" and eta == 0.0 and top_k >= n_k and _removes_a_whole_row(sinks, n_k):
         raise ValueError(f"top_k={top_k} on the score path with eta=0 would remove every key of a row (Nk={n_k})")
     if return_mass is not None and not isinstance(return_mass, bool):
         raise TypeError(f"return_mass must be a bool or None, got {return_mass!r}")

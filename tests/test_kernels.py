@@ -395,3 +395,88 @@ def test_no_quadratic_memory_at_sd3_shape():
     extra = torch.cuda.max_memory_allocated() - base
     quadratic = 2 * 24 * 4429 * 4429 * 2  # one bf16 attention matrix
     assert extra < quadratic / 10, f"{extra / 2**20:.0f} MiB extra"
+
+
+# The largest key tile any config uses: removing j * this many leading keys removes at least
+# j whole key tiles on the GPU (BLOCK_N 32-128) and under the interpreter (BLOCK_N 32).
+MAX_BLOCK_N = 128 if CUDA else 32
+
+
+def _removed_leading_keys(n_removed, surviving_logit, dtype):
+    """One head whose queries all point along u: keys [0, n_removed) score surviving_logit + 5
+    (the sinks), the 40 keys after them surviving_logit (plus noise); scale D ** -0.5."""
+    D, n_q = 64, 70
+    u = torch.nn.functional.normalize(torch.randn(D, dtype=torch.float64), dim=0)
+    q = (8 * u).expand(1, 2, n_q, D).clone()
+    k = (surviving_logit * u + 0.3 * torch.randn(1, 2, n_removed + 40, D, dtype=torch.float64) / 8)
+    k[:, :, :n_removed] += 5 * u
+    v = torch.randn(1, 2, n_removed + 40, D, dtype=torch.float64)
+    return (t.to(DEVICE, dtype) for t in (q, k, v))
+
+
+@pytest.mark.parametrize("route", ["correction-key-split", "correction-whole-tiles", "masked"])
+@pytest.mark.parametrize("surviving_logit", [-10.0, -20.0, -100.0, -200.0])
+@pytest.mark.parametrize("tiles", [1, 2, 3])
+def test_removed_leading_key_tiles(tiles, surviving_logit, route, monkeypatch, poisoned):
+    """Score path, eta 0, the first `tiles` key tiles of every row removed: the online softmax
+    starts on keys that are all -inf, and the surviving keys (strongly negative logits) must
+    still give the exact output, not 0 or NaN (issue 13, item 1). The correction kernel flags
+    these rows (nearly all their mass is removed), so the correction routes run the
+    flagged-tile pass, split over key ranges (with the split merge) or whole; the masked
+    route runs the forward with the keys masked."""
+    from sinkattn import ops, sink_attention
+    from sinkattn.kernels import configs
+
+    monkeypatch.setattr(ops, "INTERVENTION_ROUTE", "masked" if route == "masked" else "correction")
+    if route == "correction-whole-tiles":
+        monkeypatch.setattr(configs, "FLAGGED_MAX_SPLIT_TILES", 0)
+    n_removed = tiles * MAX_BLOCK_N
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        q, k, v = _removed_leading_keys(n_removed, surviving_logit, dtype)
+        res = sink_attention(q, k, v, top_k=n_removed, path="score")
+        assert torch.equal(res.sinks.sort(-1).values.cpu(), torch.arange(n_removed).expand(1, 2, -1)), dtype
+        assert res.out.isfinite().all(), f"{dtype}: non-finite output"
+        # Logits of magnitude 200 take float32 dots (|q.k| = 1600) to an absolute error of
+        # ~1e-4, a relative error of ~1e-5 in each probability: the float32 mass bar is
+        # SPEC's 1e-4 here, not the 1e-5 that moderate logits meet.
+        check_against_reference(q, k, v, res, mass_tol=1e-4 if dtype == torch.float32 else None,
+                                top_k=n_removed, path="score")
+
+
+def test_correction_flags_rows_whose_kept_mass_vanishes(poisoned):
+    """Removed keys with zero value vectors hold nearly all the mass: the numerator of the
+    score-path correction loses nothing (the removed keys add nothing to O), but its
+    denominator 1 - sum_J p_j is pure rounding. Such rows must be recomputed, not divided."""
+    from sinkattn import sink_attention
+
+    q, k, v = _removed_leading_keys(8, -30.0, torch.float32)
+    k[:, :, :8] += 25 * torch.nn.functional.normalize(q[0, 0, 0], dim=0)  # sinks at logit -30 + 5 + 25 = 0
+    v[:, :, :8] = 0
+    res = sink_attention(q, k, v, sinks=torch.arange(8, device=DEVICE).expand(1, 2, 8), path="score")
+    assert res.out.isfinite().all()
+    check_against_reference(q, k, v, res, sinks=res.sinks, path="score")
+
+
+@pytest.mark.parametrize("kw", [
+    pytest.param(dict(top_k=0), id="plain"),
+    pytest.param(dict(top_k=2, path="score", apply_queries=(5, 30)), id="score-k2"),
+    pytest.param(dict(top_k=1, path="value", select="shared", eta=0.3), id="value-shared"),
+])
+def test_gradients_flow_through_the_kernel_path(kw, poisoned):
+    """With inputs that require grad, the output carries a grad_fn (issue 13, item 2): the
+    backward recomputes through the reference with the selected keys held fixed, so the
+    gradients are those of the reference given the same keys; mass and keys carry none."""
+    from sinkattn import sink_attention
+    from sinkattn.reference import sink_attention as reference
+
+    q, k, v = (t.detach().float().requires_grad_() for t in diffusers_layout(1, 2, 40, 50, 64, 64, torch.float32))
+    res = sink_attention(q, k, v, **kw)
+    assert res.out.grad_fn is not None
+    upstream = torch.randn_like(res.out)
+    grads = torch.autograd.grad(res.out, (q, k, v), upstream)
+    fixed = dict(kw, sinks=res.sinks)
+    fixed.pop("top_k")
+    expected = torch.autograd.grad(reference(q, k, v, **fixed).out, (q, k, v), upstream)
+    for got, want in zip(grads, expected):
+        assert rel(got, want) < 1e-4
+    assert res.mass is None or not res.mass.requires_grad

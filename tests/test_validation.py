@@ -58,6 +58,9 @@ CASES = [
     pytest.param(dict(sinks=torch.zeros(1, 3, 1, dtype=torch.long)), ValueError, "sinks must have shape", id="sinks-shape"),
     pytest.param(dict(sinks=torch.zeros(1, 2, 1)), TypeError, "sinks must be an integer", id="sinks-float"),
     pytest.param(dict(sinks=torch.zeros(1, 2, 1, dtype=torch.long), top_k=2), ValueError, "does not match sinks", id="sinks-topk"),
+    pytest.param(dict(sinks=torch.tensor([[[0], [4]]]), candidates=(0, 3)), ValueError,
+                 "sinks holds keys outside candidates", id="sinks-outside-candidates"),
+    pytest.param(dict(sinks=torch.arange(6).expand(1, 2, 6)), ValueError, "remove every key", id="sinks-all-score"),
     pytest.param(dict(generator="seed"), TypeError, "generator must be", id="generator"),
     pytest.param(dict(scale=float("inf")), ValueError, "scale must be", id="scale-inf"),
     pytest.param(dict(return_mass="yes"), TypeError, "return_mass", id="return-mass"),
@@ -94,3 +97,15 @@ def test_cpu_fallback_warns_once(recwarn):
         assert not [w for w in recwarn if "reference" in str(w.message)]
     else:
         assert len([w for w in recwarn if "reference" in str(w.message)]) == 1
+
+
+@pytest.mark.parametrize("op", ["public", "reference"])
+def test_explicit_sinks_with_repeats_are_not_every_key(op):
+    """Nk explicit indices with a repeat leave a key on the score path: not refused (issue 13)."""
+    from sinkattn.reference import sink_attention as reference
+
+    q, k, v = _qkv()
+    sinks = torch.tensor([[[0, 1, 2, 3, 4, 4], [5, 5, 5, 5, 5, 5]]])
+    call = _call if op == "public" else (lambda **kw: reference(q, k, v, **kw))
+    res = call(q=q, k=k, v=v, sinks=sinks, path="score") if op == "public" else call(sinks=sinks, path="score")
+    assert res.out.isfinite().all()
