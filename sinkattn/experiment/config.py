@@ -362,11 +362,26 @@ def load_config_file(path: str) -> dict:
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
     if os.path.splitext(path)[1].lower() in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text)
+        data = _parse_yaml(path, text)
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: line {err.lineno}, column {err.colno}: not valid JSON ({err.msg})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
     return data
+
+
+def _parse_yaml(path: str, text: str):
+    """yaml.safe_load, its errors as a ValueError naming the file and the line (the line
+    where the broken construct starts, when YAML says)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "context_mark", None) or getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
+        why = ": ".join(x for x in (getattr(err, "context", None), getattr(err, "problem", None)) if x) or str(err)
+        raise ValueError(f"{path}:{where} not valid YAML ({why})") from None

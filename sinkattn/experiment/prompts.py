@@ -100,12 +100,26 @@ def _read_jsonl(path: str) -> list[Prompt]:
         for line_no, line in enumerate(fh):
             if not line.strip():
                 continue
-            obj = json.loads(line)
+            obj = _json_line(path, line_no + 1, line)
             if "prompt" not in obj:
                 raise ValueError(f"{path}:{line_no + 1}: no 'prompt' field")
             meta = {k: v for k, v in obj.items() if k not in ("prompt", "tag")}
             out.append(Prompt(len(out), obj["prompt"], obj.get("tag"), meta))
     return out
+
+
+def _json_line(path: str, line_no: int, line: str) -> dict:
+    """One line of a .jsonl file as a dict; errors name the file and its line (json's own
+    "line 2 column 1" counts inside the line, which points nowhere in the file)."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        at = "the end of the line" if err.pos >= len(line.rstrip()) else f"character {err.pos + 1} of the line"
+        raise ValueError(f"{path}:{line_no}: not JSON ({err.msg} at {at})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}:{line_no}: not a JSON object (one object per line: "
+                         f'{{"prompt": ..., "tag": ...}}), got {type(obj).__name__}')
+    return obj
 
 
 def _read_text(path: str) -> list[Prompt]:

@@ -96,3 +96,15 @@ def test_yaml_config(tmp_path):
     path.write_text("preset: tiny\nsteps: 2\nconditions:\n  - controls: [sink]\n    k: [3]\n    layers: [[1]]\n")
     cfg = config_from_args(build_parser().parse_args(["run", "--out", "x", "--config", str(path)]))
     assert cfg.steps == 2 and _names(cfg.conditions) == ["baseline", "sink_k3_score_head_L1"]
+
+
+@pytest.mark.parametrize("name, text", [
+    pytest.param("study.json", '{"steps": 2,\n"limit": }\n', id="json"),
+    pytest.param("study.yaml", "steps: 2\nlimit: [1\n", id="yaml"),
+])
+def test_malformed_config_file_names_the_file_and_its_line(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        config_from_args(build_parser().parse_args(["run", "--out", "x", "--config", str(path)]))
+    assert str(err.value).startswith(f"{path}: line 2")

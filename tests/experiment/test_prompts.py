@@ -30,3 +30,15 @@ def test_text_file_and_builtin(tmp_path):
         load_prompts(str(tmp_path / "missing.txt"))
     with pytest.raises(ValueError):
         load_prompts("builtin", limit=0)
+
+
+@pytest.mark.parametrize("bad, why", [
+    pytest.param("{", "not JSON", id="torn"),
+    pytest.param('["a cat"]', "not a JSON object", id="list"),
+])
+def test_malformed_jsonl_names_the_file_and_its_line(tmp_path, bad, why):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(f'{{"prompt": "a cat", "tag": "single_object"}}\n\n{bad}\n{{"prompt": "a dog"}}\n')
+    with pytest.raises(ValueError) as err:
+        load_prompts(str(path))
+    assert str(err.value).startswith(f"{path}:3: {why}")
