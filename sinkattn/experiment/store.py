@@ -13,7 +13,11 @@ line. Atomicity:
   same bytes;
 * keys already present in any results file of the run folder are skipped, so rerunning a
   finished command adds nothing, and a resumed run ends with the same set of records as
-  an uninterrupted one.
+  an uninterrupted one;
+* a line inside a file that is not a record (a hand edit, a bad disk) never stops a run:
+  the writer of that file moves such lines to ``<file>.corrupt`` (appended, never lost),
+  rewrites the file without them (atomically) and makes their records again; readers of
+  the folder (:func:`merged_records`, the report) skip them with a warning that counts them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import glob
 import json
 import os
 import re
+import warnings
 
 __all__ = ["RecordStore", "atomic_write_bytes", "atomic_write_text", "merged_records", "read_records",
            "record_key", "results_files", "shard_suffix"]
@@ -74,22 +79,78 @@ def atomic_write_text(path: str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def read_records(path: str) -> list[dict]:
-    """Complete lines of a JSONL file; a torn last line (no newline, or not JSON) is ignored."""
+def _scan(path: str, key=record_key) -> tuple[list[tuple[bytes, dict]], list[tuple[int, bytes, Exception]]]:
+    """The complete lines of a JSONL file, split into records ((raw line, record)) and
+    unreadable lines ((line number, raw line, why)). A line is unreadable when it is not
+    JSON or has no key; the part after the last newline (a torn last write) is left out."""
     if not os.path.exists(path):
-        return []
+        return [], []
     with open(path, "rb") as fh:
         data = fh.read()
-    out = []
-    lines = data.split(b"\n")
-    for i, line in enumerate(lines[:-1]):  # the part after the last newline is torn (or empty)
+    good, bad = [], []
+    for i, line in enumerate(data.split(b"\n")[:-1]):
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: line {i + 1} is not JSON ({err}); this file was edited by hand?") from err
-    return out
+            record = json.loads(line)
+            key(record)
+        except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            bad.append((i + 1, line, err))
+            continue
+        good.append((line, record))
+    return good, bad
+
+
+def _line_numbers(bad) -> str:
+    numbers = [str(n) for n, _, _ in bad]
+    return ", ".join(numbers[:10]) + (", ..." if len(numbers) > 10 else "")
+
+
+def read_records(path: str, strict: bool = True, key=record_key) -> list[dict]:
+    """Complete lines of a JSONL file; a torn last line (no newline) is ignored.
+
+    An unreadable line inside the file raises a ValueError naming it (``strict``), or is
+    skipped with a warning that counts such lines (``strict=False``: what the report uses,
+    so that one damaged line does not stop it)."""
+    good, bad = _scan(path, key)
+    if bad and strict:
+        n, _, err = bad[0]
+        raise ValueError(f"{path}: line {n} is not a record ({err}); opening the file for writing "
+                         f"(rerunning the run) moves such lines to {path}.corrupt")
+    if bad:
+        warnings.warn(f"sinkattn: {path}: {len(bad)} unreadable line(s) skipped (line {_line_numbers(bad)})",
+                      stacklevel=2)
+    return [record for _, record in good]
+
+
+def _set_aside(path: str, key=record_key) -> list[dict]:
+    """The records of ``path``, after moving its unreadable lines to ``path.corrupt``.
+
+    Why: a damaged line inside the file (a hand edit, a bad disk, two writers at once) must
+    not stop a run for good; its record is simply made again. The side file is appended and
+    synced first, then the file is replaced atomically by its readable lines (bytes
+    unchanged), so a kill in between at worst repeats lines in the side file, never loses one.
+    """
+    good, bad = _scan(path, key)
+    if bad:
+        side = f"{path}.corrupt"
+        _append_bytes(side, b"".join(line + b"\n" for _, line, _ in bad))
+        atomic_write_bytes(path, b"".join(line + b"\n" for line, _ in good))
+        warnings.warn(f"sinkattn: {path}: {len(bad)} unreadable line(s) (line {_line_numbers(bad)}) moved to "
+                      f"{side}; their records will be made again", stacklevel=3)
+    return [record for _, record in good]
+
+
+def _append_bytes(path: str, data: bytes) -> None:
+    """One write() (repeated if the OS writes less) then fsync: an append that a kill can only tear at the end."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        written = os.write(fd, data)
+        while written < len(data):  # os.write may write less on some filesystems
+            written += os.write(fd, data[written:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _repair(path: str) -> None:
@@ -117,11 +178,11 @@ class RecordStore:
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         _repair(path)
-        self.records = read_records(path)
+        self.records = _set_aside(path)
         self._keys = {record_key(r) for r in self.records}
         for other in also:
             if os.path.abspath(other) != os.path.abspath(path):
-                self._keys.update(record_key(r) for r in read_records(other))
+                self._keys.update(record_key(r) for r in read_records(other, strict=False))
 
     def __contains__(self, key) -> bool:
         return tuple(key) in self._keys
@@ -134,15 +195,7 @@ class RecordStore:
         key = record_key(record)
         if key in self._keys:
             return False
-        line = (json.dumps(record, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            written = os.write(fd, line)
-            while written < len(line):  # os.write may write less on some filesystems
-                written += os.write(fd, line[written:])
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _append_bytes(self.path, (json.dumps(record, sort_keys=True, allow_nan=False) + "\n").encode("utf-8"))
         self._keys.add(key)
         self.records.append(record)
         return True
@@ -153,6 +206,6 @@ def merged_records(run_dir: str, stem: str = "results") -> list[dict]:
     sorted by (prompt_id, seed, condition order of appearance)."""
     seen: dict[tuple, dict] = {}
     for path in results_files(run_dir, stem):
-        for record in read_records(path):
+        for record in read_records(path, strict=False):
             seen.setdefault(record_key(record), record)
     return sorted(seen.values(), key=lambda r: (r["prompt_id"], r["seed"]))

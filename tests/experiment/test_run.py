@@ -4,6 +4,7 @@ kill-and-resume, two-process sharding, failed metrics, paired latents."""
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -184,3 +185,26 @@ def test_failed_metric_is_missing_not_a_number_and_latents_are_paired(tmp_path, 
     assert sorted(by_seed) == [42, 43] and all(len(v) == 5 for v in by_seed.values())
     assert all((x == v[0]).all() for v in by_seed.values() for x in v)
     assert not (by_seed[42][0] == by_seed[43][0]).all()
+
+
+def test_damaged_line_inside_results_is_set_aside_and_remade(reference_run, tmp_path, capsys):
+    out = tmp_path / "damaged"
+    shutil.copytree(reference_run, out)
+    path = out / "results.jsonl"
+    lines = path.read_bytes().split(b"\n")
+    lost = json.loads(lines[6])
+    lines[6] = lines[6][:40]  # torn in the middle of the file: no later run could read past it
+    path.write_bytes(b"\n".join(lines))
+    with pytest.warns(UserWarning, match="1 unreadable line"):
+        assert main(["report", str(out)]) == 0
+    assert json.load(open(out / "summary.json"))["records"] == N_RECORDS - 1
+    with pytest.warns(UserWarning, match="moved to .*results.jsonl.corrupt"):
+        assert main(["run", "--out", str(out), *ARGS]) == 0
+    assert "1 new records, 19 already there" in capsys.readouterr().out
+    assert (out / "results.jsonl.corrupt").read_bytes() == lines[6] + b"\n"
+    records = read_records(str(path))
+    assert len(records) == N_RECORDS == len({record_key(r) for r in records})
+    reference = read_records(os.path.join(reference_run, "results.jsonl"))
+    assert _images(str(out), records) == _images(str(reference_run), reference)
+    (remade,) = [r for r in records if record_key(r) == record_key(lost)]
+    assert remade["metrics"] == pytest.approx(lost["metrics"], abs=1e-5)

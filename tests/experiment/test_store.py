@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 from sinkattn.experiment.store import (
     RecordStore, atomic_write_bytes, merged_records, read_records, results_files,
 )
@@ -55,3 +57,54 @@ def test_atomic_write_leaves_no_temporary(tmp_path):
     atomic_write_bytes(path, b"abcd")
     assert open(path, "rb").read() == b"abcd"
     assert os.listdir(tmp_path / "images") == ["x.png"]
+
+
+def _tear(path, index, keep=25):
+    """Cut line ``index`` of ``path`` short, as a write torn in the middle of the file leaves it."""
+    lines = open(path, "rb").read().split(b"\n")
+    torn = lines[index][:keep]
+    lines[index] = torn
+    open(path, "wb").write(b"\n".join(lines))
+    return torn
+
+
+def test_unreadable_lines_inside_are_moved_aside_and_their_keys_made_again(tmp_path):
+    path = str(tmp_path / "results.jsonl")
+    store = RecordStore(path)
+    for cond in ("baseline", "sink", "random", "bottom"):
+        store.append(_rec(0, cond))
+    torn = _tear(path, 1)
+    with open(path, "rb") as fh:
+        lines = fh.read().split(b"\n")
+    lines[2] = b"[1, 2]"  # JSON, but not a record: no key
+    with open(path, "wb") as fh:
+        fh.write(b"\n".join(lines))
+    with pytest.raises(ValueError, match="line 2"):
+        read_records(path)  # the strict reader still says where
+    with pytest.warns(UserWarning, match=r"2 unreadable line\(s\).*results.jsonl.corrupt"):
+        store = RecordStore(path)
+    assert [(0, 42, c) in store for c in ("baseline", "sink", "random", "bottom")] == [True, False, False, True]
+    assert open(path + ".corrupt", "rb").read() == torn + b"\n[1, 2]\n"
+    assert [r["condition"] for r in read_records(path)] == ["baseline", "bottom"]
+    assert store.append(_rec(0, "sink")) and store.append(_rec(0, "random"))
+    assert [r["condition"] for r in RecordStore(path).records] == ["baseline", "bottom", "sink", "random"]
+    # a second repair appends to the side file: nothing is ever lost
+    _tear(path, 0)
+    with pytest.warns(UserWarning, match="1 unreadable"):
+        RecordStore(path)
+    assert open(path + ".corrupt", "rb").read().count(b"\n") == 3
+
+
+def test_readers_of_a_run_folder_skip_unreadable_lines_with_a_warning(tmp_path):
+    a = RecordStore(str(tmp_path / "results.shard-0-of-2.jsonl"))
+    for pid in (0, 2, 4):
+        a.append(_rec(pid, "baseline"))
+    _tear(a.path, 1)
+    before = open(a.path, "rb").read()
+    with pytest.warns(UserWarning, match="1 unreadable line"):
+        merged = merged_records(str(tmp_path))
+    assert [r["prompt_id"] for r in merged] == [0, 4]
+    with pytest.warns(UserWarning, match="1 unreadable line"):
+        other = RecordStore(str(tmp_path / "results.shard-1-of-2.jsonl"), also=results_files(str(tmp_path)))
+    assert (0, 42, "baseline") in other and (2, 42, "baseline") not in other
+    assert open(a.path, "rb").read() == before  # another writer's file is read, never rewritten
