@@ -11,6 +11,7 @@ module is imported when it is built. See weights.py for where weights come from 
 INSTALL.txt for the packages each metric needs.
 """
 
-from sinkattn.metrics.base import SCORER_NAMES, MetricWeightsUnavailable, Scorer, build_scorer
+from sinkattn.metrics.base import (SCORER_NAMES, MetricWeightsUnavailable, Scorer, WeightsHashMismatch,
+                                   build_scorer)
 
-__all__ = ["SCORER_NAMES", "MetricWeightsUnavailable", "Scorer", "build_scorer"]
+__all__ = ["SCORER_NAMES", "MetricWeightsUnavailable", "Scorer", "WeightsHashMismatch", "build_scorer"]

@@ -30,6 +30,10 @@ class MetricWeightsUnavailable(RuntimeError):
     """
 
 
+class WeightsHashMismatch(MetricWeightsUnavailable):
+    """A file fetched from a metric's official location does not have its published hash."""
+
+
 class Scorer(abc.ABC):
     """One metric, ready to score.
 

@@ -10,7 +10,8 @@ backbone does not ship: lpips would download torchvision's ImageNet AlexNet
 Here the backbone is built empty and filled from a local copy instead, looked up in this
 order: `weights=` (the file, or a folder holding it), SINKATTN_LPIPS_WEIGHTS, the torch hub
 cache ($TORCH_HOME/hub/checkpoints/, where torchvision itself caches it), then a download
-to that cache unless offline; else `MetricWeightsUnavailable` naming the file.
+to that cache unless offline; else `MetricWeightsUnavailable` naming the file. A cached or
+downloaded copy must have the SHA-256 prefix in its name (7be5be79), as torch.hub checks.
 
 Images are compared at their own resolution (no resize): each image must have the size
 of its reference. Pixels map to [-1, 1] as `lpips.im2tensor` does (x / 127.5 - 1).
@@ -25,8 +26,10 @@ from sinkattn.metrics.base import Scorer
 from sinkattn.metrics.weights import WeightFile, load_state_dict, randomize_, resolve_files
 
 ENV_VAR = "SINKATTN_LPIPS_WEIGHTS"
+# torchvision publishes the first 8 hex digits of the file's SHA-256 in its name (AlexNet_Weights
+# .IMAGENET1K_V1 in torchvision/models/alexnet.py, loaded with check_hash=True); no full digest is published.
 FILES = [WeightFile("alexnet-owt-7be5be79.pth", url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
-                    what="torchvision ImageNet AlexNet (LPIPS backbone)")]
+                    what="torchvision ImageNet AlexNet (LPIPS backbone)", sha256="7be5be79")]
 # lpips' AlexNet slices keep torchvision's `features` indices: features.{i} -> net.slice{s}.{i}.
 _SLICE_OF_FEATURE = {0: 1, 3: 2, 6: 3, 8: 4, 10: 5}
 

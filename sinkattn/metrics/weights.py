@@ -14,6 +14,15 @@ Offline (HF_HUB_OFFLINE=1 or SINKATTN_OFFLINE=1) only local files and caches are
 Anything still missing raises `MetricWeightsUnavailable` naming every file, its origin,
 and how to point the scorer at a local copy.
 
+Every file taken from an official location (downloaded, or found in the HF or torch hub
+cache) is hashed before it is read and must match its published hash, else
+`WeightsHashMismatch`: `WeightFile.sha256` when the publisher states one (for torchvision's
+AlexNet, the first 8 hex digits of the SHA-256 in its file name, which is all torchvision
+publishes and what torch.hub's check_hash verifies), otherwise the hash the Hub lists for
+the file, which the HF cache names the file's blob after (SHA-256 for LFS files, the git
+blob SHA-1 for small ones). A download is hashed before it is moved into the cache. Files
+given by `weights=` / the environment variable are the user's and are used as they are.
+
 Checkpoints are read as data only: safetensors, or `torch.load(weights_only=True)`,
 which refuses any pickled object other than tensors and plain containers. Nothing
 executes code shipped with a checkpoint.
@@ -21,12 +30,13 @@ executes code shipped with a checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sinkattn.metrics.base import MetricWeightsUnavailable
+from sinkattn.metrics.base import MetricWeightsUnavailable, WeightsHashMismatch
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -44,6 +54,7 @@ class WeightFile:
     url: str | None = None  # direct URL, for files not on the Hub (torchvision's AlexNet)
     what: str = ""  # one-line description for error messages
     alternatives: tuple[str, ...] = ()  # other official names of the same content, tried after
+    sha256: str = ""  # SHA-256 hex digest, or its prefix, as the publisher states it (never guessed)
 
     def names(self) -> tuple[str, ...]:
         return (self.filename, *self.alternatives)
@@ -101,11 +112,15 @@ def resolve_files(metric: str, files: list[WeightFile], weights: str | None, env
         for name in wf.names():
             try:
                 if wf.repo_id is not None:
-                    found[wf.filename] = _hub_download(_repo_of(wf, files, main_repo), name)
+                    repo = _repo_of(wf, files, main_repo)
+                    found[wf.filename] = _verify(metric, env_var, wf, _hub_download(repo, name), fix=(
+                        f"Delete it and fetch it again: hf download {repo} {name} --force-download"))
                 else:
-                    found[wf.filename] = _url_download(wf)
+                    found[wf.filename] = _url_download(metric, env_var, wf)
                 errors.pop(wf.filename, None)
                 break
+            except WeightsHashMismatch:
+                raise
             except Exception as err:  # noqa: BLE001 - every failure becomes one clear error below
                 errors.setdefault(wf.filename, f"{type(err).__name__}: {_first_line(err)}")
     if errors:
@@ -171,17 +186,50 @@ def _torch_hub_checkpoints() -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints")
 
 
-def _url_download(wf: WeightFile) -> str:
+def _url_download(metric: str, env_var: str, wf: WeightFile) -> str:
     path = os.path.join(_torch_hub_checkpoints(), wf.filename)
     if os.path.isfile(path):
-        return path
+        return _verify(metric, env_var, wf, path, fix=f"Delete it and download it again from {wf.url}")
     if offline():
         raise FileNotFoundError(f"{path} does not exist")
     import torch
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.hub.download_url_to_file(wf.url, path, progress=False)
+    tmp = path + ".unverified"
+    try:
+        torch.hub.download_url_to_file(wf.url, tmp, progress=False)
+        _verify(metric, env_var, wf, tmp, shown=f"{wf.filename} downloaded from {wf.url}",
+                fix="The download was deleted; check where that URL leads from this network (a proxy or mirror?)")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
+
+
+def _verify(metric: str, env_var: str, wf: WeightFile, path: str, fix: str, shown: str | None = None) -> str:
+    """`path` if its hash is the published one (see the module docstring), else WeightsHashMismatch."""
+    expected, algo, basis = wf.sha256, "SHA-256", "published"
+    if not expected:  # a Hub file: the HF cache names the blob after the hash the Hub lists
+        expected, basis = os.path.basename(os.path.realpath(path)), "as the Hub lists it"
+        algo = {64: "SHA-256", 40: "git blob SHA-1"}.get(len(expected)) if re.fullmatch(r"[0-9a-f]+", expected) else None
+        if algo is None:
+            raise MetricWeightsUnavailable(
+                f"{metric}: {path} has no published hash to check it against (not a Hugging Face cache "
+                f"blob). Point --metric-weights {metric}=PATH or {env_var} at a copy you trust instead.")
+    with open(path, "rb") as fh:
+        if algo == "SHA-256":
+            actual = hashlib.file_digest(fh, "sha256").hexdigest()
+        else:
+            actual = hashlib.file_digest(fh, lambda: hashlib.sha1(b"blob %d\0" % os.path.getsize(path))).hexdigest()
+    if actual.startswith(expected):
+        return path
+    starting = " starting with" if len(expected) < len(actual) else ""
+    raise WeightsHashMismatch(
+        f"{metric}: {shown or path} does not match its published hash: expected {algo}{starting} "
+        f"{expected} ({basis}), got {actual}. It is corrupt, truncated or not the official "
+        f"{wf.filename}. {fix}; or pass a copy you trust with --metric-weights {metric}=PATH "
+        f"(or {env_var}=PATH), which is used as it is.")
 
 
 def load_state_dict(path: str) -> dict[str, "torch.Tensor"]:

@@ -154,9 +154,18 @@ def test_lpips_local_file_matches_lpips_package(tmp_path, offline_env, monkeypat
 
 
 def test_lpips_finds_the_torch_hub_cache(offline_env, monkeypatch, make_images):
+    import dataclasses
+    import hashlib
+
+    from sinkattn.metrics import lpips_distance
+
     cache = offline_env / "torch-home" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     alexnet = _random_alexnet_file(cache / "alexnet-owt-7be5be79.pth")
+    # a cached copy is checked against the published hash prefix: publish this file's own
+    with open(cache / "alexnet-owt-7be5be79.pth", "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    monkeypatch.setattr(lpips_distance, "FILES", [dataclasses.replace(lpips_distance.FILES[0], sha256=digest[:8])])
     images, refs = make_images(2), make_images(2)
     scorer = build_scorer("lpips")
     assert scorer.untrained is False and scorer.weights_source.startswith(str(cache))
