@@ -1,6 +1,6 @@
 """Figures of a run (matplotlib, Agg backend): dose-response, LPIPS sink vs random, the
 sink atlas from the tracer, and a qualitative grid. Each function takes plain data and a
-path, so the report decides what to draw."""
+path, so the report decides what to draw; ``banner`` (random weights) is stamped on top."""
 
 from __future__ import annotations
 
@@ -25,9 +25,21 @@ def _plt():
 def _save(fig, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight", pad_inches=0.2)  # room for the banner's box
     os.replace(tmp, path)
     return path
+
+
+def _finish(fig, path: str, banner: str = "") -> str:
+    """Lay out, stamp the banner, save and close: every figure ends here, so none leaves
+    without the random-weights banner when the report asks for one."""
+    fig.tight_layout()
+    if banner:
+        fig.text(0.5, 1.0, banner, ha="center", va="bottom", fontsize=10, fontweight="bold", color="white",
+                 bbox=dict(boxstyle="round,pad=0.4", facecolor="tab:red", edgecolor="none"))
+    out = _save(fig, path)
+    _plt().close(fig)
+    return out
 
 
 def _err(rows):
@@ -37,7 +49,7 @@ def _err(rows):
     return mean, np.vstack([np.clip(mean - lo, 0, None), np.clip(hi - mean, 0, None)])
 
 
-def dose_response(dose: list[dict], metrics: list[str], path: str, note: str = "") -> str:
+def dose_response(dose: list[dict], metrics: list[str], path: str, note: str = "", banner: str = "") -> str:
     """Mean paired delta vs k per metric, one line per (control, series), 95% CI bars.
 
     dose: rows {metric, control, series, k, n, mean, ci_low, ci_high} (random: draws averaged)."""
@@ -72,13 +84,10 @@ def dose_response(dose: list[dict], metrics: list[str], path: str, note: str = "
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
     fig.suptitle("Dose-response: mean paired delta with bootstrap 95% CI" + (f"\n{note}" if note else ""), fontsize=10)
-    fig.tight_layout()
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _finish(fig, path, banner)
 
 
-def lpips_sink_vs_random(dose: list[dict], path: str, note: str = "") -> str:
+def lpips_sink_vs_random(dose: list[dict], path: str, note: str = "", banner: str = "") -> str:
     """LPIPS to the baseline image, sink vs equal-budget random, per k (bars, 95% CI)."""
     plt = _plt()
     rows = [r for r in dose if r["metric"] == "lpips" and r["control"] in ("sink", "random") and r["mean"] is not None]
@@ -115,13 +124,10 @@ def lpips_sink_vs_random(dose: list[dict], path: str, note: str = "") -> str:
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no LPIPS values", ha="center", va="center", transform=ax.transAxes)
-    fig.tight_layout()
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _finish(fig, path, banner)
 
 
-def sink_atlas(traces: list[dict], path: str, top_tokens: int = 15) -> str:
+def sink_atlas(traces: list[dict], path: str, top_tokens: int = 15, banner: str = "") -> str:
     """Three panels from the baseline traces: mean largest key mass per (step, layer); where
     the heads' top keys lie on the latent grid (image keys); which text tokens are top keys."""
     plt = _plt()
@@ -189,14 +195,11 @@ def sink_atlas(traces: list[dict], path: str, top_tokens: int = 15) -> str:
         ax.text(0.5, 0.5, "no text-token sinks", ha="center", va="center", transform=ax.transAxes)
     ax.set_title("text-token sink frequency")
     fig.suptitle(f"Sink atlas of the baseline generations ({len(traces)} traced images)", fontsize=11)
-    fig.tight_layout()
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _finish(fig, path, banner)
 
 
 def qualitative_grid(cells: list[list], row_labels: list[str], col_labels: list[str], path: str,
-                     thumb: int = 160) -> str:
+                     thumb: int = 160, banner: str = "") -> str:
     """Rows of images (PIL or None), baseline first; titles on top, prompts on the left."""
     plt = _plt()
     n_rows, n_cols = len(cells), max(len(r) for r in cells) if cells else 1
@@ -214,7 +217,4 @@ def qualitative_grid(cells: list[list], row_labels: list[str], col_labels: list[
             if j == 0:
                 label = row_labels[i]
                 ax.set_ylabel(label if len(label) < 40 else label[:37] + "...", fontsize=7)
-    fig.tight_layout()
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _finish(fig, path, banner)
