@@ -196,8 +196,8 @@ def summarize(records: list[dict], conditions: list[dict], metrics: list[str], n
         "sink_minus_random": [dict(row, test=row["test"].to_dict()) for row in dd_rows],
         "by_tag": [dict(row, test=row["test"].to_dict()) for row in by_tag],
         "by_tag_hidden": {"groups": hidden, "min_n": min_group_n,
-                          "reason": f"fewer than {min_group_n} paired values: too few for a test, "
-                                    "and their intervals are degenerate"},
+                          "reason": f"fewer than {min_group_n} paired values, too few for a test "
+                                    "(their intervals are degenerate)"},
         "family": {"vs_baseline": "every (condition, metric) test against the baseline, Holm per test type",
                    "sink_minus_random": "every (sink condition, metric) delta-of-deltas, Holm per test type"},
         "bootstrap": {"resamples": n_boot, "level": 0.95, "seed": seed, "method": "percentile"},
