@@ -12,6 +12,7 @@ INSTALL.txt for the packages each metric needs.
 """
 
 from sinkattn.metrics.base import (SCORER_NAMES, MetricWeightsUnavailable, Scorer, WeightsHashMismatch,
-                                   build_scorer)
+                                   build_scorer, build_scorers)
 
-__all__ = ["SCORER_NAMES", "MetricWeightsUnavailable", "Scorer", "WeightsHashMismatch", "build_scorer"]
+__all__ = ["SCORER_NAMES", "MetricWeightsUnavailable", "Scorer", "WeightsHashMismatch", "build_scorer",
+           "build_scorers"]

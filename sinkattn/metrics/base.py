@@ -21,13 +21,22 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
 
+UNTRAINED_HINT = ("Or score with random weights, marked untrained in every output: --untrained-metrics "
+                  "(Python: build_scorer(name, untrained=True)).")
+
+
 class MetricWeightsUnavailable(RuntimeError):
     """The weights a metric needs are neither given, nor cached, nor downloadable.
 
     The message lists every missing file with the Hub repository (or URL) it comes from,
-    the argument / environment variable that points the scorer at a local copy, and the
-    cache folder where a downloaded copy is looked for.
+    the `hf download` command that fetches it, the flag / environment variable that points
+    the scorer at a local copy, and the cache folder where a downloaded copy is looked for.
+    `details` is the message without the closing hint, for joining several into one.
     """
+
+    def __init__(self, details: str, hint: str = UNTRAINED_HINT):
+        super().__init__(f"{details}\n{hint}" if hint else details)
+        self.details = details
 
 
 class WeightsHashMismatch(MetricWeightsUnavailable):
@@ -131,3 +140,21 @@ def build_scorer(name: str, weights: str | None = None, device: "torch.device | 
     module_name, func_name = target.split(":")
     builder: Callable[..., Scorer] = getattr(importlib.import_module(module_name), func_name)
     return builder(weights=weights, device=device, untrained=untrained, **options)
+
+
+def build_scorers(names: Sequence[str], weights: dict | None = None, device: "torch.device | str" = "cpu",
+                  untrained: bool = False, options: dict | None = None) -> dict[str, Scorer]:
+    """{name: build_scorer(name, ...)} for every name; `weights` and `options` are dicts keyed by
+    scorer name. Every scorer is tried: one MetricWeightsUnavailable names every missing file."""
+    weights, options = weights or {}, options or {}
+    scorers, failed = {}, []
+    for name in names:
+        try:
+            scorers[name] = build_scorer(name, weights.get(name), device, untrained, **options.get(name, {}))
+        except MetricWeightsUnavailable as err:
+            failed.append(err)
+    if len(failed) == 1:
+        raise failed[0]
+    if failed:
+        raise MetricWeightsUnavailable("\n".join(err.details for err in failed)) from failed[0]
+    return scorers

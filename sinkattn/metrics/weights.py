@@ -10,9 +10,10 @@ Resolution order for every metric (first hit wins, per file):
   3. the official location: the Hugging Face Hub (`hf_hub_download`, which also finds
      files already in the local HF cache), or, for torchvision's AlexNet, the torch hub
      cache ($TORCH_HOME/hub/checkpoints) then download.pytorch.org.
-Offline (HF_HUB_OFFLINE=1 or SINKATTN_OFFLINE=1) only local files and caches are used.
-Anything still missing raises `MetricWeightsUnavailable` naming every file, its origin,
-and how to point the scorer at a local copy.
+Offline (HF_HUB_OFFLINE=1 or SINKATTN_OFFLINE=1, or a host that did not answer one quick
+request, asked once per process) only local files and caches are used, with no retries.
+Anything still missing raises `MetricWeightsUnavailable` naming every file, its origin, the
+`hf download` command that fetches it, and the flag that points the scorer at the copy.
 
 Every file taken from an official location (downloaded, or found in the HF or torch hub
 cache) is hashed before it is read and must match its published hash, else
@@ -30,9 +31,13 @@ executes code shipped with a checkpoint.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,6 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TRUE = {"1", "true", "yes", "on"}
+_PROBE_TIMEOUT_S = 3
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,36 @@ def offline() -> bool:
             or os.environ.get("SINKATTN_OFFLINE", "").strip().lower() in _TRUE)
 
 
+def hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def online(url: str) -> bool:
+    """False when offline(), or when the host of `url` did not answer one quick request
+    (asked once per host and process: an offline run fails at once instead of retrying)."""
+    if offline():
+        return False
+    return not url.startswith(("http://", "https://")) or _answers(_origin(url))
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+@functools.lru_cache(maxsize=None)
+def _answers(origin: str) -> bool:
+    try:  # urllib honours the *_PROXY variables, as the downloads do
+        urllib.request.urlopen(urllib.request.Request(origin + "/", method="HEAD"), timeout=_PROBE_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return True  # the server answered
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def resolve_files(metric: str, files: list[WeightFile], weights: str | None, env_var: str,
                   ) -> tuple[dict[str, str], str]:
     """Find every file of `files` (files[0] is the main checkpoint).
@@ -96,7 +132,7 @@ def resolve_files(metric: str, files: list[WeightFile], weights: str | None, env
             given = "weights=" if weights is not None else f"{env_var}="
             raise MetricWeightsUnavailable(
                 f"{metric}: {given}{source!r} is neither an existing file or folder nor a Hub repo id "
-                f"('org/name').\n" + _instructions(metric, files, env_var))
+                f"('org/name').\n" + _instructions(metric, files, env_var, main_repo))
 
     found: dict[str, str] = {}
     errors: dict[str, str] = {}
@@ -119,21 +155,24 @@ def resolve_files(metric: str, files: list[WeightFile], weights: str | None, env
                     found[wf.filename] = _url_download(metric, env_var, wf)
                 errors.pop(wf.filename, None)
                 break
-            except WeightsHashMismatch:
+            except MetricWeightsUnavailable:  # a file that fails its hash check
                 raise
             except Exception as err:  # noqa: BLE001 - every failure becomes one clear error below
                 errors.setdefault(wf.filename, f"{type(err).__name__}: {_first_line(err)}")
     if errors:
-        why = "offline (HF_HUB_OFFLINE/SINKATTN_OFFLINE set)" if offline() else "download failed"
-        lines = [f"{metric}: weights unavailable, {why}. Missing file(s):"]
+        urls = {hub_endpoint() if wf.repo_id else wf.url for wf in files if wf.filename in errors}
+        down = sorted({_origin(url) for url in urls if not online(url)})
+        why = ("offline (HF_HUB_OFFLINE/SINKATTN_OFFLINE is set)" if offline() else
+               f"offline ({', '.join(down)} cannot be reached)" if down else "download failed")
+        lines = [f"{metric}: weights not found, {why}. Missing:"]
         for wf in files:
             if wf.filename not in errors:
                 continue
             alt = f" (or {' / '.join(wf.alternatives)})" if wf.alternatives else ""
             lines.append(f"  - {wf.filename}{alt}: {wf.what + ', ' if wf.what else ''}"
                          f"from {wf.origin(_repo_of(wf, files, main_repo))}"
-                         f"\n      ({errors[wf.filename]})")
-        raise MetricWeightsUnavailable("\n".join(lines) + "\n" + _instructions(metric, files, env_var))
+                         + ("" if why.startswith("offline") else f"\n      ({errors[wf.filename]})"))
+        raise MetricWeightsUnavailable("\n".join(lines) + "\n" + _instructions(metric, files, env_var, main_repo))
     if main_path is not None:
         desc = main_path
     elif local_dir is not None:
@@ -153,31 +192,28 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def _instructions(metric: str, files: list[WeightFile], env_var: str) -> str:
-    names = ", ".join(wf.filename for wf in files)
-    hub = [wf for wf in files if wf.repo_id]
-    url = [wf for wf in files if wf.url and not wf.repo_id]
-    text = (f"To use local copies, put {names} in one folder and pass weights=<folder> "
-            f"(or the main file path), or set {env_var}=<folder or file>.")
-    if hub:
-        repos: dict[str, list[str]] = {}
-        for wf in hub:
-            repos.setdefault(wf.repo_id, []).append(wf.filename)
-        cmds = "; ".join(f"hf download {r} {' '.join(fs)}" for r, fs in repos.items())
-        text += f" Or fill the Hugging Face cache on a machine with access: {cmds}."
-    if url:
-        text += " Or place " + ", ".join(
-            f"{wf.filename} (from {wf.url}) in {_torch_hub_checkpoints()}" for wf in url) + "."
-    text += f" Scoring with random weights instead: build_scorer('{metric}', untrained=True)."
-    return text
+def _instructions(metric: str, files: list[WeightFile], env_var: str, main_repo: str | None) -> str:
+    """How a CLI user gets every file of `metric` into one folder and points the scorer at it."""
+    folder = f"./weights/{metric}"
+    repos: dict[str, list[str]] = {}
+    for wf in files:
+        if wf.repo_id:
+            repos.setdefault(_repo_of(wf, files, main_repo), []).append(wf.filename)
+    cmds = [f"hf download {r} {' '.join(fs)} --local-dir {folder}" for r, fs in repos.items()]
+    cmds += [f"curl -L --create-dirs -o {folder}/{wf.filename} {wf.url}   (sha256sum must start with "
+             f"{wf.sha256}; or put it in {_torch_hub_checkpoints()}, where torchvision caches it)"
+             for wf in files if wf.url and not wf.repo_id]
+    return (f"  Get them on a machine with access:\n" + "".join(f"    {c}\n" for c in cmds)
+            + f"  copy {folder} here and run with --metric-weights {metric}={folder} "
+              f"(or set {env_var}={folder}; Python: build_scorer('{metric}', weights='{folder}')).")
 
 
 def _hub_download(repo_id: str, filename: str) -> str:
     from huggingface_hub import hf_hub_download
 
-    # local_files_only keeps an offline run from trying the network at all (the hub
-    # library reads HF_HUB_OFFLINE once, at import; we read it at every call).
-    return hf_hub_download(repo_id=repo_id, filename=filename, local_files_only=offline())
+    # local_files_only keeps an offline run from trying the network at all, and from the hub
+    # library's retries (about 23 s a file); it reads HF_HUB_OFFLINE once, at import, we at every call.
+    return hf_hub_download(repo_id=repo_id, filename=filename, local_files_only=not online(hub_endpoint()))
 
 
 def _torch_hub_checkpoints() -> str:
@@ -190,7 +226,7 @@ def _url_download(metric: str, env_var: str, wf: WeightFile) -> str:
     path = os.path.join(_torch_hub_checkpoints(), wf.filename)
     if os.path.isfile(path):
         return _verify(metric, env_var, wf, path, fix=f"Delete it and download it again from {wf.url}")
-    if offline():
+    if not online(wf.url):
         raise FileNotFoundError(f"{path} does not exist")
     import torch
 
