@@ -177,7 +177,7 @@ def _image_path(run_dir: str, rel, problems: list[str]) -> str | None:
 
     Why: results.jsonl is data, and a crafted one must not make the report read files
     elsewhere; comparing real paths catches absolute paths, `..` and symlinks pointing out."""
-    if not isinstance(rel, str) or not rel:
+    if not isinstance(rel, str) or not rel or "\x00" in rel:  # os.path raises on a NUL byte
         problems.append(f"image {rel!r}: not a path, not shown")
         return None
     root = os.path.realpath(run_dir)

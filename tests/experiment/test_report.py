@@ -115,13 +115,13 @@ def test_missing_or_unreadable_image_is_a_warning(scored_run, tmp_path):
     run = _copy(scored_run, tmp_path)
     (run / "images" / "baseline" / "p00001_s43.png").write_text("not a png\n")
     os.remove(run / "images" / "sink_k1_score_head_Lall" / "p00001_s43.png")
-    _set_image(run, {(1, "random"): None})
+    _set_image(run, {(1, "random"): None, (2, "random"): "images/nul\x00.png"})
     with pytest.warns(UserWarning):
         summary = write_report(str(run))
     text = _warnings(summary)
     assert "images/baseline/p00001_s43.png" in text and "cannot be read" in text
     assert "images/sink_k1_score_head_Lall/p00001_s43.png" in text and "missing" in text
-    assert "None" in text
+    assert "image None: not a path" in text and "image 'images/nul\\x00.png': not a path" in text
     assert summary["records"] == 12 and (run / "plots" / "qualitative_grid.png").exists()
 
 
