@@ -31,12 +31,7 @@ class MetricWeightsUnavailable(RuntimeError):
     The message lists every missing file with the Hub repository (or URL) it comes from,
     the `hf download` command that fetches it, the flag / environment variable that points
     the scorer at a local copy, and the cache folder where a downloaded copy is looked for.
-    `details` is the message without the closing hint, for joining several into one.
     """
-
-    def __init__(self, details: str, hint: str = UNTRAINED_HINT):
-        super().__init__(f"{details}\n{hint}" if hint else details)
-        self.details = details
 
 
 class WeightsHashMismatch(MetricWeightsUnavailable):
@@ -156,5 +151,6 @@ def build_scorers(names: Sequence[str], weights: dict | None = None, device: "to
     if len(failed) == 1:
         raise failed[0]
     if failed:
-        raise MetricWeightsUnavailable("\n".join(err.details for err in failed)) from failed[0]
+        details = (str(err).removesuffix("\n" + UNTRAINED_HINT) for err in failed)
+        raise MetricWeightsUnavailable("\n".join(details) + "\n" + UNTRAINED_HINT) from failed[0]
     return scorers

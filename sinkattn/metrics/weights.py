@@ -41,12 +41,13 @@ import urllib.request
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sinkattn.metrics.base import MetricWeightsUnavailable, WeightsHashMismatch
+from sinkattn.metrics.base import UNTRAINED_HINT, MetricWeightsUnavailable, WeightsHashMismatch
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HEX = re.compile(r"[0-9a-f]+")
 _TRUE = {"1", "true", "yes", "on"}
 _PROBE_TIMEOUT_S = 3
 
@@ -92,6 +93,13 @@ def online(url: str) -> bool:
     return not url.startswith(("http://", "https://")) or _answers(_origin(url))
 
 
+def offline_reason(url: str) -> str:
+    """'' when the host of `url` can be used, else why not (for messages)."""
+    if offline():
+        return "offline: HF_HUB_OFFLINE/SINKATTN_OFFLINE is set"
+    return "" if online(url) else f"offline: {_origin(url)} cannot be reached"
+
+
 def _origin(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
@@ -132,7 +140,7 @@ def resolve_files(metric: str, files: list[WeightFile], weights: str | None, env
             given = "weights=" if weights is not None else f"{env_var}="
             raise MetricWeightsUnavailable(
                 f"{metric}: {given}{source!r} is neither an existing file or folder nor a Hub repo id "
-                f"('org/name').\n" + _instructions(metric, files, env_var, main_repo))
+                f"('org/name').\n" + _instructions(metric, files, env_var, main_repo) + "\n" + UNTRAINED_HINT)
 
     found: dict[str, str] = {}
     errors: dict[str, str] = {}
@@ -160,11 +168,9 @@ def resolve_files(metric: str, files: list[WeightFile], weights: str | None, env
             except Exception as err:  # noqa: BLE001 - every failure becomes one clear error below
                 errors.setdefault(wf.filename, f"{type(err).__name__}: {_first_line(err)}")
     if errors:
-        urls = {hub_endpoint() if wf.repo_id else wf.url for wf in files if wf.filename in errors}
-        down = sorted({_origin(url) for url in urls if not online(url)})
-        why = ("offline (HF_HUB_OFFLINE/SINKATTN_OFFLINE is set)" if offline() else
-               f"offline ({', '.join(down)} cannot be reached)" if down else "download failed")
-        lines = [f"{metric}: weights not found, {why}. Missing:"]
+        reasons = {offline_reason(hub_endpoint() if wf.repo_id else wf.url) for wf in files if wf.filename in errors}
+        why = "; ".join(sorted(reasons - {""})) or "download failed"
+        lines = [f"{metric}: weights not found ({why}). Missing:"]
         for wf in files:
             if wf.filename not in errors:
                 continue
@@ -172,7 +178,8 @@ def resolve_files(metric: str, files: list[WeightFile], weights: str | None, env
             lines.append(f"  - {wf.filename}{alt}: {wf.what + ', ' if wf.what else ''}"
                          f"from {wf.origin(_repo_of(wf, files, main_repo))}"
                          + ("" if why.startswith("offline") else f"\n      ({errors[wf.filename]})"))
-        raise MetricWeightsUnavailable("\n".join(lines) + "\n" + _instructions(metric, files, env_var, main_repo))
+        raise MetricWeightsUnavailable(
+            "\n".join([*lines, _instructions(metric, files, env_var, main_repo), UNTRAINED_HINT]))
     if main_path is not None:
         desc = main_path
     elif local_dir is not None:
@@ -248,7 +255,7 @@ def _verify(metric: str, env_var: str, wf: WeightFile, path: str, fix: str, show
     expected, algo, basis = wf.sha256, "SHA-256", "published"
     if not expected:  # a Hub file: the HF cache names the blob after the hash the Hub lists
         expected, basis = os.path.basename(os.path.realpath(path)), "as the Hub lists it"
-        algo = {64: "SHA-256", 40: "git blob SHA-1"}.get(len(expected)) if re.fullmatch(r"[0-9a-f]+", expected) else None
+        algo = {64: "SHA-256", 40: "git blob SHA-1"}.get(len(expected)) if _HEX.fullmatch(expected) else None
         if algo is None:
             raise MetricWeightsUnavailable(
                 f"{metric}: {path} has no published hash to check it against (not a Hugging Face cache "
