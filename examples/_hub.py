@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from sinkattn.experiment.models import download_instructions
+from sinkattn.metrics.weights import hub_endpoint, offline_reason
 
-def load(pipeline_cls, model: str, what: str, **kwargs):
-    """``pipeline_cls.from_pretrained(model)``; on failure, say what to download and where."""
+
+def load(pipeline_cls, model: str, what: str, hub_id: str | None = None, **kwargs):
+    """``pipeline_cls.from_pretrained(model)`` (a Hub id or a local folder; ``hub_id``: the Hub id
+    of the example's default model); on failure, say what to download and where."""
+    local = os.path.isdir(model)
+    why = "" if local else offline_reason(hub_endpoint())  # offline: no Hub retries, the message at once
     try:
-        return pipeline_cls.from_pretrained(model, **kwargs)
+        return pipeline_cls.from_pretrained(model, local_files_only=local or bool(why), **kwargs)
     except (OSError, ValueError, EnvironmentError) as e:
-        sys.exit(
-            f"Could not load {model!r} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).\n"
-            f"This example needs the {what} weights. Either\n"
-            f"  * log in with Hub access (huggingface-cli login; accept the licence on "
-            f"https://huggingface.co/{model} if gated) and run it again, or\n"
-            f"  * download them elsewhere: huggingface-cli download {model} --local-dir ./weights/{model.split('/')[-1]}\n"
-            f"    copy that folder here and pass --model ./weights/{model.split('/')[-1]}\n"
-            f"For a run without any download: python examples/tiny_offline.py"
-        )
+        cause = why or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        sys.exit(f"Could not load {model!r} ({cause}).\nThis example needs the {what} weights. "
+                 + download_instructions((hub_id or model) if local else model)
+                 + "\nFor a run without any download: python examples/tiny_offline.py")
 
 
 def summarize(rows, per_layer: int = 1) -> None:
@@ -39,7 +41,8 @@ def summarize(rows, per_layer: int = 1) -> None:
 def example_parser(doc: str, model: str, steps: int, name: str, layers_help: str) -> argparse.ArgumentParser:
     """The options every real-model example takes."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--model", default=model)
+    parser.add_argument("--model", default=model, help="Hub id or local folder")
+    parser.set_defaults(hub_id=model)
     parser.add_argument("--prompt", default="a photo of a cat sitting next to a red umbrella")
     parser.add_argument("--k", type=int, default=1)
     parser.add_argument("--steps", type=int, default=steps)

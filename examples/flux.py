@@ -20,7 +20,8 @@ def main():
                           "block indices, e.g. 0-18 = the double-stream blocks (default all)").parse_args()
     from diffusers import FluxPipeline
 
-    pipe = load(FluxPipeline, args.model, "FLUX.1-dev (gated: accept its licence)", torch_dtype=torch.bfloat16)
+    pipe = load(FluxPipeline, args.model, "FLUX.1-dev (gated: accept its licence)",
+                hub_id=args.hub_id, torch_dtype=torch.bfloat16)
     pipe.to("cuda")
     max_seq = 512
     stock_vs_suppressed(pipe, args, [(pipe.tokenizer_2, max_seq)], max_sequence_length=max_seq)

@@ -18,7 +18,8 @@ def main():
                           "block indices, e.g. 0-11 (default all)").parse_args()
     from diffusers import StableDiffusion3Pipeline
 
-    pipe = load(StableDiffusion3Pipeline, args.model, "Stable Diffusion 3 medium", torch_dtype=torch.float16)
+    pipe = load(StableDiffusion3Pipeline, args.model, "Stable Diffusion 3 medium",
+                hub_id=args.hub_id, torch_dtype=torch.float16)
     pipe.to("cuda")
     max_seq = 256
     stock_vs_suppressed(pipe, args, [(pipe.tokenizer, 77), (pipe.tokenizer_3, max_seq)], max_sequence_length=max_seq)

@@ -19,7 +19,8 @@ def main():
                           "block indices (transformer blocks in registration order), e.g. 0-20 (default all)").parse_args()
     from diffusers import StableDiffusionXLPipeline
 
-    pipe = load(StableDiffusionXLPipeline, args.model, "Stable Diffusion XL base 1.0", torch_dtype=torch.float16)
+    pipe = load(StableDiffusionXLPipeline, args.model, "Stable Diffusion XL base 1.0",
+                hub_id=args.hub_id, torch_dtype=torch.float16)
     pipe.to("cuda")
     stock_vs_suppressed(pipe, args, pipe.tokenizer)
 

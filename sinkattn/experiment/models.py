@@ -8,7 +8,9 @@ import warnings
 
 import torch
 
-__all__ = ["ModelUnavailable", "Generator", "load_pipeline"]
+from ..metrics.weights import hub_endpoint, offline_reason
+
+__all__ = ["ModelUnavailable", "Generator", "load_pipeline", "download_instructions"]
 
 DEFAULT_MODELS = {"sd3": "stabilityai/stable-diffusion-3-medium-diffusers",
                   "sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}
@@ -19,9 +21,13 @@ class ModelUnavailable(RuntimeError):
     """The pipeline's weights are neither local nor downloadable."""
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "SINKATTN_OFFLINE"))
+def download_instructions(repo: str) -> str:
+    """How to get the Hub pipeline `repo` onto this machine and point at it (also used by examples/)."""
+    folder = f"./weights/{repo.rstrip('/').split('/')[-1]}"
+    return (f"On a machine with Hub access (if the repo is gated, accept its licence on "
+            f"https://huggingface.co/{repo}, then log in: hf auth login), run\n"
+            f"    hf download {repo} --local-dir {folder}\n"
+            f"then copy {folder} here and pass --model {folder}.")
 
 
 def load_pipeline(model: str, family: str, dtype: str, device: str):
@@ -41,23 +47,20 @@ def load_pipeline(model: str, family: str, dtype: str, device: str):
     else:
         raise ValueError(f"family must be 'sd3' or 'sdxl', got {family!r}")
     local = os.path.isdir(os.path.expanduser(model))
+    why = "" if local else offline_reason(hub_endpoint())  # offline: no Hub retries, the message at once
     try:
         warnings.filterwarnings("ignore", message=".*torch_dtype.*is deprecated", category=FutureWarning)
         pipe = cls.from_pretrained(os.path.expanduser(model) if local else model, torch_dtype=_DTYPES[dtype],
-                                   local_files_only=_offline() or local)
+                                   local_files_only=local or bool(why))
     except (OSError, ValueError, EnvironmentError) as err:
-        name = model.rstrip("/").split("/")[-1]
+        cause = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         where = (f"the folder {model!r} does not hold a diffusers {family} pipeline (model_index.json, "
-                 "transformer/ or unet/, vae/, text encoders, tokenizers)") if local else (
-                 f"{model!r} is not in the Hugging Face cache and could not be downloaded")
+                 f"transformer/ or unet/, vae/, text encoders, tokenizers; {cause})") if local else (
+                 f"{model!r} is not in the local Hugging Face cache and cannot be downloaded ({why or cause})")
         raise ModelUnavailable(
-            f"cannot load the {family.upper()} pipeline: {where} ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}).\n"
-            f"Either run with Hub access (huggingface-cli login; accept the licence on "
-            f"https://huggingface.co/{DEFAULT_MODELS.get(family, model)} if it is gated), or on a machine with "
-            f"access run\n    huggingface-cli download {model if not local else DEFAULT_MODELS[family]} "
-            f"--local-dir ./weights/{name}\ncopy that folder here and pass --model ./weights/{name}.\n"
-            f"Offline, `sinkattn run --preset tiny` needs no download.") from err
+            f"cannot load the {family.upper()} pipeline: {where}.\n"
+            + download_instructions(DEFAULT_MODELS[family] if local else model)
+            + "\nOffline, `sinkattn run --preset tiny` needs no download.") from err
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
