@@ -72,6 +72,8 @@ def sink_attention(
     scale: float | None = None,
     generator: torch.Generator | int | None = None,
     return_mass: bool | None = None,
+    eta_mode: str = "logit",
+    value_target: str = "zero",
 ) -> SinkAttentionResult:
     """Attention that finds the keys with the most attention mass and suppresses them.
 
@@ -80,13 +82,20 @@ def sink_attention(
             (float64 runs on the reference); any strides with stride(-1) == 1.
         top_k: keys intervened per group; 0 is plain attention. Default 1, or
             ``sinks.shape[-1]`` when explicit sinks are given.
-        path: "score" (logits of the selected keys += log(eta)), "value" (their value
-            vectors *= eta) or "none" (no intervention: tracing).
+        path: "score" (the selected keys' probabilities scaled by eta, see eta_mode),
+            "value" (their value vectors v <- eta v + (1 - eta) target), "both" (the two
+            together, as the original study's multilayer and phase runs) or "none" (no
+            intervention: tracing).
         select: "head" (top_k per (b, h)) or "shared" (top_k per b by head-mean mass, the
             same keys in every head; the paper's counterfactual runs used top_k = k * H).
         control: "sink" (most mass), "random" (uniform over the candidates, reproducible
             from ``generator``) or "bottom" (least mass).
         eta: in [0, 1]; 0 removes the keys, 1 leaves attention unchanged.
+        eta_mode: "logit" (logits += log(eta): the row renormalised) or "prob" (the original
+            study's prob_scale: p_j -> eta p_j, the other keys scaled by (1 - eta P_J) /
+            (1 - P_J), P_J the row's selected mass). The two agree at eta 0 and 1.
+        value_target: "zero" or "mean" (the head's mean value vector over all keys): the
+            value path's v_j <- eta v_j + (1 - eta) target.
         mass_queries, candidates, apply_queries: half-open (start, stop) pairs or slices;
             None means all. Mass is averaged over ``mass_queries``, keys are chosen from
             ``candidates``, and the intervention applies to the ``apply_queries`` rows.
@@ -100,7 +109,7 @@ def sink_attention(
         of the unintervened attention or None, sinks int64 (B, H, top_k) or (B, top_k)).
     """
     call = check_call(q, k, v, top_k, path, select, control, eta, mass_queries, candidates,
-                      apply_queries, sinks, scale, generator, return_mass)
+                      apply_queries, sinks, scale, generator, return_mass, eta_mode, value_target)
     if q.dtype == torch.float64 or not kernels_available(q.device):
         if q.dtype != torch.float64:
             _warn_reference_once(f"no Triton kernels for tensors on {q.device}")
@@ -108,7 +117,8 @@ def sink_attention(
             q, k, v, top_k=call.top_k, path=call.path, select=call.select, control=call.control,
             eta=call.eta, mass_queries=call.mass_rows, candidates=call.candidates,
             apply_queries=call.apply_rows, sinks=call.sinks, scale=call.scale,
-            generator=call.generator, return_mass=call.want_mass,
+            generator=call.generator, return_mass=call.want_mass, eta_mode=call.eta_mode,
+            value_target=call.value_target,
         )
     explicit = call.sinks
     if explicit is None and call.top_k > 0 and call.control == "random":
@@ -123,6 +133,7 @@ def sink_attention(
     out, mass, chosen = run(
         q, k, v, explicit, call.top_k, call.path, call.select, call.control, call.eta,
         list(call.mass_rows), list(call.candidates), list(call.apply_rows), call.scale, call.want_mass,
+        call.eta_mode, call.value_target,
     )
     return SinkAttentionResult(out, mass if call.want_mass else None, chosen)
 
@@ -139,7 +150,7 @@ def _traced(*tensors: Tensor) -> bool:
 def _run_kernels(
     q: Tensor, k: Tensor, v: Tensor, sinks: Tensor | None, top_k: int, path: str, select: str,
     control: str, eta: float, mass_rows: list[int], candidates: list[int], apply_rows: list[int],
-    scale: float, want_mass: bool,
+    scale: float, want_mass: bool, eta_mode: str, value_target: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     from . import launch
 
@@ -161,6 +172,11 @@ def _run_kernels(
     if not intervene:
         return out, mass, chosen
     heads_sinks = per_head(chosen, heads)
+    if _needs_blend(path, eta, eta_mode, value_target):
+        return _blend(q, k, v, out, lse, heads_sinks, path, eta, eta_mode, value_target, tuple(apply_rows),
+                      scale, may_repeat=sinks is not None), mass, chosen
+    if path == "both":  # at eta = 0 the removed keys' values no longer count: the score path
+        path = "score"
     if INTERVENTION_ROUTE == "masked":
         corrected, _ = launch.attention(q, k, v, scale, out_dtype=q.dtype, sinks=heads_sinks, eta=eta, path=path,
                                         apply_rows=tuple(apply_rows))
@@ -174,11 +190,73 @@ def _run_kernels(
     return corrected.to(q.dtype), mass, chosen
 
 
+def _needs_blend(path: str, eta: float, eta_mode: str, value_target: str) -> bool:
+    """The interventions that the correction kernel and masked pass do not apply directly:
+    the prob rule, score and value together, and a mean value target (each with 0 < eta < 1,
+    or eta = 0 for the mean target on the value path; at eta = 0 the prob rule and "both"
+    are the score path, at eta = 1 every rule is plain attention)."""
+    if eta == 1.0:
+        return False
+    on_scores = path in ("score", "both")
+    on_values = path in ("value", "both")
+    return ((on_values and value_target == "mean") or (eta > 0 and path == "both")
+            or (eta > 0 and on_scores and eta_mode == "prob"))
+
+
+def _blend(q, k, v, out32, lse, sinks, path, eta, eta_mode, value_target, apply_rows, scale, may_repeat):
+    """Every intervention from three exact pieces per row: O_rest, the attention over the keys
+    that are not selected (the score path at eta 0, on the correction route with its masked
+    fallback, so it stays exact when the selected keys hold nearly all the mass: no
+    difference of two near-equal outputs is ever taken); P, the
+    selected keys' unintervened mass; and R = sum_J p_j v_j (O(Nq * |J| * D)). With P' the
+    selected keys' share after the score rule (P' = P without one),
+        O' = (1 - P') O_rest + (P' / P) (eta_v R + (1 - eta_v) P target),
+    eta_v = eta on the value path (1 without it), target 0 or the head's mean value."""
+    from . import launch
+
+    unique = launch._without_duplicates(sinks) if may_repeat else sinks.contiguous()
+    valid = unique >= 0  # (B, H, t)
+    index = unique.clamp_min(0)[..., None]
+    k_sel = k.gather(2, index.expand(-1, -1, -1, k.shape[-1])).float()
+    v_sel = v.gather(2, index.expand(-1, -1, -1, v.shape[-1])).float()
+    log2_p = (q.float() @ k_sel.transpose(-1, -2)) * (scale * launch.LOG2E) - lse[..., None]  # (B, H, Nq, t)
+    p = torch.where(valid[:, :, None, :], torch.exp2(log2_p), 0.0)
+    p_sel = p.sum(-1, keepdim=True)  # P
+    removed = p @ v_sel  # R
+    if path == "value":
+        ratio = torch.ones_like(p_sel)
+    elif eta_mode == "logit":
+        ratio = eta / (1 - (1 - eta) * p_sel)
+    else:
+        ratio = torch.full_like(p_sel, eta)
+    eta_v = eta if path in ("value", "both") else 1.0
+    target = v.float().mean(dim=2, keepdim=True) if value_target == "mean" else 0.0
+    o_rest = _without_selected(q, k, v, out32, lse, unique, apply_rows, scale)
+    new = (1 - ratio * p_sel) * o_rest + ratio * (eta_v * removed + (1 - eta_v) * p_sel * target)
+    rows = torch.arange(q.shape[2], device=q.device)[:, None]
+    applied = (rows >= apply_rows[0]) & (rows < apply_rows[1])
+    return torch.where(applied, new, out32).to(q.dtype)
+
+
+def _without_selected(q, k, v, out32, lse, sinks, apply_rows, scale):
+    """float32 attention over the keys not in ``sinks`` (-1 entries skipped), exact."""
+    from . import launch
+
+    if INTERVENTION_ROUTE == "masked":
+        return launch.attention(q, k, v, scale, out_dtype=torch.float32, sinks=sinks, eta=0.0, path="score",
+                                apply_rows=apply_rows)[0]
+    o_rest, tile_slots, slot_count = launch.correct(q, k, v, out32, lse, sinks, 0.0, "score", apply_rows, scale,
+                                                    torch.float32, may_repeat=False)
+    launch.recompute_flagged(q, k, v, scale, sinks, 0.0, "score", apply_rows, tile_slots, slot_count, o_rest)
+    return o_rest
+
+
 _sink_attention_op = torch.library.custom_op("sinkattn::sink_attention", mutates_args=())(_run_kernels)
 
 
 @_sink_attention_op.register_fake
-def _(q, k, v, sinks, top_k, path, select, control, eta, mass_rows, candidates, apply_rows, scale, want_mass):
+def _(q, k, v, sinks, top_k, path, select, control, eta, mass_rows, candidates, apply_rows, scale, want_mass,
+      eta_mode, value_target):
     batch, heads, n_q, _ = q.shape
     need_mass = want_mass or (sinks is None and top_k > 0)
     out = q.new_empty((batch, heads, n_q, v.shape[-1]))
@@ -193,9 +271,10 @@ def _(q, k, v, sinks, top_k, path, select, control, eta, mass_rows, candidates, 
 
 
 def _setup_backward(ctx, inputs, output):
-    q, k, v, _, _, path, _, _, eta, _, _, apply_rows, scale, _ = inputs
+    q, k, v, _, _, path, _, _, eta, _, _, apply_rows, scale, _, eta_mode, value_target = inputs
     ctx.save_for_backward(q, k, v, output[2])
-    ctx.intervention = dict(path=path, eta=eta, apply_queries=tuple(apply_rows), scale=scale)
+    ctx.intervention = dict(path=path, eta=eta, apply_queries=tuple(apply_rows), scale=scale, eta_mode=eta_mode,
+                            value_target=value_target)
     ctx.mark_non_differentiable(output[1], output[2])
 
 
@@ -209,7 +288,7 @@ def _backward(ctx, grad_out, _grad_mass, _grad_sinks):
         out = reference.sink_attention(*inputs, sinks=chosen, return_mass=False, **ctx.intervention).out
         wanted = [t for t in inputs if t.requires_grad]
         grads = iter(torch.autograd.grad(out, wanted, grad_out))
-    return (*(next(grads) if t.requires_grad else None for t in inputs),) + (None,) * 11
+    return (*(next(grads) if t.requires_grad else None for t in inputs),) + (None,) * 13
 
 
 _sink_attention_op.register_autograd(_backward, setup_context=_setup_backward)

@@ -18,9 +18,11 @@ from torch import Tensor
 
 __all__ = ["SinkAttentionResult", "sink_attention", "resolve_range", "as_generator"]
 
-PATHS = ("score", "value", "none")
+PATHS = ("score", "value", "both", "none")
 SELECTS = ("head", "shared")
 CONTROLS = ("sink", "random", "bottom")
+ETA_MODES = ("logit", "prob")
+VALUE_TARGETS = ("zero", "mean")
 
 
 class SinkAttentionResult(NamedTuple):
@@ -113,6 +115,8 @@ def sink_attention(
     return_mass: bool | None = None,
     chunk_size: int = 1024,
     compute_dtype: torch.dtype | None = None,
+    eta_mode: str = "logit",
+    value_target: str = "zero",
 ) -> SinkAttentionResult:
     """Attention with the top_k keys of largest attention mass suppressed (SPEC section 2).
 
@@ -130,6 +134,10 @@ def sink_attention(
         raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
     if not 0.0 <= float(eta) <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta!r}")
+    if eta_mode not in ETA_MODES:
+        raise ValueError(f"eta_mode must be one of {ETA_MODES}, got {eta_mode!r}")
+    if value_target not in VALUE_TARGETS:
+        raise ValueError(f"value_target must be one of {VALUE_TARGETS}, got {value_target!r}")
     batch, heads, n_q, dim = q.shape
     n_k = k.shape[2]
     scale = dim**-0.5 if scale is None else float(scale)
@@ -145,7 +153,7 @@ def sink_attention(
     if top_k < 0 or top_k > cand[1] - cand[0]:
         raise ValueError(f"top_k={top_k} must be in [0, {cand[1] - cand[0]}] (the number of candidates)")
     removed_per_row = top_k if sinks is None or top_k == 0 else max(len(set(row.tolist())) for row in sinks.reshape(-1, top_k))
-    if path == "score" and float(eta) == 0.0 and removed_per_row >= n_k:
+    if path in ("score", "both") and float(eta) == 0.0 and removed_per_row >= n_k:
         raise ValueError(f"top_k={top_k} on the score path with eta=0 would remove every key of a row")
 
     compute = compute_dtype or (torch.float64 if q.dtype == torch.float64 else torch.float32)
@@ -164,15 +172,18 @@ def sink_attention(
         sel_mass = mass if mass is not None else _key_mass(qc, kc, scale, mass_rows, chunk_size)
         chosen = _select(sel_mass, group_shape, top_k, select, control, cand, gen, q.device)
 
-    # Per-key weight: eta on the intervened keys, 1 elsewhere. On the score path its log is
-    # added to the logits (eta probabilities, renormalised; -inf at eta = 0); on the value
-    # path it scales the value vectors.
-    weight = torch.ones((batch, heads, n_k), dtype=compute, device=q.device)
+    # The intervened keys of every (b, h) as a 0/1 indicator over the keys.
+    selected = torch.zeros((batch, heads, n_k), dtype=compute, device=q.device)
     if path != "none" and chosen.shape[-1] > 0:
         idx = chosen if chosen.dim() == 3 else chosen[:, None, :].expand(batch, heads, -1)
-        weight.scatter_(-1, idx, float(eta))
-    log_weight = torch.log(weight)
-    v_weighted = vc * weight[..., None]
+        selected.scatter_(-1, idx, 1.0)
+    on_scores = path in ("score", "both")
+    on_values = path in ("value", "both")
+    eta = float(eta)
+    # Value path: v_j <- eta v_j + (1 - eta) target, target 0 or the head's mean value vector.
+    target = vc.mean(dim=2, keepdim=True) if value_target == "mean" else torch.zeros_like(vc[:, :, :1])
+    v_new = torch.where(selected[..., None] > 0, eta * vc + (1 - eta) * target, vc) if on_values else vc
+    log_weight = torch.log(1 - (1 - eta) * selected)  # eta on the selected keys, 1 elsewhere; -inf at eta = 0
 
     out = torch.empty((batch, heads, n_q, v.shape[-1]), dtype=compute, device=q.device)
     for start in range(0, n_q, chunk_size):
@@ -180,14 +191,19 @@ def sink_attention(
         scores = scale * qc[:, :, start:stop] @ kc.transpose(-1, -2)
         rows = torch.arange(start, stop, device=q.device)
         applied = ((rows >= apply_rows[0]) & (rows < apply_rows[1]))[None, None, :, None]
-        if path == "score":
-            scores = torch.where(applied, scores + log_weight[:, :, None, :], scores)
         probs = torch.softmax(scores, dim=-1)
-        plain_out = probs @ vc
-        if path == "value":
-            out[:, :, start:stop] = torch.where(applied, probs @ v_weighted, plain_out)
-        else:
-            out[:, :, start:stop] = plain_out
+        new_probs = probs
+        if on_scores and eta_mode == "logit":
+            new_probs = torch.softmax(scores + log_weight[:, :, None, :], dim=-1)
+        elif on_scores:
+            # prob mode: p_j -> eta p_j on the selected keys, the others scaled by
+            # (1 - eta P_J) / (1 - P_J) so that the row still sums to 1.
+            sel = selected[:, :, None, :]
+            p_sel = (probs * sel).sum(-1, keepdim=True)
+            rest = (probs * (1 - sel)).sum(-1, keepdim=True)  # not 1 - p_sel: that cancels as p_sel -> 1
+            keep = torch.where(rest > 0, (1 - eta * p_sel) / rest.clamp_min(torch.finfo(compute).tiny), 0.0)
+            new_probs = torch.where(sel > 0, eta * probs, keep * probs)
+        out[:, :, start:stop] = torch.where(applied, new_probs @ v_new, probs @ vc)
     if mass is not None:
         mass = mass.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
     return SinkAttentionResult(out.to(q.dtype), mass, chosen)

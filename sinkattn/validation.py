@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .reference import CONTROLS, PATHS, SELECTS, as_generator, resolve_range
+from .reference import CONTROLS, ETA_MODES, PATHS, SELECTS, VALUE_TARGETS, as_generator, resolve_range
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -30,6 +30,8 @@ class SinkCall:
     scale: float
     generator: torch.Generator | None
     want_mass: bool
+    eta_mode: str = "logit"
+    value_target: str = "zero"
 
 
 def _check_tensor(name: str, t) -> None:
@@ -64,7 +66,7 @@ def _check_choice(name: str, value, choices) -> str:
 
 def check_call(
     q, k, v, top_k, path, select, control, eta, mass_queries, candidates, apply_queries,
-    sinks, scale, generator, return_mass,
+    sinks, scale, generator, return_mass, eta_mode="logit", value_target="zero",
 ) -> SinkCall:
     for name, t in (("q", q), ("k", k), ("v", v)):
         _check_tensor(name, t)
@@ -84,6 +86,8 @@ def check_call(
     path = _check_choice("path", path, PATHS)
     select = _check_choice("select", select, SELECTS)
     control = _check_choice("control", control, CONTROLS)
+    eta_mode = _check_choice("eta_mode", eta_mode, ETA_MODES)
+    value_target = _check_choice("value_target", value_target, VALUE_TARGETS)
     if isinstance(eta, bool) or not isinstance(eta, (int, float)):
         raise TypeError(f"eta must be a number in [0, 1], got {eta!r}")
     if not (math.isfinite(eta) and 0.0 <= eta <= 1.0):
@@ -124,7 +128,7 @@ def check_call(
         raise ValueError(f"top_k must be >= 0, got {top_k}")
     if sinks is None and top_k > n_cand:
         raise ValueError(f"top_k={top_k} is larger than the number of candidates ({n_cand})")
-    if path == "score" and eta == 0.0 and top_k >= n_k and _removes_a_whole_row(sinks, n_k):
+    if path in ("score", "both") and eta == 0.0 and top_k >= n_k and _removes_a_whole_row(sinks, n_k):
         raise ValueError(f"top_k={top_k} on the score path with eta=0 would remove every key of a row (Nk={n_k})")
     if return_mass is not None and not isinstance(return_mass, bool):
         raise TypeError(f"return_mass must be a bool or None, got {return_mass!r}")
@@ -134,4 +138,5 @@ def check_call(
         top_k=top_k, path=path, select=select, control=control, eta=float(eta),
         mass_rows=mass_rows, candidates=cand, apply_rows=apply_rows, sinks=sinks,
         scale=scale, generator=as_generator(generator), want_mass=want_mass,
+        eta_mode=eta_mode, value_target=value_target,
     )

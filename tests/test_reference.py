@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from sinkattn.reference import sink_attention
 
 
-def brute_force(q, k, v, top_k, path, select, control, eta, mass_rows, cand, apply_rows, scale, random_keys=None):
+def brute_force(q, k, v, top_k, path, select, control, eta, mass_rows, cand, apply_rows, scale, random_keys=None,
+                eta_mode="logit", value_target="zero"):
     """SPEC section 2 with loops: probabilities row by row, mass as a Python sum, selection
     by sorting (mass, index) pairs, intervention as reweighted sums."""
     B, H, Nq, D = q.shape
@@ -51,19 +52,19 @@ def brute_force(q, k, v, top_k, path, select, control, eta, mass_rows, cand, app
         for h in range(H):
             for i in range(Nq):
                 p = probs[b][h][i]
-                w = [1.0] * Nk
-                if path != "none" and apply_rows[0] <= i < apply_rows[1]:
-                    for j in chosen[b, h]:
-                        w[j] = eta
-                if path == "score":
-                    z = sum(p[j] * w[j] for j in range(Nk))
-                    weights = [p[j] * w[j] / z for j in range(Nk)]
-                    vals = [v[b, h, j] for j in range(Nk)]
-                elif path == "value":
-                    weights = p
-                    vals = [v[b, h, j] * w[j] for j in range(Nk)]
-                else:
-                    weights, vals = p, [v[b, h, j] for j in range(Nk)]
+                selected = set(chosen[b, h]) if path != "none" and apply_rows[0] <= i < apply_rows[1] else set()
+                weights, vals = list(p), [v[b, h, j] for j in range(Nk)]
+                if path in ("score", "both") and selected:
+                    if eta_mode == "logit":
+                        z = sum(p[j] * (eta if j in selected else 1.0) for j in range(Nk))
+                        weights = [p[j] * (eta if j in selected else 1.0) / z for j in range(Nk)]
+                    else:
+                        p_sel = sum(p[j] for j in selected)
+                        keep = (1 - eta * p_sel) / (1 - p_sel)
+                        weights = [eta * p[j] if j in selected else keep * p[j] for j in range(Nk)]
+                if path in ("value", "both") and selected:
+                    target = sum(vals) / Nk if value_target == "mean" else 0.0 * vals[0]
+                    vals = [eta * vals[j] + (1 - eta) * target if j in selected else vals[j] for j in range(Nk)]
                 out[b, h, i] = sum(wt * val for wt, val in zip(weights, vals))
     return out, torch.tensor(mass, dtype=torch.float64), chosen
 
@@ -72,7 +73,9 @@ def brute_force(q, k, v, top_k, path, select, control, eta, mass_rows, cand, app
 def calls(draw):
     B, H = draw(st.integers(1, 2)), draw(st.integers(1, 3))
     Nq, Nk, D, Dv = draw(st.integers(1, 9)), draw(st.integers(2, 9)), draw(st.integers(1, 6)), draw(st.integers(1, 5))
-    path = draw(st.sampled_from(["score", "value", "none"]))
+    path = draw(st.sampled_from(["score", "value", "both", "none"]))
+    eta_mode = draw(st.sampled_from(["logit", "prob"]))
+    value_target = draw(st.sampled_from(["zero", "mean"]))
     select = draw(st.sampled_from(["head", "shared"]))
     control = draw(st.sampled_from(["sink", "bottom", "random"]))
     eta = draw(st.sampled_from([0.0, 0.3, 1.0]))
@@ -86,10 +89,11 @@ def calls(draw):
     scale = draw(st.sampled_from([None, 0.7]))
     seed = draw(st.integers(0, 2**16))
     return dict(shape=(B, H, Nq, Nk, D, Dv), top_k=top_k, path=path, select=select, control=control,
-                eta=eta, mass_rows=mass_rows, cand=cand, apply_rows=apply_rows, scale=scale, seed=seed)
+                eta=eta, mass_rows=mass_rows, cand=cand, apply_rows=apply_rows, scale=scale, seed=seed,
+                eta_mode=eta_mode, value_target=value_target)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(calls())
 def test_reference_matches_brute_force(c):
     B, H, Nq, Nk, D, Dv = c["shape"]
@@ -99,7 +103,8 @@ def test_reference_matches_brute_force(c):
     v = torch.randn(B, H, Nk, Dv, generator=gen, dtype=torch.float64)
     res = sink_attention(q, k, v, top_k=c["top_k"], path=c["path"], select=c["select"], control=c["control"],
                          eta=c["eta"], mass_queries=c["mass_rows"], candidates=c["cand"],
-                         apply_queries=c["apply_rows"], scale=c["scale"], generator=c["seed"], return_mass=True)
+                         apply_queries=c["apply_rows"], scale=c["scale"], generator=c["seed"], return_mass=True,
+                         eta_mode=c["eta_mode"], value_target=c["value_target"])
     random_keys = None
     if c["control"] == "random":
         random_keys = res.sinks.tolist()  # the brute force checks the rest given the draw
@@ -108,7 +113,8 @@ def test_reference_matches_brute_force(c):
             assert len(set(row)) == len(row) and set(row) <= cand
     scale = D**-0.5 if c["scale"] is None else c["scale"]
     out, mass, chosen = brute_force(q, k, v, c["top_k"], c["path"], c["select"], c["control"], c["eta"],
-                                    c["mass_rows"], c["cand"], c["apply_rows"], scale, random_keys)
+                                    c["mass_rows"], c["cand"], c["apply_rows"], scale, random_keys,
+                                    c["eta_mode"], c["value_target"])
     torch.testing.assert_close(res.mass, mass, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(res.out, out, rtol=1e-9, atol=1e-12)
     for (b, h), keys in chosen.items():
@@ -221,3 +227,20 @@ def test_half_inputs_give_input_dtype_out_and_float32_mass():
     q, k, v = _qkv(dtype=torch.bfloat16)
     res = sink_attention(q, k, v)
     assert res.out.dtype == torch.bfloat16 and res.mass.dtype == torch.float32 and res.sinks.dtype == torch.int64
+
+
+@pytest.mark.parametrize("eta_mode,kept", [("prob", 0.025), ("logit", 0.025 / 0.925)])
+def test_eta_modes_on_a_known_row(eta_mode, kept):
+    """One row, the sink at p = 0.1, eta = 0.25: the original study's prob_scale keeps
+    eta * p = 0.025 (the rest rescaled to sum to 0.975); the logit rule renormalises the
+    row, leaving 0.025 / (1 - 0.075) ~ 0.027."""
+    import math
+
+    logits = torch.tensor([math.log(0.1)] + [math.log(0.9 / 9)] * 9, dtype=torch.float64)
+    q = torch.ones(1, 1, 1, 1, dtype=torch.float64)
+    k = logits.view(1, 1, 10, 1)
+    v = torch.eye(10, dtype=torch.float64).view(1, 1, 10, 10)  # out = the row's probabilities
+    res = sink_attention(q, k, v, top_k=1, eta=0.25, scale=1.0, eta_mode=eta_mode)
+    assert res.sinks.item() == 0
+    torch.testing.assert_close(res.out[0, 0, 0, 0].item(), kept)
+    torch.testing.assert_close(res.out.sum().item(), 1.0)

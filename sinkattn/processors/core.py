@@ -36,12 +36,21 @@ class SinkSettings:
     mass_queries: str = "image"
     apply_queries: str = "all"
     candidates: str = "all"
+    eta_mode: str = "logit"
+    value_target: str = "zero"
+    # Fixed keys instead of selection, as "range:index" ("text:0" is the first text token,
+    # "image:0" the first image token, whatever the family's token order): the original
+    # study's index-0 experiments. The same keys in every head; k is ignored.
+    fixed: tuple[str, ...] = ()
 
     def __post_init__(self):
         for name in ("mass_queries", "apply_queries", "candidates"):
             value = getattr(self, name)
             if value not in RANGE_NAMES:
                 raise ValueError(f"{name} must be one of {RANGE_NAMES}, got {value!r}")
+        object.__setattr__(self, "fixed", tuple(self.fixed))
+        for spec in self.fixed:
+            _parse_fixed(spec)
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 0:
             raise ValueError(f"k must be an int >= 0, got {self.k!r}")
         if not 0.0 <= float(self.eta) <= 1.0:
@@ -63,6 +72,32 @@ class Tokens:
     @property
     def image(self) -> tuple[int, int]:
         return (self.n_text, self.n) if self.text_first else (0, self.n - self.n_text)
+
+
+def _parse_fixed(spec: str) -> tuple[str, int]:
+    """ "text:0" -> ("text", 0); negative indices count from the end of the range."""
+    name, _, index = str(spec).partition(":")
+    try:
+        position = int(index)
+    except ValueError:
+        position = None
+    if name not in RANGE_NAMES or position is None:
+        raise ValueError(f"fixed keys are 'RANGE:INDEX' with RANGE one of {RANGE_NAMES}, got {spec!r}")
+    return name, position
+
+
+def fixed_keys(specs: tuple[str, ...], tokens: Tokens) -> list[int] | None:
+    """Absolute key indices of "range:index" specs in this call's keys; None when one of
+    them does not exist here (e.g. "text:0" in SDXL self-attention: the layer is then left
+    alone, as for an empty range)."""
+    keys = []
+    for spec in specs:
+        name, position = _parse_fixed(spec)
+        rng = token_range(name, tokens)
+        if rng is None or not -(rng[1] - rng[0]) <= position < rng[1] - rng[0]:
+            return None
+        keys.append(rng[0] + position if position >= 0 else rng[1] + position)
+    return keys
 
 
 def token_range(name: str, tokens: Tokens) -> tuple[int, int] | None:
@@ -116,6 +151,9 @@ def sink_core(
     candidates = token_range(settings.candidates, k_tokens)
     apply_rows = token_range(settings.apply_queries, q_tokens)
     top_k = settings.k if active else 0
+    fixed = fixed_keys(settings.fixed, k_tokens) if settings.fixed and top_k > 0 else None
+    if settings.fixed and top_k > 0:
+        top_k = len(settings.fixed) if fixed is not None else 0
     if mass_rows is None or candidates is None or apply_rows is None:
         top_k = 0
     if top_k == 0 and not (want_mass and mass_rows is not None):
@@ -125,10 +163,15 @@ def sink_core(
         out, mass, sinks = _masked_sink_attention(
             q, k, v, attention_mask, top_k, path, settings, mass_rows, candidates, apply_rows, generator, scale)
     else:
+        explicit = None
+        if fixed is not None and top_k > 0:
+            explicit = torch.tensor(fixed, dtype=torch.int64, device=q.device).expand(q.shape[0], -1)
         out, mass, sinks = sink_attention(
-            q, k, v, top_k=top_k, path=path, select=settings.select, control=settings.control,
-            eta=float(settings.eta), mass_queries=mass_rows, candidates=candidates or (0, k.shape[2]),
+            q, k, v, top_k=None if explicit is not None else top_k, path=path, select=settings.select,
+            control=settings.control, eta=float(settings.eta), mass_queries=mass_rows,
+            candidates=None if explicit is not None else (candidates or (0, k.shape[2])),
             apply_queries=apply_rows, scale=scale, generator=generator, return_mass=want_mass or None,
+            sinks=explicit, eta_mode=settings.eta_mode, value_target=settings.value_target,
         )
     record = None
     if want_mass:

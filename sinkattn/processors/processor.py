@@ -39,7 +39,10 @@ class SinkSuppressProcessor:
 
     Args:
         k: keys suppressed per group (per (batch, head) for select="head"); 0 is stock attention.
-        path, select, control, eta: as in :func:`sinkattn.sink_attention`.
+        path, select, control, eta, eta_mode, value_target: as in :func:`sinkattn.sink_attention`.
+        fixed: keys to intervene instead of selecting them, "RANGE:INDEX" per key ("text:0":
+            the first text token, "image:0": the first image token, in any family's order);
+            the same keys in every head, k ignored (k=0 still turns the processor off).
         mass_queries, apply_queries, candidates: "image", "text" or "all", mapped per family
             (SD3 [image, text], Flux [text, image], SDXL self-attention all image, SDXL
             cross-attention image queries and text keys). A range that is empty in a layer
@@ -56,14 +59,18 @@ class SinkSuppressProcessor:
 
     def __init__(self, k: int = 1, path: str = "score", select: str = "head", control: str = "sink",
                  eta: float = 0.0, mass_queries: str = "image", apply_queries: str = "all",
-                 candidates: str = "all", seed: int | None = None, tracer=None, text_len: int | None = None):
-        from ..reference import CONTROLS, PATHS, SELECTS
+                 candidates: str = "all", seed: int | None = None, tracer=None, text_len: int | None = None,
+                 eta_mode: str = "logit", value_target: str = "zero", fixed=()):
+        from ..reference import CONTROLS, ETA_MODES, PATHS, SELECTS, VALUE_TARGETS
 
-        for name, value, choices in (("path", path, PATHS), ("select", select, SELECTS), ("control", control, CONTROLS)):
+        for name, value, choices in (("path", path, PATHS), ("select", select, SELECTS), ("control", control, CONTROLS),
+                                     ("eta_mode", eta_mode, ETA_MODES), ("value_target", value_target, VALUE_TARGETS)):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
         self.settings = SinkSettings(k=k, path=path, select=select, control=control, eta=float(eta),
-                                     mass_queries=mass_queries, apply_queries=apply_queries, candidates=candidates)
+                                     mass_queries=mass_queries, apply_queries=apply_queries, candidates=candidates,
+                                     eta_mode=eta_mode, value_target=value_target,
+                                     fixed=(fixed,) if isinstance(fixed, str) else tuple(fixed))
         self.seed = seed
         self.generator = None if seed is None else torch.Generator(device="cpu").manual_seed(seed)
         self.tracer = tracer
@@ -78,7 +85,8 @@ class SinkSuppressProcessor:
         s = self.settings
         return (f"SinkSuppressProcessor(k={s.k}, path={s.path!r}, select={s.select!r}, control={s.control!r}, "
                 f"eta={s.eta}, mass_queries={s.mass_queries!r}, apply_queries={s.apply_queries!r}, "
-                f"candidates={s.candidates!r}, seed={self.seed})")
+                f"candidates={s.candidates!r}, eta_mode={s.eta_mode!r}, value_target={s.value_target!r}, "
+                f"fixed={s.fixed!r}, seed={self.seed})")
 
     # -- layers ---------------------------------------------------------------------------
     def bind(self, model: torch.nn.Module) -> "SinkSuppressProcessor":
