@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 __all__ = ["main", "build_parser"]
 
@@ -112,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shard", type=_shard, default=S, help="I/N: prompts i with i %% N == I (default: RANK/WORLD_SIZE)")
     g.add_argument("--report", action=argparse.BooleanOptionalAction, default=S, help="write the report at the end")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=S, help="progress bars and log lines")
-    g.add_argument("--dry-run", action="store_true", help="print the resolved config and conditions, make nothing")
+    g.add_argument("--dry-run", action="store_true",
+                   help="check everything a run checks, print the resolved config and conditions, make nothing")
 
     p = sub.add_parser("report", help="merge shards, compute statistics, write summary and plots")
     p.add_argument("run_dir")
@@ -163,7 +165,35 @@ def config_from_args(args: argparse.Namespace):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    default_format = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
+    try:
+        return _main(args)
+    except KeyboardInterrupt as err:
+        if args.command != "run":
+            print("sinkattn: interrupted", file=sys.stderr)
+        else:
+            print(f"sinkattn: interrupted; {getattr(err, 'written', 0)} records written; "
+                  "rerun the same command to resume", file=sys.stderr)
+        return 130
+    finally:
+        warnings.formatwarning = default_format
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """sinkattn's own warnings as one line (they say what happened and what was done about it)."""
+    text = str(message)
+    if text.startswith("sinkattn"):
+        return f"{text}\n"
+    return _DEFAULT_FORMAT(message, category, filename, lineno, line)
+
+
+_DEFAULT_FORMAT = warnings.formatwarning
+
+
+def _main(args) -> int:
     from .experiment.models import ModelUnavailable
+    from .experiment.store import FolderBusy
     from .metrics import MetricWeightsUnavailable
 
     try:
@@ -176,30 +206,35 @@ def main(argv=None) -> int:
             return 0
         cfg = config_from_args(args)
         if args.dry_run:
-            import json
-
-            from .experiment.config import expand_conditions
-            from .experiment.prompts import load_prompts
-
-            print(json.dumps(cfg.to_dict(), indent=2))
-            try:
-                conditions = expand_conditions(cfg.conditions)
-                print(f"{len(conditions)} conditions:")
-                for c in conditions:
-                    print(f"  {c.name}  (top_k={c.top_k})")
-            except ValueError as err:
-                print(f"conditions: {err}")
-            print(f"{len(load_prompts(cfg.prompts, cfg.limit))} prompts")
-            return 0
+            return _dry_run(cfg)
         from .experiment.runner import run
 
         result = run(cfg)
         print(f"sinkattn run: {result.written} new records, {result.skipped} already there -> {result.out}"
               + ("" if result.report_written else " (report: run `sinkattn report` once every shard is done)"))
         return 0
-    except (ValueError, FileNotFoundError, ImportError, ModelUnavailable, MetricWeightsUnavailable) as err:
+    except (ValueError, OSError, ImportError, ModelUnavailable, MetricWeightsUnavailable, FolderBusy) as err:
         print(f"sinkattn: error: {err}", file=sys.stderr)
         return 2
+
+
+def _dry_run(cfg) -> int:
+    """Print what a run would do, after every check a run makes before loading the model."""
+    import json
+
+    from .experiment.config import expand_conditions
+    from .experiment.runner import plan
+
+    p = plan(cfg)
+    print(json.dumps(cfg.to_dict(), indent=2))
+    conditions = p.conditions or expand_conditions(cfg.conditions, heads=1)  # names; top_k needs the heads
+    print(f"{len(conditions)} conditions:")
+    for c in conditions:
+        waits = p.conditions is None and c.select == "shared"
+        print(f"  {c.name}  (top_k={f'{c.k} x heads, known once the model loads' if waits else c.top_k})")
+    mine = f", {len(p.mine)} in shard {p.shard[0]}/{p.shard[1]}" if p.shard[1] > 1 else ""
+    print(f"{len(p.prompts)} prompts{mine}")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

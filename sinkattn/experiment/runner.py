@@ -10,10 +10,15 @@ condition with a fresh processor (a random control's processor is seeded from (s
 condition), so an image never depends on what ran before it); score the group; append a
 trace line, then the records. A kill anywhere loses at most the unwritten records of one
 group; their images are regenerated with the same bytes.
+
+One process per run folder (per shard): the folder's lock is taken before anything is
+written, and everything that can refuse a run is checked before the folder is made
+(:func:`plan`, which --dry-run runs too).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -26,9 +31,9 @@ from dataclasses import dataclass
 
 from .config import RunConfig, expand_conditions
 from .prompts import load_prompts
-from .store import RecordStore, atomic_write_bytes, atomic_write_text, results_files, shard_suffix
+from .store import FolderLock, RecordStore, atomic_write_bytes, atomic_write_text, results_files, shard_suffix
 
-__all__ = ["RunResult", "resolve_execution", "run", "image_relpath"]
+__all__ = ["Plan", "RunInterrupted", "RunResult", "check_out", "image_relpath", "plan", "resolve_execution", "run"]
 
 SCHEMA_VERSION = 1
 
@@ -70,8 +75,10 @@ def image_relpath(condition: str, prompt_id: int, seed: int) -> str:
     return os.path.join("images", condition, f"p{prompt_id:05d}_s{seed}.png")
 
 
-def _check_run_folder(cfg: RunConfig, out: str) -> None:
-    """A run folder holds one study: refuse to mix images made with other generation settings."""
+def _merged_config(cfg: RunConfig, out: str) -> dict:
+    """config.json after this run. A run folder holds one study: refuse to mix images made
+    with other generation settings (conditions and metrics may grow: the union of condition
+    groups is kept)."""
     path = os.path.join(out, "config.json")
     if os.path.exists(path):
         with open(path, encoding="utf-8") as fh:
@@ -81,7 +88,6 @@ def _check_run_folder(cfg: RunConfig, out: str) -> None:
         if diffs:
             raise ValueError(f"{out} holds a run made with other settings ({'; '.join(diffs)}); "
                              "use another --out folder, or the same settings to resume it")
-        # conditions and metrics may grow: keep the union of condition groups in config.json
         groups = old.get("conditions", [])
         for g in cfg.to_dict()["conditions"]:
             if g not in groups:
@@ -90,7 +96,65 @@ def _check_run_folder(cfg: RunConfig, out: str) -> None:
     else:
         merged = cfg.to_dict()
     merged.pop("shard", None)
-    atomic_write_text(path, json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    return merged
+
+
+def check_out(out: str | None) -> str:
+    """The run folder as an absolute path, refused in one line (path and reason) when it
+    cannot be one: a file, a path under a file, a folder that is not writable. Checked
+    before anything is made, so that a refused start leaves nothing behind."""
+    if not out:
+        raise ValueError("out: a run folder is required (--out DIR)")
+    path = os.path.abspath(out)
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        kind = "is a file, not a folder" if os.path.isfile(existing) else "is not a folder"
+        raise ValueError(f"--out {out}: {existing} {kind}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "the folder" if existing == path else f"{existing} (where it would be made)"
+        raise ValueError(f"--out {out}: {where} is not writable")
+    return path
+
+
+@contextlib.contextmanager
+def _claimed(out: str, shard: tuple[int, int]):
+    """Make the run folder and hold its lock (one per shard) for the whole run. Why the
+    cleanup: a start that fails (no model, no scorer weights, Ctrl-C) must not leave an
+    empty folder, or a lock file in an empty folder, behind; only what this run made, and
+    only while nothing else is in it, is removed."""
+    made = []
+    folder = out
+    while not os.path.exists(folder):
+        made.append(folder)
+        folder = os.path.dirname(folder)
+    lock = FolderLock(os.path.join(out, f".lock{shard_suffix(shard)}"))
+    new_lock = not os.path.exists(lock.path)
+    try:
+        os.makedirs(out, exist_ok=True)
+        lock.acquire()
+    except OSError as err:
+        _remove_empty(out, made, None)
+        raise ValueError(f"--out {out}: {err.strerror or err}") from None
+    # FolderBusy: the folder is in use; it is not ours to clean up
+    try:
+        yield lock
+    finally:
+        lock.release()
+        _remove_empty(out, made, lock.path if new_lock else None)
+
+
+def _remove_empty(out: str, made: list[str], lock_path: str | None) -> None:
+    """Remove ``lock_path`` if it is all ``out`` holds, then the folders in ``made``
+    (innermost first) while they are empty."""
+    if lock_path and os.path.isdir(out) and os.listdir(out) == [os.path.basename(lock_path)]:
+        os.remove(lock_path)
+    for folder in made:
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty (or gone): it is not ours to remove
+            return
 
 
 def _processor_seed(seed: int, condition: str) -> int:
@@ -172,12 +236,24 @@ def _trace_summary(rows: list[dict], grid: tuple[int, int]) -> dict:
             "grid": list(grid), "image_top_positions": image_pos, "text_top_tokens": tokens, "heads_counted": n_top}
 
 
-def run(cfg: RunConfig) -> RunResult:
-    """Run (or resume) the study of ``cfg`` into ``cfg.out``; returns what was done."""
-    if not cfg.out:
-        raise ValueError("out: a run folder is required (--out DIR)")
-    out = os.path.abspath(cfg.out)
-    os.makedirs(out, exist_ok=True)
+@dataclass
+class Plan:
+    """A run, checked: everything a run checks before it makes anything (what --dry-run
+    shows). ``conditions`` is None while select="shared" waits for the model's heads."""
+
+    cfg: RunConfig
+    out: str
+    shard: tuple[int, int]
+    device: str
+    prompts: list
+    mine: list
+    conditions: list | None
+
+
+def plan(cfg: RunConfig) -> Plan:
+    """Check ``cfg`` the way a run does (folder, shard, metrics, prompts, conditions, the
+    folder's earlier settings), without loading a model or writing anything."""
+    out = check_out(cfg.out)
     shard, device = resolve_execution(cfg)
     from ..metrics import SCORER_NAMES
 
@@ -186,41 +262,72 @@ def run(cfg: RunConfig) -> RunResult:
         raise ValueError(f"metrics: unknown {unknown}; known: {', '.join(SCORER_NAMES)}")
     prompts = load_prompts(cfg.prompts, cfg.limit)
     mine = [p for pos, p in enumerate(prompts) if pos % shard[1] == shard[0]]
-    _check_run_folder(cfg, out)
-    suffix = shard_suffix(shard)
-    store = RecordStore(os.path.join(out, f"results{suffix}.jsonl"), also=results_files(out))
-    trace_store = RecordStore(os.path.join(out, f"trace{suffix}.jsonl"), also=results_files(out, "trace"))
-
-    pipe = gen = None
-    try:
+    if any("shared" in g.select for g in cfg.conditions):
+        expand_conditions(cfg.conditions, heads=1)  # every other check; top_k = k * heads waits for the model
+        conditions = None
+    else:
         conditions = expand_conditions(cfg.conditions)
-    except ValueError as err:
-        if "shared" not in str(err):
-            raise
-        pipe, gen = _load(cfg, device)
+    _merged_config(cfg, out)
+    return Plan(cfg, out, shard, device, prompts, mine, conditions)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, with what it had written (the CLI says so in one line)."""
+
+    def __init__(self, written: int):
+        super().__init__(f"{written} records written")
+        self.written = written
+
+
+def run(cfg: RunConfig) -> RunResult:
+    """Run (or resume) the study of ``cfg`` into ``cfg.out``; returns what was done."""
+    p = plan(cfg)
+    with _claimed(p.out, p.shard):
+        suffix = shard_suffix(p.shard)
+        stores = {stem: RecordStore(os.path.join(p.out, f"{stem}{suffix}.jsonl"), also=results_files(p.out, stem))
+                  for stem in ("results", "trace")}
+        try:
+            return _run(p, stores)
+        except KeyboardInterrupt:
+            raise RunInterrupted(stores["results"].appended) from None
+
+
+def _run(p: Plan, stores: dict) -> RunResult:
+    cfg, out, shard, device = p.cfg, p.out, p.shard, p.device
+    gen = None
+    conditions = p.conditions
+    if conditions is None:
+        _, gen = _load(cfg, device)
         conditions = expand_conditions(cfg.conditions, heads=gen.heads)
-    pending = [(p, seed, c) for p in mine for seed in cfg.seeds_for(p.prompt_id) for c in conditions
-               if (p.prompt_id, seed, c.name) not in store]
-    total = len(mine) * cfg.seeds_per_prompt * len(conditions)
-    _log(cfg, f"sinkattn run: {out} shard {shard[0]}/{shard[1]} on {device}: {len(mine)} prompts x "
-              f"{cfg.seeds_per_prompt} seed(s) x {len(conditions)} conditions; {total - len(pending)} done, "
+    keys = [(pr, seed, c) for pr in p.mine for seed in cfg.seeds_for(pr.prompt_id) for c in conditions]
+    pending = [(pr, seed, c) for pr, seed, c in keys if (pr.prompt_id, seed, c.name) not in stores["results"]]
+    _log(cfg, f"sinkattn run: {out} shard {shard[0]}/{shard[1]} on {device}: {len(p.mine)} prompts x "
+              f"{cfg.seeds_per_prompt} seed(s) x {len(conditions)} conditions; {len(keys) - len(pending)} done, "
               f"{len(pending)} to make")
-    written = 0
+    scorers = None
     if pending:
         if gen is None:
-            pipe, gen = _load(cfg, device)
+            _, gen = _load(cfg, device)
         scorers = _Scorers(cfg, device) if cfg.metrics else None
-        written = _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device)
-    report_written = False
-    if shard[1] > 1:
-        atomic_write_text(os.path.join(out, f"done{suffix}"), f"{len(store)}\n")
-    if cfg.report and _all_shards_done(out, shard):
-        from .report import write_report
+    # the start went through (model and scorers are there): from here the folder is the run's
+    atomic_write_text(os.path.join(out, "config.json"),
+                      json.dumps(_merged_config(cfg, out), indent=2, sort_keys=True) + "\n")
+    written = _generate(cfg, out, gen, scorers, pending, stores["results"], stores["trace"], shard, device) \
+        if pending else 0
+    return RunResult(out=out, shard=shard, written=written, skipped=len(keys) - len(pending),
+                     report_written=_finish(cfg, out, shard, len(stores["results"])))
 
-        write_report(out, bootstrap=cfg.bootstrap, seed=cfg.stats_seed, progress=cfg.progress)
-        report_written = True
-    return RunResult(out=out, shard=shard, written=written, skipped=total - len(pending),
-                     report_written=report_written)
+
+def _finish(cfg: RunConfig, out: str, shard: tuple[int, int], records: int) -> bool:
+    """Mark this shard done; write the report once every shard is (True when written)."""
+    if shard[1] > 1:
+        atomic_write_text(os.path.join(out, f"done{shard_suffix(shard)}"), f"{records}\n")
+    if not (cfg.report and _all_shards_done(out, shard)):
+        return False
+    from .report import write_report
+
+    write_report(out, bootstrap=cfg.bootstrap, seed=cfg.stats_seed, progress=cfg.progress)
+    return True
 
 
 def _all_shards_done(out: str, shard: tuple[int, int]) -> bool:

@@ -18,18 +18,25 @@ line. Atomicity:
   the writer of that file moves such lines to ``<file>.corrupt`` (appended, never lost),
   rewrites the file without them (atomically) and makes their records again; readers of
   the folder (:func:`merged_records`, the report) skip them with a warning that counts them.
+
+One writer per file: a run holds an exclusive lock on its folder (:class:`FolderLock` on
+``.lock``, or ``.lock.shard-I-of-N`` for a shard) for its whole length, so a second
+process on the same folder (or shard) stops at once instead of making everything twice.
 """
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import json
 import os
 import re
+import socket
+import time
 import warnings
 
-__all__ = ["RecordStore", "atomic_write_bytes", "atomic_write_text", "merged_records", "read_records",
-           "record_key", "results_files", "shard_suffix"]
+__all__ = ["FolderBusy", "FolderLock", "RecordStore", "atomic_write_bytes", "atomic_write_text", "merged_records",
+           "read_records", "record_key", "results_files", "shard_suffix"]
 
 _RESULTS_GLOB = "results*.jsonl"
 
@@ -176,6 +183,7 @@ class RecordStore:
 
     def __init__(self, path: str, also: list[str] = ()):
         self.path = path
+        self.appended = 0  # lines this object wrote
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         _repair(path)
         self.records = _set_aside(path)
@@ -198,14 +206,72 @@ class RecordStore:
         _append_bytes(self.path, (json.dumps(record, sort_keys=True, allow_nan=False) + "\n").encode("utf-8"))
         self._keys.add(key)
         self.records.append(record)
+        self.appended += 1
         return True
 
 
 def merged_records(run_dir: str, stem: str = "results") -> list[dict]:
     """Every record of the folder's results files (all shards), one per key (first wins),
-    sorted by (prompt_id, seed, condition order of appearance)."""
+    sorted by (prompt_id, seed, condition order of appearance). Unreadable lines are
+    skipped with a warning."""
     seen: dict[tuple, dict] = {}
     for path in results_files(run_dir, stem):
         for record in read_records(path, strict=False):
             seen.setdefault(record_key(record), record)
     return sorted(seen.values(), key=lambda r: (r["prompt_id"], r["seed"]))
+
+
+class FolderBusy(RuntimeError):
+    """Another process holds the lock of this run folder (or of this shard of it)."""
+
+
+class FolderLock:
+    """An exclusive, non-blocking flock on ``path``, held until :meth:`release` (or the
+    process ends: the kernel drops a dead holder's lock, so a killed run never leaves a
+    stale lock). Why: two processes appending to one results file would make every image
+    twice; the second one must stop at once and say who holds the folder. The file keeps
+    the holder's pid, host and start time for that message; it is left in place on release
+    (removing it would let a third process lock a different file of the same name).
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._fd = None
+
+    def acquire(self) -> "FolderLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(os.read(fd, 4096))
+            os.close(fd)
+            raise FolderBusy(f"{os.path.dirname(self.path)} is in use by another sinkattn run ({holder}; lock "
+                             f"{os.path.basename(self.path)}); wait for it to end, or use another --out") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+        os.fsync(fd)
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _holder(data: bytes) -> str:
+    try:
+        info = json.loads(data)
+        return f"pid {info['pid']} on {info['host']}, started {info['started']}"
+    except (ValueError, KeyError, TypeError):  # the holder has not written its line yet
+        return "holder not yet known"

@@ -108,3 +108,4 @@ def test_readers_of_a_run_folder_skip_unreadable_lines_with_a_warning(tmp_path):
         other = RecordStore(str(tmp_path / "results.shard-1-of-2.jsonl"), also=results_files(str(tmp_path)))
     assert (0, 42, "baseline") in other and (2, 42, "baseline") not in other
     assert open(a.path, "rb").read() == before  # another writer's file is read, never rewritten
+
