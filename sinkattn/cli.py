@@ -173,8 +173,10 @@ def main(argv=None) -> int:
         if args.command != "run":
             print("sinkattn: interrupted", file=sys.stderr)
         else:
-            print(f"sinkattn: interrupted; {getattr(err, 'written', 0)} records written; "
-                  "rerun the same command to resume", file=sys.stderr)
+            scored = getattr(err, "scored", 0)
+            print(f"sinkattn: interrupted; {getattr(err, 'written', 0)} records written"
+                  + (f" and {scored} metric values" if scored else "") + "; rerun the same command to resume",
+                  file=sys.stderr)
         return 130
     finally:
         warnings.formatwarning = default_format
@@ -210,7 +212,8 @@ def _main(args) -> int:
         from .experiment.runner import run
 
         result = run(cfg)
-        print(f"sinkattn run: {result.written} new records, {result.skipped} already there -> {result.out}"
+        scored = f", {result.scored} metric values scored on stored images" if result.scored else ""
+        print(f"sinkattn run: {result.written} new records, {result.skipped} already there{scored} -> {result.out}"
               + ("" if result.report_written else " (report: run `sinkattn report` once every shard is done)"))
         return 0
     except (ValueError, OSError, ImportError, ModelUnavailable, MetricWeightsUnavailable, FolderBusy) as err:

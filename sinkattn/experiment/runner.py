@@ -9,7 +9,8 @@ baseline (traced, for the sink atlas) or read it back from disk; make every pend
 condition with a fresh processor (a random control's processor is seeded from (seed,
 condition), so an image never depends on what ran before it); score the group; append a
 trace line, then the records. A kill anywhere loses at most the unwritten records of one
-group; their images are regenerated with the same bytes.
+group; their images are regenerated with the same bytes. A rerun with metrics that the
+folder's records lack scores them on the stored images (metrics*.jsonl, see store.py).
 
 One process per run folder (per shard): the folder's lock is taken before anything is
 written, and everything that can refuse a run is checked before the folder is made
@@ -31,7 +32,10 @@ from dataclasses import dataclass
 
 from .config import RunConfig, expand_conditions
 from .prompts import load_prompts
-from .store import FolderLock, RecordStore, atomic_write_bytes, atomic_write_text, results_files, shard_suffix
+from .store import (
+    FolderLock, RecordStore, atomic_write_bytes, atomic_write_text, merged_records, metric_key, record_key,
+    results_files, shard_suffix,
+)
 
 __all__ = ["Plan", "RunInterrupted", "RunResult", "check_out", "image_relpath", "plan", "resolve_execution", "run"]
 
@@ -45,6 +49,7 @@ class RunResult:
     written: int
     skipped: int
     report_written: bool
+    scored: int = 0  # metric values scored on stored images (metrics an earlier run did not compute)
 
 
 def resolve_execution(cfg: RunConfig) -> tuple[tuple[int, int], str]:
@@ -186,12 +191,15 @@ class _Scorers:
         self.info = {name: {"untrained": s.untrained, "weights": s.weights_source} for name, s in self.scorers.items()}
         self.untrained = any(s.untrained for s in self.scorers.values())
 
-    def score(self, images, prompts, references):
-        """({name: [value or None]}, {name: error or None}) for one batch of images."""
+    def score(self, images, prompts, references, names=None):
+        """({name: [value or None]}, {name: error or None}) for one batch of images, by
+        every scorer or by those in ``names``."""
         import math
 
         values, errors = {}, {}
         for name, scorer in self.scorers.items():
+            if names is not None and name not in names:
+                continue
             try:
                 out = scorer.score(images, prompts, references)
                 if len(out) != len(images):
@@ -274,9 +282,9 @@ def plan(cfg: RunConfig) -> Plan:
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a run, with what it had written (the CLI says so in one line)."""
 
-    def __init__(self, written: int):
+    def __init__(self, written: int, scored: int):
         super().__init__(f"{written} records written")
-        self.written = written
+        self.written, self.scored = written, scored
 
 
 def run(cfg: RunConfig) -> RunResult:
@@ -284,12 +292,13 @@ def run(cfg: RunConfig) -> RunResult:
     p = plan(cfg)
     with _claimed(p.out, p.shard):
         suffix = shard_suffix(p.shard)
-        stores = {stem: RecordStore(os.path.join(p.out, f"{stem}{suffix}.jsonl"), also=results_files(p.out, stem))
-                  for stem in ("results", "trace")}
+        stores = {stem: RecordStore(os.path.join(p.out, f"{stem}{suffix}.jsonl"), also=results_files(p.out, stem),
+                                    key=metric_key if stem == "metrics" else record_key)
+                  for stem in ("results", "trace", "metrics")}
         try:
             return _run(p, stores)
         except KeyboardInterrupt:
-            raise RunInterrupted(stores["results"].appended) from None
+            raise RunInterrupted(stores["results"].appended, stores["metrics"].appended) from None
 
 
 def _run(p: Plan, stores: dict) -> RunResult:
@@ -314,8 +323,13 @@ def _run(p: Plan, stores: dict) -> RunResult:
                       json.dumps(_merged_config(cfg, out), indent=2, sort_keys=True) + "\n")
     written = _generate(cfg, out, gen, scorers, pending, stores["results"], stores["trace"], shard, device) \
         if pending else 0
+    todo = _unscored(cfg, out, [(pr.prompt_id, seed, c.name) for pr, seed, c in keys])
+    scored = 0
+    if todo:
+        _log(cfg, f"sinkattn run: {sum(len(m) for _, m in todo)} metric values to score on stored images")
+        scored = _rescore(out, scorers or _Scorers(cfg, device), todo, stores["metrics"])
     return RunResult(out=out, shard=shard, written=written, skipped=len(keys) - len(pending),
-                     report_written=_finish(cfg, out, shard, len(stores["results"])))
+                     report_written=_finish(cfg, out, shard, len(stores["results"])), scored=scored)
 
 
 def _finish(cfg: RunConfig, out: str, shard: tuple[int, int], records: int) -> bool:
@@ -328,6 +342,66 @@ def _finish(cfg: RunConfig, out: str, shard: tuple[int, int], records: int) -> b
 
     write_report(out, bootstrap=cfg.bootstrap, seed=cfg.stats_seed, progress=cfg.progress)
     return True
+
+
+def _unscored(cfg: RunConfig, out: str, keys: list[tuple]) -> list[tuple[dict, list[str]]]:
+    """(record, the metrics of this command it lacks) for this run's keys: what an earlier
+    run into the folder, with other --metrics, did not compute."""
+    if not cfg.metrics:
+        return []
+    records = {record_key(r): r for r in merged_records(out)}
+    todo = []
+    for key in keys:
+        record = records.get(key)
+        missing = [m for m in cfg.metrics if record is not None and m not in record["metrics"]]
+        if missing:
+            todo.append((record, missing))
+    return todo
+
+
+def _rescore(out: str, scorers: _Scorers, todo: list, metric_store: RecordStore) -> int:
+    """Score the metrics the records of ``todo`` lack on their stored images (PNG is
+    lossless: the pixels scored at generation time), with the stored baseline of the same
+    (prompt, seed) as the reference; each value is one line of metrics*.jsonl (see store.py)."""
+    groups: dict[tuple, list] = {}
+    for record, names in todo:
+        groups.setdefault((record["prompt_id"], record["seed"]), []).append((record, names))
+    written = 0
+    for (prompt_id, seed), items in groups.items():
+        reference = _stored_image(out, image_relpath("baseline", prompt_id, seed))
+        items = [(r, names, _stored_image(out, r["image"], r.get("image_sha256"))) for r, names in items]
+        items = [item for item in items if item[2] is not None]
+        if reference is None or not items:
+            continue
+        names = {m for _, ms, _ in items for m in ms}
+        values, errors = scorers.score([im for _, _, im in items], [r["prompt"] for r, _, _ in items],
+                                       [reference] * len(items), names)
+        for i, (r, ms, _) in enumerate(items):
+            for m in ms:
+                written += metric_store.append({
+                    "prompt_id": prompt_id, "seed": seed, "condition": r["condition"], "metric": m,
+                    "value": values[m][i], "error": errors[m], "info": scorers.info[m],
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return written
+
+
+def _stored_image(out: str, rel: str, digest: str | None = None):
+    """A stored image as RGB, or None (with a warning) when it is missing or not the image recorded."""
+    from PIL import Image
+
+    path = os.path.join(out, rel)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as err:
+        warnings.warn(f"sinkattn: {path}: cannot read it ({err.strerror}); its metrics stay unscored", stacklevel=2)
+        return None
+    if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+        warnings.warn(f"sinkattn: {path} is not the image its record was made from; its metrics stay unscored",
+                      stacklevel=2)
+        return None
+    with Image.open(io.BytesIO(data)) as im:
+        return im.convert("RGB")
 
 
 def _all_shards_done(out: str, shard: tuple[int, int]) -> bool:

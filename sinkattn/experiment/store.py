@@ -22,6 +22,14 @@ line. Atomicity:
 One writer per file: a run holds an exclusive lock on its folder (:class:`FolderLock` on
 ``.lock``, or ``.lock.shard-I-of-N`` for a shard) for its whole length, so a second
 process on the same folder (or shard) stops at once instead of making everything twice.
+
+Metrics added later: a rerun with more ``--metrics`` scores the records that lack them on
+their stored images and appends each value as one line of ``metrics.jsonl`` (or
+``metrics.shard-I-of-N.jsonl``), keyed by (prompt_id, seed, condition, metric). Results
+lines are never rewritten; :func:`merged_records` folds the values into their records,
+and a record's own value, or the first value written, wins. These files follow the rules
+above (torn last line cut, unreadable lines set aside, keys skipped when present), so a
+rescoring killed at any moment resumes to the same values, each once.
 """
 
 from __future__ import annotations
@@ -36,13 +44,18 @@ import time
 import warnings
 
 __all__ = ["FolderBusy", "FolderLock", "RecordStore", "atomic_write_bytes", "atomic_write_text", "merged_records",
-           "read_records", "record_key", "results_files", "shard_suffix"]
+           "metric_key", "read_records", "record_key", "results_files", "shard_suffix"]
 
 _RESULTS_GLOB = "results*.jsonl"
 
 
 def record_key(record: dict) -> tuple:
     return (record["prompt_id"], record["seed"], record["condition"])
+
+
+def metric_key(update: dict) -> tuple:
+    """The key of a metric value scored after its record was written (metrics*.jsonl)."""
+    return (update["prompt_id"], update["seed"], update["condition"], update["metric"])
 
 
 def shard_suffix(shard: tuple[int, int]) -> str:
@@ -181,16 +194,17 @@ class RecordStore:
         also: other files whose keys count as done (other shards); read, never written.
     """
 
-    def __init__(self, path: str, also: list[str] = ()):
+    def __init__(self, path: str, also: list[str] = (), key=record_key):
         self.path = path
+        self.key = key
         self.appended = 0  # lines this object wrote
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         _repair(path)
-        self.records = _set_aside(path)
-        self._keys = {record_key(r) for r in self.records}
+        self.records = _set_aside(path, key)
+        self._keys = {key(r) for r in self.records}
         for other in also:
             if os.path.abspath(other) != os.path.abspath(path):
-                self._keys.update(record_key(r) for r in read_records(other, strict=False))
+                self._keys.update(key(r) for r in read_records(other, strict=False, key=key))
 
     def __contains__(self, key) -> bool:
         return tuple(key) in self._keys
@@ -200,7 +214,7 @@ class RecordStore:
 
     def append(self, record: dict) -> bool:
         """Append one record unless its key is already there; True when written."""
-        key = record_key(record)
+        key = self.key(record)
         if key in self._keys:
             return False
         _append_bytes(self.path, (json.dumps(record, sort_keys=True, allow_nan=False) + "\n").encode("utf-8"))
@@ -212,13 +226,30 @@ class RecordStore:
 
 def merged_records(run_dir: str, stem: str = "results") -> list[dict]:
     """Every record of the folder's results files (all shards), one per key (first wins),
-    sorted by (prompt_id, seed, condition order of appearance). Unreadable lines are
-    skipped with a warning."""
+    sorted by (prompt_id, seed, condition order of appearance); for results, with the
+    metric values of metrics*.jsonl folded in. Unreadable lines are skipped with a warning."""
     seen: dict[tuple, dict] = {}
     for path in results_files(run_dir, stem):
         for record in read_records(path, strict=False):
             seen.setdefault(record_key(record), record)
+    if stem == "results":
+        for path in results_files(run_dir, "metrics"):
+            _fold_metrics(seen, read_records(path, strict=False, key=metric_key))
     return sorted(seen.values(), key=lambda r: (r["prompt_id"], r["seed"]))
+
+
+def _fold_metrics(records: dict, updates: list[dict]) -> None:
+    """Put each metric value of ``updates`` into its record (by key) unless the record has
+    that metric already: the value written first wins, as for records."""
+    for u in updates:
+        record = records.get(record_key(u))
+        if record is None or u["metric"] in record["metrics"]:
+            continue
+        record["metrics"][u["metric"]] = u["value"]
+        if u.get("error"):
+            record.setdefault("metric_errors", {})[u["metric"]] = u["error"]
+        record.setdefault("metric_info", {})[u["metric"]] = u["info"]
+        record["untrained_metrics"] = bool(record.get("untrained_metrics")) or bool(u["info"].get("untrained"))
 
 
 class FolderBusy(RuntimeError):

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from sinkattn.cli import main
-from sinkattn.experiment.store import read_records, record_key
+from sinkattn.experiment.store import merged_records, read_records, record_key
 
 # 4 prompts x (baseline, sink k1, k2, random k1, k2) = 20 images, 2 steps, 2 cheap scorers
 ARGS = ["--preset", "tiny", "--limit", "4", "--steps", "2", "--k", "1,2", "--controls", "sink,random",
@@ -208,3 +208,27 @@ def test_damaged_line_inside_results_is_set_aside_and_remade(reference_run, tmp_
     assert _images(str(out), records) == _images(str(reference_run), reference)
     (remade,) = [r for r in records if record_key(r) == record_key(lost)]
     assert remade["metrics"] == pytest.approx(lost["metrics"], abs=1e-5)
+
+
+def test_new_metrics_are_scored_on_the_stored_images(reference_run, tmp_path, capsys):
+    out = tmp_path / "rescored"
+    assert main(["run", "--out", str(out), *ARGS, "--limit", "2", "--metrics", "lpips"]) == 0
+    results = (out / "results.jsonl").read_bytes()
+    assert all(set(r["metrics"]) == {"lpips"} for r in read_records(str(out / "results.jsonl")))
+    capsys.readouterr()
+    assert main(["run", "--out", str(out), *ARGS, "--limit", "2"]) == 0  # ARGS: --metrics clip_t,lpips
+    assert "0 new records, 10 already there, 10 metric values scored on stored images" in capsys.readouterr().out
+    assert (out / "results.jsonl").read_bytes() == results  # a record is never rewritten
+    reference = {record_key(r): r for r in read_records(os.path.join(reference_run, "results.jsonl"))}
+    merged = merged_records(str(out))
+    assert len(merged) == 10
+    for r in merged:
+        assert r["metrics"] == pytest.approx(reference[record_key(r)]["metrics"], abs=1e-5)
+        assert r["metric_info"]["clip_t"]["untrained"] is True and "clip_t" not in r["metric_errors"]
+    summary = json.load(open(out / "summary.json"))
+    assert summary["metrics"] == ["clip_t", "lpips"] and summary["missing_values"] == {"clip_t": 0, "lpips": 0}
+    # nothing is left to score: a rerun writes nothing, anywhere
+    files = {f: (out / f).read_bytes() for f in ("results.jsonl", "metrics.jsonl")}
+    assert main(["run", "--out", str(out), *ARGS, "--limit", "2", "--no-report"]) == 0
+    assert "0 new records, 10 already there ->" in capsys.readouterr().out
+    assert {f: (out / f).read_bytes() for f in files} == files

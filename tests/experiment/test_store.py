@@ -6,7 +6,7 @@ import os
 import pytest
 
 from sinkattn.experiment.store import (
-    RecordStore, atomic_write_bytes, merged_records, read_records, results_files,
+    RecordStore, atomic_write_bytes, merged_records, metric_key, read_records, results_files,
 )
 
 
@@ -109,3 +109,24 @@ def test_readers_of_a_run_folder_skip_unreadable_lines_with_a_warning(tmp_path):
     assert (0, 42, "baseline") in other and (2, 42, "baseline") not in other
     assert open(a.path, "rb").read() == before  # another writer's file is read, never rewritten
 
+
+def test_metric_values_added_later_fold_into_their_records_first_wins(tmp_path):
+    results = RecordStore(str(tmp_path / "results.jsonl"))
+    results.append(dict(_rec(0, "baseline"), metrics={"lpips": 0.0}))
+    results.append(dict(_rec(0, "sink"), metrics={"lpips": 0.5}))
+    updates = RecordStore(str(tmp_path / "metrics.jsonl"), key=metric_key)
+    info = {"untrained": True, "weights": None}
+    for cond, metric, value in (("sink", "clip_t", 0.25), ("sink", "lpips", 9.0), ("baseline", "clip_t", None),
+                                ("ghost", "clip_t", 1.0)):
+        error = "scorer exploded" if value is None else None
+        assert updates.append(dict(_rec(0, cond), metric=metric, value=value, error=error, info=info))
+    assert not updates.append(dict(_rec(0, "sink"), metric="clip_t", value=7.0, error=None, info=info))
+    shard = RecordStore(str(tmp_path / "metrics.shard-1-of-2.jsonl"), key=metric_key)
+    shard.append(dict(_rec(0, "sink"), metric="clip_t", value=7.0, error=None, info=info))  # a later value
+    merged = {r["condition"]: r for r in merged_records(str(tmp_path))}
+    assert set(merged) == {"baseline", "sink"}
+    assert merged["sink"]["metrics"] == {"lpips": 0.5, "clip_t": 0.25}  # the record's own lpips wins
+    assert merged["baseline"]["metrics"] == {"lpips": 0.0, "clip_t": None}
+    assert merged["baseline"]["metric_errors"] == {"clip_t": "scorer exploded"}
+    assert merged["sink"]["metric_info"] == {"clip_t": info} and merged["sink"]["untrained_metrics"] is True
+    assert len(read_records(str(tmp_path / "results.jsonl"))) == 2  # records themselves are never rewritten
