@@ -13,6 +13,7 @@ condition groups by one group, starting from the preset's first group.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 import warnings
 
@@ -60,11 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .experiment.config import PRESETS
 
     parser = argparse.ArgumentParser(prog="sinkattn", description="Attention-sink studies on diffusion models.")
+    parser.add_argument("--version", action="version", version=f"sinkattn {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run (or resume) the paired sink-vs-control study",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     S = argparse.SUPPRESS
-    r.add_argument("--out", required=True, help="run folder (created; rerun to resume)")
+    r.add_argument("--out", required=True, default=S, help="run folder (created; rerun to resume)")
     r.add_argument("--preset", choices=sorted(PRESETS), default=S, help="base settings (default: tiny)")
     r.add_argument("--config", default=S, help="JSON or YAML file of RunConfig fields")
     g = r.add_argument_group("model and generation")
@@ -115,12 +117,65 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=S, help="progress bars and log lines")
     g.add_argument("--dry-run", action="store_true",
                    help="check everything a run checks, print the resolved config and conditions, make nothing")
+    _show_preset_defaults(r)
 
     p = sub.add_parser("report", help="merge shards, compute statistics, write summary and plots")
     p.add_argument("run_dir")
     p.add_argument("--bootstrap", type=int, default=None)
     p.add_argument("--stats-seed", type=int, default=None)
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("sinkattn")
+    except importlib.metadata.PackageNotFoundError:  # a source tree that was not installed
+        from . import __version__
+
+        return __version__
+
+
+# flags whose unset value is not the preset's: device and shard are worked out at run time
+_NOT_FROM_PRESET = {"out", "preset", "config", "device", "shard", "dry_run", "help"}
+
+
+def _show_preset_defaults(run_parser: argparse.ArgumentParser) -> None:
+    """Append the tiny preset's value to each flag's help. Why: the flags default to
+    argparse.SUPPRESS (an unset flag keeps the preset's or the config file's value), so
+    ArgumentDefaultsHelpFormatter has no default to show."""
+    values = _preset_values()
+    for action in run_parser._actions:
+        if action.dest in values and action.dest not in _NOT_FROM_PRESET:
+            text = _flag_text(values[action.dest]).replace("%", "%%")
+            action.help = f"{action.help or ''} (default: from --preset; tiny: {text})".lstrip()
+
+
+def _preset_values() -> dict:
+    """The tiny preset's settings under the flags' names."""
+    import dataclasses
+
+    from .experiment.config import preset_config
+
+    cfg = preset_config("tiny")
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    group = cfg.conditions[0]
+    values.update({name: getattr(group, name) for name in _CONDITION_FLAGS if hasattr(group, name)})
+    values["intervene_steps"] = group.steps  # the group's steps are denoising steps to intervene in
+    values["metric_arch"] = {name: o["arch"] for name, o in cfg.metric_options.items() if "arch" in o}
+    return values
+
+
+def _flag_text(value) -> str:
+    """A setting as one would type it on the command line (None: every prompt / layer / step)."""
+    if value is None:
+        return "all"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "none"
+    if isinstance(value, (list, tuple)):
+        if any(v is None or isinstance(v, (list, tuple)) for v in value):  # sets, separated by ';'
+            return ";".join(_flag_text(v) for v in value)
+        return ",".join(str(v) for v in value) or "none"
+    return str(value)
 
 
 def config_from_args(args: argparse.Namespace):

@@ -1,6 +1,8 @@
 """What a user meets at the command line: one-line errors for an unusable --out, one
-process per run folder (per shard), Ctrl-C, --dry-run checking what a run checks."""
+process per run folder (per shard), Ctrl-C, --dry-run checking what a run checks,
+--help with the preset's defaults, --version."""
 
+import importlib.metadata
 import json
 import os
 import signal
@@ -158,3 +160,29 @@ def test_dry_run_refuses_what_a_run_refuses(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert '"steps": 4' in printed and "sink_k2_score_shared_Lall" in printed and "8 prompts" in printed
     assert os.listdir(out) == ["config.json"]
+
+
+# --- 12: --help and --version -----------------------------------------------------------------
+
+def test_help_shows_the_preset_defaults(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for expected in ("denoising steps (default: from --preset; tiny: 4)",
+                     "e.g. 1,5,10 (default: from --preset; tiny: 1,4)",
+                     "of sink,random,bottom (default: from --preset; tiny: sink,random,bottom)",
+                     "first N prompts (default: from --preset; tiny: all)",
+                     "(default: from --preset; tiny: clip_t,image_reward,hps_v21,lpips)",
+                     "--height HEIGHT (default: from --preset; tiny: 64)",
+                     "--untrained-metrics, --no-untrained-metrics score with random-weight scorers (marked "
+                     "untrained in every output) (default: from --preset; tiny: True)"):
+        assert expected in text, expected
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"sinkattn {importlib.metadata.version('sinkattn')}"
