@@ -139,10 +139,11 @@ def _head_sinks(SINKS, bh, TOP_K, BLOCK_T: tl.constexpr, HAS_SINKS: tl.constexpr
     return offs_t  # unused
 
 
-@triton.heuristics({"HAS_SINKS": lambda a: a["SINKS"] is not None})
+@triton.heuristics({"HAS_SINKS": lambda a: a["SINKS"] is not None,
+                    "HAS_ROW_PEAK": lambda a: a["ROW_PEAK"] is not None})
 @triton.jit(do_not_specialize=["N_Q", "N_K", "APPLY_START", "APPLY_STOP", "TOP_K"])
 def attention_forward_kernel(
-    Q, K, V, O, LSE, SINKS,
+    Q, K, V, O, LSE, SINKS, ROW_PEAK,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -151,9 +152,11 @@ def attention_forward_kernel(
     D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
     HAS_SINKS: tl.constexpr, WEIGHT_ON_VALUE: tl.constexpr, FOLD_SCALE: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, HAS_ROW_PEAK: tl.constexpr,
 ):
-    """O and lse2 of the query rows [pid_m * BLOCK_M, +BLOCK_M) of head bh."""
+    """O and lse2 of the query rows [pid_m * BLOCK_M, +BLOCK_M) of head bh; with ROW_PEAK
+    (B, H, Nq) float32 also each row's largest probability, 2^(max - lse2) = 1 / l (the
+    query-side controls rank queries by it)."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
@@ -167,6 +170,8 @@ def attention_forward_kernel(
         stride_qm, stride_kn, stride_vn, N_K, qk_scale, eta,
         D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, HAS_SINKS, WEIGHT_ON_VALUE, FOLD_SCALE, DOT_PRECISION)
     tl.store(LSE + bh * N_Q + offs_m, m_i + tl.math.log2(l_i), mask=mask_m)
+    if HAS_ROW_PEAK:
+        tl.store(ROW_PEAK + bh * N_Q + offs_m, 1.0 / l_i, mask=mask_m)
     _store_rows(O + b * stride_ob + h * stride_oh, offs_m, mask_m, stride_om, acc, l_i, DV, BLOCK_DV)
 
 

@@ -35,6 +35,11 @@ def _output(shape, dtype: torch.dtype, device) -> Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def row_buffer(q: Tensor) -> Tensor:
+    """A (B, H, Nq) float32 buffer for a per-row output of the forward (``row_peak``)."""
+    return _output(q.shape[:3], torch.float32, q.device)
+
+
 def _dot_precision(dtype: torch.dtype) -> str:
     """Full-precision dots for float32 inputs unless SINKATTN_ALLOW_TF32=1 asks for TF32."""
     if dtype == torch.float32 and os.environ.get("SINKATTN_ALLOW_TF32", "0") in ("", "0"):
@@ -64,11 +69,12 @@ def _head_dims(dim: int, dim_v: int) -> dict:
 
 def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: torch.dtype,
               sinks: Tensor | None = None, eta: float = 0.0, path: str = "score",
-              apply_rows: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+              apply_rows: tuple[int, int] | None = None, row_peak: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """O (B, H, Nq, Dv) in ``out_dtype`` and lse2 (B, H, Nq) float32, the row log-sum-exp in
     log2 units of the scaled scores. With ``sinks`` (B, H, t) int64 the intervention on those
     keys (weight ``eta`` on the ``path``, "score" or "value") is applied inside the pass (the
-    masked route)."""
+    masked route). ``row_peak`` (B, H, Nq) float32, if given, receives each row's largest
+    probability (plain pass only)."""
     batch, n_heads, n_q, _ = q.shape
     n_k = k.shape[2]
     dims = _head_dims(q.shape[-1], v.shape[-1])
@@ -80,7 +86,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: torch.dt
     qo, ko, vo = _operand(q), _operand(k), _operand(v)
     configs.forward(
         lambda meta: (triton.cdiv(n_q, meta["BLOCK_M"]), batch * n_heads),
-        qo, ko, vo, out, lse, sinks, *_strides(qo, ko, vo, out),
+        qo, ko, vo, out, lse, sinks, row_peak, *_strides(qo, ko, vo, out),
         n_heads, n_q, n_k, apply_start, apply_stop, scale * LOG2E, 0 if sinks is None else sinks.shape[-1], eta,
         **_masked_pass_flags(q, sinks, path, scale), **dims)
     return out.to(out_dtype), lse

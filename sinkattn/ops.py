@@ -19,7 +19,7 @@ from torch import Tensor
 from . import reference
 from .kernels import interpreting
 from .reference import SinkAttentionResult
-from .selection import per_head, random_keys, ranked_keys
+from .selection import control_of, per_head, random_keys, ranked
 from .validation import check_call
 
 __all__ = ["sink_attention", "SinkAttentionResult", "kernels_available"]
@@ -121,7 +121,7 @@ def sink_attention(
             value_target=call.value_target,
         )
     explicit = call.sinks
-    if explicit is None and call.top_k > 0 and call.control == "random":
+    if explicit is None and call.top_k > 0 and control_of(call.control).rank == "uniform":
         groups = (q.shape[0], q.shape[1]) if call.select == "head" else (q.shape[0],)
         explicit = random_keys(groups, call.top_k, call.candidates, call.generator, q.device)
     # Eager calls skip the dispatcher: on the H200 machine's host a plain SDXL cross-attention
@@ -156,21 +156,28 @@ def _run_kernels(
 
     batch, heads, _, _ = q.shape
     groups = (batch, heads) if select == "head" else (batch,)
+    rule = control_of(control)
+    on_queries = rule.side == "queries" and sinks is None
     intervene = path != "none" and top_k > 0
-    need_mass = want_mass or (sinks is None and top_k > 0)
+    need_mass = want_mass or (sinks is None and top_k > 0 and not on_queries)
     # Keep O in float32 while a correction may still be applied to it.
-    out, lse = launch.attention(q, k, v, scale, out_dtype=torch.float32 if intervene else q.dtype)
+    row_peak = launch.row_buffer(q) if on_queries and top_k > 0 else None
+    out, lse = launch.attention(q, k, v, scale, out_dtype=torch.float32 if intervene else q.dtype, row_peak=row_peak)
     mass = launch.key_mass(q, k, lse, scale, tuple(mass_rows)) if need_mass else q.new_empty(0, dtype=torch.float32)
     if sinks is not None:
         chosen = sinks.clone()
-    elif top_k == 1 and select == "head":
-        chosen = launch.top1(mass, tuple(candidates), largest=control == "sink")
-    elif top_k > 0:
-        chosen = ranked_keys(mass, top_k, select, control, tuple(candidates))
-    else:
+    elif top_k == 0:
         chosen = torch.zeros((*groups, 0), dtype=torch.int64, device=q.device)
+    elif on_queries:  # query rows of the mass queries, ranked by their largest probability
+        chosen = ranked(row_peak, top_k, select, control, tuple(mass_rows))
+    elif top_k == 1 and select == "head":
+        chosen = launch.top1(mass, tuple(candidates), largest=rule.rank == "largest")
+    else:
+        chosen = ranked(mass, top_k, select, control, tuple(candidates))
     if not intervene:
         return out, mass, chosen
+    if on_queries:
+        return _query_effect(out, v, per_head(chosen, heads), rule.effect, eta, value_target, q.dtype), mass, chosen
     heads_sinks = per_head(chosen, heads)
     if _needs_blend(path, eta, eta_mode, value_target):
         return _blend(q, k, v, out, lse, heads_sinks, path, eta, eta_mode, value_target, tuple(apply_rows),
@@ -188,6 +195,21 @@ def _run_kernels(
                              corrected)
     # Written in float32 under the interpreter for bfloat16 (launch._stored); no copy otherwise.
     return corrected.to(q.dtype), mass, chosen
+
+
+def _query_effect(out32: Tensor, v: Tensor, rows: Tensor, effect: str, eta: float, value_target: str,
+                  dtype: torch.dtype) -> Tensor:
+    """The query controls' intervention on the picked rows (B, H, t) of the unintervened
+    output. "shift" is the original's: one constant added to every logit of a row, which
+    the softmax takes away again, so the output is the plain one (sinkattn.reference
+    applies the shift literally; the tests show the two agree). "ablate" replaces the rows
+    by eta * O + (1 - eta) * target, target 0 or the head's mean value vector."""
+    if effect == "shift":
+        return out32.to(dtype)
+    target = v.float().mean(dim=2, keepdim=True) if value_target == "mean" else torch.zeros_like(out32[:, :, :1])
+    picked = torch.zeros(out32.shape[:3], dtype=torch.bool, device=out32.device)
+    picked.scatter_(-1, rows, True)
+    return torch.where(picked[..., None], eta * out32 + (1 - eta) * target, out32).to(dtype)
 
 
 def _needs_blend(path: str, eta: float, eta_mode: str, value_target: str) -> bool:
@@ -258,7 +280,7 @@ _sink_attention_op = torch.library.custom_op("sinkattn::sink_attention", mutates
 def _(q, k, v, sinks, top_k, path, select, control, eta, mass_rows, candidates, apply_rows, scale, want_mass,
       eta_mode, value_target):
     batch, heads, n_q, _ = q.shape
-    need_mass = want_mass or (sinks is None and top_k > 0)
+    need_mass = want_mass or (sinks is None and top_k > 0 and control_of(control).side == "keys")
     out = q.new_empty((batch, heads, n_q, v.shape[-1]))
     mass = q.new_empty(k.shape[:3] if need_mass else (0,), dtype=torch.float32)
     if sinks is not None:

@@ -20,7 +20,13 @@ __all__ = ["SinkAttentionResult", "sink_attention", "resolve_range", "as_generat
 
 PATHS = ("score", "value", "both", "none")
 SELECTS = ("head", "shared")
-CONTROLS = ("sink", "random", "bottom")
+CONTROLS = ("sink", "random", "bottom", "high_outgoing_query", "high_outgoing_query_ablate")
+# Controls that pick query rows (by each row's largest probability) instead of keys, and what
+# they do to those rows: the original's anti-sink control adds one large negative constant
+# to every logit of the row (QUERY_SHIFT, as its -65000 mask); the ablating one replaces the
+# row's output by eta * O + (1 - eta) * target.
+QUERY_CONTROLS = {"high_outgoing_query": "shift", "high_outgoing_query_ablate": "ablate"}
+QUERY_SHIFT = -65000.0
 ETA_MODES = ("logit", "prob")
 VALUE_TARGETS = ("zero", "mean")
 
@@ -97,6 +103,30 @@ def _select(mass, shape, top_k, select, control, candidates, generator, device) 
     return (order[..., :top_k] + c0).to(device=device, dtype=torch.int64)
 
 
+def _query_control(qc, kc, vc, scale, top_k, select, effect, eta, value_target, mass_rows, path, mass, chunk, dtype):
+    """The query controls: the top_k mass-query rows by their largest probability (per head,
+    or by the head mean for select="shared"), then their effect (QUERY_CONTROLS) unless
+    path is "none"."""
+    probs = torch.cat([torch.softmax(scale * qc[:, :, a:a + chunk] @ kc.transpose(-1, -2), dim=-1)
+                       for a in range(0, qc.shape[2], chunk)], dim=2)
+    peak = probs.amax(dim=-1)  # (B, H, Nq)
+    per_group = peak if select == "head" else peak.mean(dim=1)
+    window = per_group[..., mass_rows[0]:mass_rows[1]]
+    chosen = torch.sort(window, dim=-1, descending=True, stable=True).indices[..., :top_k] + mass_rows[0]
+    rows = chosen if chosen.dim() == 3 else chosen[:, None, :].expand(qc.shape[0], qc.shape[1], -1)
+    picked = torch.zeros(peak.shape, dtype=torch.bool, device=qc.device).scatter_(-1, rows, True)[..., None]
+    out = probs @ vc
+    if path != "none" and effect == "shift":
+        shifted = torch.where(picked, scale * qc @ kc.transpose(-1, -2) + QUERY_SHIFT, scale * qc @ kc.transpose(-1, -2))
+        out = torch.softmax(shifted, dim=-1) @ vc
+    elif path != "none":
+        target = vc.mean(dim=2, keepdim=True) if value_target == "mean" else torch.zeros_like(out[:, :, :1])
+        out = torch.where(picked, eta * out + (1 - eta) * target, out)
+    if mass is not None:
+        mass = mass.to(torch.float64 if dtype == torch.float64 else torch.float32)
+    return SinkAttentionResult(out.to(dtype), mass, chosen.to(torch.int64))
+
+
 def sink_attention(
     q: Tensor,
     k: Tensor,
@@ -150,10 +180,12 @@ def sink_attention(
         if top_k != sinks.shape[-1]:
             raise ValueError(f"top_k={top_k} does not match sinks.shape[-1]={sinks.shape[-1]}")
     top_k = 1 if top_k is None else int(top_k)
-    if top_k < 0 or top_k > cand[1] - cand[0]:
-        raise ValueError(f"top_k={top_k} must be in [0, {cand[1] - cand[0]}] (the number of candidates)")
+    query_effect = QUERY_CONTROLS.get(control) if sinks is None else None
+    pool = mass_rows if query_effect else cand  # query controls pick among the mass queries
+    if top_k < 0 or top_k > pool[1] - pool[0]:
+        raise ValueError(f"top_k={top_k} must be in [0, {pool[1] - pool[0]}] (the number of candidates)")
     removed_per_row = top_k if sinks is None or top_k == 0 else max(len(set(row.tolist())) for row in sinks.reshape(-1, top_k))
-    if path in ("score", "both") and float(eta) == 0.0 and removed_per_row >= n_k:
+    if path in ("score", "both") and float(eta) == 0.0 and removed_per_row >= n_k and not query_effect:
         raise ValueError(f"top_k={top_k} on the score path with eta=0 would remove every key of a row")
 
     compute = compute_dtype or (torch.float64 if q.dtype == torch.float64 else torch.float32)
@@ -167,6 +199,9 @@ def sink_attention(
         group_shape = tuple(chosen.shape[:-1])
     elif top_k == 0:
         chosen = torch.zeros((*group_shape, 0), dtype=torch.int64, device=q.device)
+    elif query_effect:
+        return _query_control(qc, kc, vc, scale, top_k, select, query_effect, float(eta), value_target, mass_rows,
+                              path, mass, chunk_size, q.dtype)
     else:
         gen = as_generator(generator)
         sel_mass = mass if mass is not None else _key_mass(qc, kc, scale, mass_rows, chunk_size)

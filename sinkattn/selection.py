@@ -1,15 +1,52 @@
-"""Choosing the intervened keys from the (B, H, Nk) key mass on the kernel path.
+"""Choosing what a call intervenes on, on the kernel path: the registry of controls.
 
 Same contract as the reference (SPEC section 2), written separately so that the
-equivalence tests compare two implementations: per-head or shared (head-mean) groups,
-the top_k of the candidate range by mass ("sink"), the bottom_k ("bottom"), or a uniform
-draw ("random"); ties go to the lower index; indices are absolute key positions.
+equivalence tests compare two implementations. A control is one row of ``CONTROLS``: which
+side it picks (keys, or queries), and how it ranks them. A name that is not a row is an
+error everywhere (sinkattn.validation checks names against this table), so a new control
+is one row here, its mirror in ``sinkattn.reference``, and nothing else.
+
+Key controls pick per group (per (b, h) for select="head", by head-mean mass per b for
+"shared") from the candidate keys: the most mass ("sink"), the least ("bottom") or a uniform
+draw ("random"). Query controls pick query rows from the mass queries by their largest
+attention probability ("high_outgoing_query": the original study's anti-sink control,
+ablation_counterfactual_v3.py). Ties go to the lower index; indices are absolute positions.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
+
+
+class Control(NamedTuple):
+    """side: "keys" or "queries"; rank: "largest" or "smallest" score first, or "uniform"
+    (a draw); effect (query controls only): "shift" adds one constant to every logit of the
+    picked rows, as the original did (softmax ignores it: a no-op by construction, kept to
+    reproduce the original's control), "ablate" replaces the picked rows' outputs by
+    eta * O + (1 - eta) * target (the query-side control that acts)."""
+
+    side: str
+    rank: str
+    effect: str = ""
+
+
+CONTROLS: dict[str, Control] = {
+    "sink": Control("keys", "largest"),
+    "bottom": Control("keys", "smallest"),
+    "random": Control("keys", "uniform"),
+    "high_outgoing_query": Control("queries", "largest", "shift"),
+    "high_outgoing_query_ablate": Control("queries", "largest", "ablate"),
+}
+
+
+def control_of(name: str) -> Control:
+    try:
+        return CONTROLS[name]
+    except KeyError:
+        raise ValueError(f"control must be one of {tuple(CONTROLS)}, got {name!r}") from None
 
 
 def random_keys(group_shape, top_k: int, candidates: tuple[int, int], generator, device) -> Tensor:
@@ -23,18 +60,20 @@ def random_keys(group_shape, top_k: int, candidates: tuple[int, int], generator,
     return (ranks + start).to(device=device, dtype=torch.int64)
 
 
-def ranked_keys(mass: Tensor, top_k: int, select: str, control: str, candidates: tuple[int, int]) -> Tensor:
-    """The top_k ("sink") or bottom_k ("bottom") candidate keys by mass, per head
-    (select="head": (B, H, top_k)) or by head-mean mass (select="shared": (B, top_k))."""
-    start, stop = candidates
-    score = mass if select == "head" else mass.mean(dim=1)
-    window = score[..., start:stop]
+def ranked(score: Tensor, top_k: int, select: str, control: str, window: tuple[int, int]) -> Tensor:
+    """The top_k indices of ``window`` by a (B, H, N) score (key mass, or query row peaks),
+    per head (select="head": (B, H, top_k)) or by the head mean (select="shared": (B, top_k)),
+    largest or smallest first as the control ranks."""
+    start, stop = window
+    largest = control_of(control).rank == "largest"
+    per_group = score if select == "head" else score.mean(dim=1)
+    part = per_group[..., start:stop]
     if top_k == 1:
         # argmax / argmin return the first extreme value: ties go to the lower index.
-        ranks = (window.argmax if control == "sink" else window.argmin)(dim=-1, keepdim=True)
+        ranks = (part.argmax if largest else part.argmin)(dim=-1, keepdim=True)
     else:
         # A stable sort keeps equal values in index order, so ties go to the lower index.
-        ranks = window.sort(dim=-1, descending=control == "sink", stable=True).indices[..., :top_k]
+        ranks = part.sort(dim=-1, descending=largest, stable=True).indices[..., :top_k]
     return ranks + start if start else ranks
 
 

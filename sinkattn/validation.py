@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .reference import CONTROLS, ETA_MODES, PATHS, SELECTS, VALUE_TARGETS, as_generator, resolve_range
+from .reference import ETA_MODES, PATHS, SELECTS, VALUE_TARGETS, as_generator, resolve_range
+from .selection import CONTROLS, control_of
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -85,7 +86,7 @@ def check_call(
 
     path = _check_choice("path", path, PATHS)
     select = _check_choice("select", select, SELECTS)
-    control = _check_choice("control", control, CONTROLS)
+    control = _check_choice("control", control, tuple(CONTROLS))
     eta_mode = _check_choice("eta_mode", eta_mode, ETA_MODES)
     value_target = _check_choice("value_target", value_target, VALUE_TARGETS)
     if isinstance(eta, bool) or not isinstance(eta, (int, float)):
@@ -123,12 +124,16 @@ def check_call(
     top_k = 1 if top_k is None else top_k
     if isinstance(top_k, bool) or not isinstance(top_k, int):
         raise TypeError(f"top_k must be an int, got {top_k!r}")
-    n_cand = cand[1] - cand[0]
+    on_queries = control_of(control).side == "queries" and sinks is None
+    # Query controls pick among the mass queries, key controls among the candidate keys.
+    n_cand = (mass_rows[1] - mass_rows[0]) if on_queries else (cand[1] - cand[0])
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0, got {top_k}")
     if sinks is None and top_k > n_cand:
-        raise ValueError(f"top_k={top_k} is larger than the number of candidates ({n_cand})")
-    if path in ("score", "both") and eta == 0.0 and top_k >= n_k and _removes_a_whole_row(sinks, n_k):
+        what = "mass queries" if on_queries else "candidates"
+        raise ValueError(f"top_k={top_k} is larger than the number of {what} ({n_cand})")
+    if (path in ("score", "both") and eta == 0.0 and top_k >= n_k and not on_queries
+            and _removes_a_whole_row(sinks, n_k)):
         raise ValueError(f"top_k={top_k} on the score path with eta=0 would remove every key of a row (Nk={n_k})")
     if return_mass is not None and not isinstance(return_mass, bool):
         raise TypeError(f"return_mass must be a bool or None, got {return_mass!r}")

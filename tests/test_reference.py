@@ -244,3 +244,26 @@ def test_eta_modes_on_a_known_row(eta_mode, kept):
     assert res.sinks.item() == 0
     torch.testing.assert_close(res.out[0, 0, 0, 0].item(), kept)
     torch.testing.assert_close(res.out.sum().item(), 1.0)
+
+
+def test_high_outgoing_query_shift_is_a_no_op():
+    """The original's anti-sink control (ablation_counterfactual_v3.py) adds -65000 to every
+    logit of the picked query rows; softmax is shift-invariant, so the output is plain
+    attention up to rounding. The reference applies the shift literally."""
+    q, k, v = _qkv()
+    plain = sink_attention(q, k, v, top_k=0)
+    res = sink_attention(q, k, v, top_k=4, control="high_outgoing_query", select="shared", mass_queries=(0, 30))
+    assert res.sinks.shape == (2, 4) and (res.sinks < 30).all()
+    torch.testing.assert_close(res.out, plain.out, rtol=1e-9, atol=1e-9)
+    probs = torch.softmax(q @ k.transpose(-1, -2) * 16**-0.5, -1)
+    peak = probs.amax(-1).mean(1)[:, :30]
+    assert torch.equal(res.sinks, peak.topk(4, dim=-1).indices)
+
+
+def test_high_outgoing_query_ablate_acts_on_the_picked_rows_only():
+    q, k, v = _qkv()
+    plain = sink_attention(q, k, v, top_k=0)
+    res = sink_attention(q, k, v, top_k=3, control="high_outgoing_query_ablate", eta=0.25)
+    picked = torch.zeros(2, 3, 40, dtype=torch.bool).scatter_(-1, res.sinks, True)
+    torch.testing.assert_close(res.out[picked], 0.25 * plain.out[picked])
+    torch.testing.assert_close(res.out[~picked], plain.out[~picked])

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops import sink_attention
-from ..selection import per_head, random_keys, ranked_keys
+from ..selection import per_head, random_keys, ranked
 
 __all__ = ["SinkSettings", "Tokens", "sink_core", "token_range", "RANGE_NAMES"]
 
@@ -200,7 +200,7 @@ def _masked_sink_attention(q, k, v, mask, top_k, path, settings, mass_rows, cand
         groups = (batch, heads) if settings.select == "head" else (batch,)
         sinks = random_keys(groups, top_k, candidates, generator, q.device)
     else:
-        sinks = ranked_keys(mass, top_k, settings.select, settings.control, candidates)
+        sinks = ranked(mass, top_k, settings.select, settings.control, candidates)
     weight = torch.ones((batch, heads, k.shape[2]), dtype=torch.float32, device=q.device)
     if path != "none" and top_k > 0:
         weight.scatter_(-1, per_head(sinks, heads), float(settings.eta))

@@ -61,9 +61,10 @@ class SinkSuppressProcessor:
                  eta: float = 0.0, mass_queries: str = "image", apply_queries: str = "all",
                  candidates: str = "all", seed: int | None = None, tracer=None, text_len: int | None = None,
                  eta_mode: str = "logit", value_target: str = "zero", fixed=()):
-        from ..reference import CONTROLS, ETA_MODES, PATHS, SELECTS, VALUE_TARGETS
+        from ..reference import ETA_MODES, PATHS, SELECTS, VALUE_TARGETS
+        from ..selection import CONTROLS
 
-        for name, value, choices in (("path", path, PATHS), ("select", select, SELECTS), ("control", control, CONTROLS),
+        for name, value, choices in (("path", path, PATHS), ("select", select, SELECTS), ("control", control, tuple(CONTROLS)),
                                      ("eta_mode", eta_mode, ETA_MODES), ("value_target", value_target, VALUE_TARGETS)):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
