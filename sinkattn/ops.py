@@ -41,13 +41,12 @@ def kernels_available(device: torch.device | None = None) -> bool:
     return device is not None and torch.device(device).type == "cuda"
 
 
-_warned_reference = False
+_warned_reference: set = set()
 
 
 def _warn_reference_once(reason: str) -> None:
-    global _warned_reference
-    if not _warned_reference:
-        _warned_reference = True
+    if reason not in _warned_reference:
+        _warned_reference.add(reason)
         warnings.warn(
             f"sinkattn: {reason}; using the PyTorch reference (exact, but it builds attention "
             "matrices chunk by chunk and is slow). Run on a CUDA device for the Triton kernels.",
@@ -74,6 +73,7 @@ def sink_attention(
     return_mass: bool | None = None,
     eta_mode: str = "logit",
     value_target: str = "zero",
+    attn_mask: Tensor | None = None,
 ) -> SinkAttentionResult:
     """Attention that finds the keys with the most attention mass and suppresses them.
 
@@ -96,6 +96,10 @@ def sink_attention(
             (1 - P_J), P_J the row's selected mass). The two agree at eta 0 and 1.
         value_target: "zero" or "mean" (the head's mean value vector over all keys): the
             value path's v_j <- eta v_j + (1 - eta) target.
+        attn_mask: None, or a boolean (True = keep) or additive mask broadcastable to
+            (B, H, Nq, Nk), as in SDPA. Probabilities, mass and selection are those of the
+            masked attention; keys masked for every mass query are never selected. Masked
+            calls run on the reference (exact, float32, query chunks), with a one-time warning.
         mass_queries, candidates, apply_queries: half-open (start, stop) pairs or slices;
             None means all. Mass is averaged over ``mass_queries``, keys are chosen from
             ``candidates``, and the intervention applies to the ``apply_queries`` rows.
@@ -109,16 +113,18 @@ def sink_attention(
         of the unintervened attention or None, sinks int64 (B, H, top_k) or (B, top_k)).
     """
     call = check_call(q, k, v, top_k, path, select, control, eta, mass_queries, candidates,
-                      apply_queries, sinks, scale, generator, return_mass, eta_mode, value_target)
-    if q.dtype == torch.float64 or not kernels_available(q.device):
-        if q.dtype != torch.float64:
+                      apply_queries, sinks, scale, generator, return_mass, eta_mode, value_target, attn_mask)
+    if q.dtype == torch.float64 or not kernels_available(q.device) or attn_mask is not None:
+        if attn_mask is not None:
+            _warn_reference_once("attention masks are not in the kernels yet")
+        elif q.dtype != torch.float64:
             _warn_reference_once(f"no Triton kernels for tensors on {q.device}")
         return reference.sink_attention(
             q, k, v, top_k=call.top_k, path=call.path, select=call.select, control=call.control,
             eta=call.eta, mass_queries=call.mass_rows, candidates=call.candidates,
             apply_queries=call.apply_rows, sinks=call.sinks, scale=call.scale,
             generator=call.generator, return_mass=call.want_mass, eta_mode=call.eta_mode,
-            value_target=call.value_target,
+            value_target=call.value_target, attn_mask=attn_mask,
         )
     explicit = call.sinks
     if explicit is None and call.top_k > 0 and control_of(call.control).rank == "uniform":

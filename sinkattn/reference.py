@@ -77,38 +77,77 @@ def as_generator(generator) -> torch.Generator | None:
     raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {generator!r}")
 
 
-def _key_mass(q: Tensor, k: Tensor, scale: float, rows: tuple[int, int], chunk: int) -> Tensor:
-    """m[b, h, j] = mean over the query rows of softmax(scale * q k^T)[b, h, row, j]."""
+def _bias_of(attn_mask, q: Tensor, k: Tensor, dtype) -> Tensor | None:
+    """The mask as an additive bias of four dims (True = keep -> 0, False -> -inf)."""
+    if attn_mask is None:
+        return None
+    bias = attn_mask
+    if bias.dtype == torch.bool:
+        bias = torch.zeros(bias.shape, dtype=dtype, device=q.device).masked_fill(~bias.to(q.device), float("-inf"))
+    bias = bias.to(device=q.device, dtype=dtype)
+    while bias.dim() < 4:
+        bias = bias.unsqueeze(0)
+    torch.broadcast_shapes(bias.shape, (q.shape[0], q.shape[1], q.shape[2], k.shape[2]))
+    return bias
+
+
+def _scores(q: Tensor, k: Tensor, scale: float, bias: Tensor | None, start: int, stop: int) -> Tensor:
+    """scale * q k^T (+ the mask's bias) of the query rows [start, stop): (B, H, rows, Nk)."""
+    scores = scale * q[:, :, start:stop] @ k.transpose(-1, -2)
+    if bias is not None:
+        scores = scores + (bias if bias.shape[2] == 1 else bias[:, :, start:stop])
+    return scores
+
+
+def _key_mass(q: Tensor, k: Tensor, scale: float, rows: tuple[int, int], chunk: int, bias=None) -> Tensor:
+    """m[b, h, j] = mean over the query rows of softmax(scale * q k^T + bias)[b, h, row, j]."""
     total = torch.zeros(k.shape[:3], dtype=q.dtype, device=q.device)
     for start in range(rows[0], rows[1], chunk):
         stop = min(start + chunk, rows[1])
-        probs = torch.softmax(scale * q[:, :, start:stop] @ k.transpose(-1, -2), dim=-1)
+        probs = torch.softmax(_scores(q, k, scale, bias, start, stop), dim=-1)
         total += probs.sum(dim=-2)
     return total / (rows[1] - rows[0])
 
 
-def _select(mass, shape, top_k, select, control, candidates, generator, device) -> Tensor:
-    """Indices of the top_k keys per group, taken from the candidate range, in order."""
+def _masked_keys(bias: Tensor | None, shape, rows: tuple[int, int], select: str) -> Tensor | None:
+    """(B, H, Nk) or (B, Nk) for shared: keys the mask removes for every mass query (of
+    every head, for shared selection). They are never selected."""
+    if bias is None:
+        return None
+    window = bias if bias.shape[2] == 1 else bias[:, :, rows[0]:rows[1]]
+    masked = torch.isneginf(window).all(dim=2).expand(shape)
+    return masked if select == "head" else masked.all(dim=1)
+
+
+def _select(mass, shape, top_k, select, control, candidates, generator, device, masked=None) -> Tensor:
+    """Indices of the top_k keys per group, taken from the candidate range, in order; keys
+    in ``masked`` (per group) go last whatever their score."""
     c0, c1 = candidates
     if control == "random":
         # A uniform subset of the candidates: the first top_k of a random permutation,
         # drawn as argsort of uniform numbers on the generator's device (CPU for a seed).
         draw_device = generator.device if generator is not None else device
-        u = torch.rand((*shape, c1 - c0), generator=generator, device=draw_device)
+        u = torch.rand((*shape, c1 - c0), generator=generator, device=draw_device).to(device)
+        if masked is not None:
+            u = u.masked_fill(masked[..., c0:c1], float("inf"))
         order = torch.sort(u, dim=-1, stable=True).indices
     else:
-        per_group = mass if select == "head" else mass.mean(dim=1)
+        per_group = (mass if select == "head" else mass.mean(dim=1))[..., c0:c1]
+        if masked is not None:
+            per_group = per_group.masked_fill(masked[..., c0:c1], float("-inf") if control == "sink" else float("inf"))
         # Stable sorts keep equal masses in index order: ties break toward the lower index.
-        order = torch.sort(per_group[..., c0:c1], dim=-1, descending=control == "sink", stable=True).indices
+        order = torch.sort(per_group, dim=-1, descending=control == "sink", stable=True).indices
     return (order[..., :top_k] + c0).to(device=device, dtype=torch.int64)
 
 
-def _query_control(qc, kc, vc, scale, top_k, select, effect, eta, value_target, mass_rows, path, mass, chunk, dtype):
+def _query_control(qc, kc, vc, scale, top_k, select, effect, eta, value_target, mass_rows, path, mass, chunk, dtype,
+                   bias=None):
     """The query controls: the top_k mass-query rows by their largest probability (per head,
     or by the head mean for select="shared"), then their effect (QUERY_CONTROLS) unless
     path is "none"."""
-    probs = torch.cat([torch.softmax(scale * qc[:, :, a:a + chunk] @ kc.transpose(-1, -2), dim=-1)
-                       for a in range(0, qc.shape[2], chunk)], dim=2)
+    n_q = qc.shape[2]
+    scores = torch.cat([_scores(qc, kc, scale, bias, a, min(a + chunk, n_q)) for a in range(0, n_q, chunk)], dim=2)
+    probs = torch.softmax(scores, dim=-1)
     peak = probs.amax(dim=-1)  # (B, H, Nq)
     per_group = peak if select == "head" else peak.mean(dim=1)
     window = per_group[..., mass_rows[0]:mass_rows[1]]
@@ -117,8 +156,7 @@ def _query_control(qc, kc, vc, scale, top_k, select, effect, eta, value_target, 
     picked = torch.zeros(peak.shape, dtype=torch.bool, device=qc.device).scatter_(-1, rows, True)[..., None]
     out = probs @ vc
     if path != "none" and effect == "shift":
-        shifted = torch.where(picked, scale * qc @ kc.transpose(-1, -2) + QUERY_SHIFT, scale * qc @ kc.transpose(-1, -2))
-        out = torch.softmax(shifted, dim=-1) @ vc
+        out = torch.softmax(torch.where(picked, scores + QUERY_SHIFT, scores), dim=-1) @ vc
     elif path != "none":
         target = vc.mean(dim=2, keepdim=True) if value_target == "mean" else torch.zeros_like(out[:, :, :1])
         out = torch.where(picked, eta * out + (1 - eta) * target, out)
@@ -147,6 +185,7 @@ def sink_attention(
     compute_dtype: torch.dtype | None = None,
     eta_mode: str = "logit",
     value_target: str = "zero",
+    attn_mask: Tensor | None = None,
 ) -> SinkAttentionResult:
     """Attention with the top_k keys of largest attention mass suppressed (SPEC section 2).
 
@@ -190,9 +229,10 @@ def sink_attention(
 
     compute = compute_dtype or (torch.float64 if q.dtype == torch.float64 else torch.float32)
     qc, kc, vc = (t.to(compute) for t in (q, k, v))
+    bias = _bias_of(attn_mask, q, k, compute)
     plain = top_k == 0 and path != "none"
     want_mass = (not plain) if return_mass is None else return_mass
-    mass = _key_mass(qc, kc, scale, mass_rows, chunk_size) if want_mass else None
+    mass = _key_mass(qc, kc, scale, mass_rows, chunk_size, bias) if want_mass else None
 
     if sinks is not None:
         chosen = sinks.to(device=q.device, dtype=torch.int64)
@@ -201,11 +241,12 @@ def sink_attention(
         chosen = torch.zeros((*group_shape, 0), dtype=torch.int64, device=q.device)
     elif query_effect:
         return _query_control(qc, kc, vc, scale, top_k, select, query_effect, float(eta), value_target, mass_rows,
-                              path, mass, chunk_size, q.dtype)
+                              path, mass, chunk_size, q.dtype, bias)
     else:
         gen = as_generator(generator)
-        sel_mass = mass if mass is not None else _key_mass(qc, kc, scale, mass_rows, chunk_size)
-        chosen = _select(sel_mass, group_shape, top_k, select, control, cand, gen, q.device)
+        sel_mass = mass if mass is not None else _key_mass(qc, kc, scale, mass_rows, chunk_size, bias)
+        masked = _masked_keys(bias, (batch, heads, n_k), mass_rows, select)
+        chosen = _select(sel_mass, group_shape, top_k, select, control, cand, gen, q.device, masked)
 
     # The intervened keys of every (b, h) as a 0/1 indicator over the keys.
     selected = torch.zeros((batch, heads, n_k), dtype=compute, device=q.device)
@@ -223,7 +264,7 @@ def sink_attention(
     out = torch.empty((batch, heads, n_q, v.shape[-1]), dtype=compute, device=q.device)
     for start in range(0, n_q, chunk_size):
         stop = min(start + chunk_size, n_q)
-        scores = scale * qc[:, :, start:stop] @ kc.transpose(-1, -2)
+        scores = _scores(qc, kc, scale, bias, start, stop)
         rows = torch.arange(start, stop, device=q.device)
         applied = ((rows >= apply_rows[0]) & (rows < apply_rows[1]))[None, None, :, None]
         probs = torch.softmax(scores, dim=-1)

@@ -48,6 +48,21 @@ def _check_tensor(name: str, t) -> None:
         raise ValueError(f"{name} has an empty dimension: shape {tuple(t.shape)}")
 
 
+def _check_mask(attn_mask, q: Tensor, k: Tensor) -> None:
+    if attn_mask is None:
+        return
+    if not isinstance(attn_mask, Tensor):
+        raise TypeError(f"attn_mask must be a Tensor or None, got {type(attn_mask).__name__}")
+    if attn_mask.dtype != torch.bool and not attn_mask.dtype.is_floating_point:
+        raise TypeError(f"attn_mask must be boolean (True = keep) or floating (additive), got {attn_mask.dtype}")
+    full = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    try:
+        if attn_mask.dim() > 4 or torch.broadcast_shapes(attn_mask.shape, full) != full:
+            raise RuntimeError
+    except RuntimeError:
+        raise ValueError(f"attn_mask shape {tuple(attn_mask.shape)} does not broadcast to (B, H, Nq, Nk) = {full}") from None
+
+
 def _removes_a_whole_row(sinks: Tensor | None, n_k: int) -> bool:
     """True when some row of the intervened set holds all n_k keys: always for selection
     (top_k >= n_k distinct keys), for explicit sinks only if a row's distinct indices do
@@ -67,7 +82,7 @@ def _check_choice(name: str, value, choices) -> str:
 
 def check_call(
     q, k, v, top_k, path, select, control, eta, mass_queries, candidates, apply_queries,
-    sinks, scale, generator, return_mass, eta_mode="logit", value_target="zero",
+    sinks, scale, generator, return_mass, eta_mode="logit", value_target="zero", attn_mask=None,
 ) -> SinkCall:
     for name, t in (("q", q), ("k", k), ("v", v)):
         _check_tensor(name, t)
@@ -84,6 +99,7 @@ def check_call(
         raise ValueError(f"k head dim {k.shape[3]} does not match q head dim {dim}")
     n_k = k.shape[2]
 
+    _check_mask(attn_mask, q, k)
     path = _check_choice("path", path, PATHS)
     select = _check_choice("select", select, SELECTS)
     control = _check_choice("control", control, tuple(CONTROLS))

@@ -267,3 +267,22 @@ def test_high_outgoing_query_ablate_acts_on_the_picked_rows_only():
     picked = torch.zeros(2, 3, 40, dtype=torch.bool).scatter_(-1, res.sinks, True)
     torch.testing.assert_close(res.out[picked], 0.25 * plain.out[picked])
     torch.testing.assert_close(res.out[~picked], plain.out[~picked])
+
+
+@pytest.mark.parametrize("control", ["sink", "bottom", "random"])
+@pytest.mark.parametrize("form", ["bool", "additive"])
+def test_key_padding_mask_equals_truncated_keys(control, form):
+    """Masked keys get no probability and no mass, and are never selected (not even by the
+    bottom control, where their zero mass would rank first): the call equals one on the
+    kept keys alone."""
+    q, k, v = _qkv()
+    keep = torch.ones(2, 33, dtype=torch.bool)
+    keep[:, 25:] = False
+    mask = keep[:, None, None, :] if form == "bool" else torch.zeros(2, 1, 1, 33, dtype=torch.float64).masked_fill(
+        ~keep[:, None, None, :], float("-inf"))
+    res = sink_attention(q, k, v, top_k=2, control=control, generator=0, attn_mask=mask)
+    assert (res.sinks < 25).all()
+    short = sink_attention(q, k[:, :, :25], v[:, :, :25], sinks=res.sinks)
+    torch.testing.assert_close(res.out, short.out)
+    torch.testing.assert_close(res.mass[..., :25], short.mass)
+    assert (res.mass[..., 25:] == 0).all()

@@ -61,6 +61,9 @@ CASES = [
     pytest.param(dict(sinks=torch.tensor([[[0], [4]]]), candidates=(0, 3)), ValueError,
                  "sinks holds keys outside candidates", id="sinks-outside-candidates"),
     pytest.param(dict(sinks=torch.arange(6).expand(1, 2, 6)), ValueError, "remove every key", id="sinks-all-score"),
+    pytest.param(dict(attn_mask=torch.ones(1, 2, 8, 5, dtype=torch.bool)), ValueError, "attn_mask shape", id="mask-shape"),
+    pytest.param(dict(attn_mask=torch.ones(1, 6, dtype=torch.int64)), TypeError, "attn_mask must be boolean", id="mask-int"),
+    pytest.param(dict(attn_mask=[True]), TypeError, "attn_mask must be a Tensor", id="mask-list"),
     pytest.param(dict(generator="seed"), TypeError, "generator must be", id="generator"),
     pytest.param(dict(scale=float("inf")), ValueError, "scale must be", id="scale-inf"),
     pytest.param(dict(return_mass="yes"), TypeError, "return_mass", id="return-mass"),
@@ -89,7 +92,7 @@ def test_score_path_with_positive_eta_may_touch_every_key():
 def test_cpu_fallback_warns_once(recwarn):
     import sinkattn.ops as ops
 
-    ops._warned_reference = False
+    ops._warned_reference.clear()
     q, k, v = _qkv()
     sink_attention(q, k, v)
     sink_attention(q, k, v)

@@ -9,7 +9,6 @@ Flux (text first), SDXL self-attention (all image) and cross-attention (text key
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops import sink_attention
-from ..selection import per_head, random_keys, ranked
 
 __all__ = ["SinkSettings", "Tokens", "sink_core", "token_range", "RANGE_NAMES"]
 
@@ -159,57 +157,17 @@ def sink_core(
     if top_k == 0 and not (want_mass and mass_rows is not None):
         return _plain(q, k, v, attention_mask, scale), None
     path = settings.path if top_k > 0 else "none"
-    if attention_mask is not None:
-        out, mass, sinks = _masked_sink_attention(
-            q, k, v, attention_mask, top_k, path, settings, mass_rows, candidates, apply_rows, generator, scale)
-    else:
-        explicit = None
-        if fixed is not None and top_k > 0:
-            explicit = torch.tensor(fixed, dtype=torch.int64, device=q.device).expand(q.shape[0], -1)
-        out, mass, sinks = sink_attention(
-            q, k, v, top_k=None if explicit is not None else top_k, path=path, select=settings.select,
-            control=settings.control, eta=float(settings.eta), mass_queries=mass_rows,
-            candidates=None if explicit is not None else (candidates or (0, k.shape[2])),
-            apply_queries=apply_rows, scale=scale, generator=generator, return_mass=want_mass or None,
-            sinks=explicit, eta_mode=settings.eta_mode, value_target=settings.value_target,
-        )
+    explicit = None
+    if fixed is not None and top_k > 0:
+        explicit = torch.tensor(fixed, dtype=torch.int64, device=q.device).expand(q.shape[0], -1)
+    out, mass, sinks = sink_attention(
+        q, k, v, top_k=None if explicit is not None else top_k, path=path, select=settings.select,
+        control=settings.control, eta=float(settings.eta), mass_queries=mass_rows,
+        candidates=None if explicit is not None else (candidates or (0, k.shape[2])),
+        apply_queries=apply_rows, scale=scale, generator=generator, return_mass=want_mass or None,
+        sinks=explicit, eta_mode=settings.eta_mode, value_target=settings.value_target, attn_mask=attention_mask,
+    )
     record = None
     if want_mass:
         record = CallRecord(mass=mass, sinks=sinks if top_k > 0 else None, keys=k_tokens, mass_queries=mass_rows)
     return out, record
-
-
-def _masked_sink_attention(q, k, v, mask, top_k, path, settings, mass_rows, candidates, apply_rows, generator, scale):
-    """The op's semantics with a diffusers attention mask (boolean keep-mask or additive bias,
-    broadcastable to (B, H, Nq, Nk)). The op has no mask argument, and masks are rare in the
-    studied pipelines (SDXL passes none by default), so this path builds the scores eagerly
-    in float32: masked keys get zero probability, hence zero mass, before selection."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    qf, kf, vf = q.float(), k.float(), v.float()
-    scores = scale * qf @ kf.transpose(-1, -2)
-    if mask.dtype == torch.bool:
-        scores = scores.masked_fill(~mask, -math.inf)
-    else:
-        scores = scores + mask.float()
-    scores = scores.expand(q.shape[0], q.shape[1], -1, -1)
-    mass = torch.softmax(scores[:, :, mass_rows[0]:mass_rows[1]], dim=-1).mean(dim=-2)
-    batch, heads = q.shape[:2]
-    if top_k == 0:
-        sinks = torch.zeros((batch, heads, 0), dtype=torch.int64, device=q.device)
-    elif settings.control == "random":
-        groups = (batch, heads) if settings.select == "head" else (batch,)
-        sinks = random_keys(groups, top_k, candidates, generator, q.device)
-    else:
-        sinks = ranked(mass, top_k, settings.select, settings.control, candidates)
-    weight = torch.ones((batch, heads, k.shape[2]), dtype=torch.float32, device=q.device)
-    if path != "none" and top_k > 0:
-        weight.scatter_(-1, per_head(sinks, heads), float(settings.eta))
-    rows = torch.arange(q.shape[2], device=q.device)
-    applied = ((rows >= apply_rows[0]) & (rows < apply_rows[1]))[None, None, :, None]
-    if path == "score":
-        scores = torch.where(applied, scores + torch.log(weight)[:, :, None, :], scores)
-    probs = torch.softmax(scores, dim=-1)
-    out = probs @ vf
-    if path == "value":
-        out = torch.where(applied, probs @ (vf * weight[..., None]), out)
-    return out.to(q.dtype), mass, sinks
