@@ -133,12 +133,13 @@ def sink_core(
     attention_mask: Tensor | None = None,
     generator: torch.Generator | None = None,
     scale: float | None = None,
+    plain=None,
 ) -> tuple[Tensor, CallRecord | None]:
     """Attention with the user's intervention, as the stock processors would compute it.
 
     q (B, H, Nq, D), k (B, H, Nk, D), v (B, H, Nk, Dv): diffusers' transposed views, handed
     to the op without copies. ``active=False`` (outside a gate) or ``settings.k == 0`` runs
-    the stock math (SDPA) unless ``want_mass`` (a tracer) asks for the key mass, which then
+    the stock math (``plain``, default torch's SDPA) unless ``want_mass`` (a tracer) asks for the key mass, which then
     comes from the op (top_k=0, path="none"). A range that is empty in this layer (text
     queries where there are none, text candidates in an image-only layer) means the layer
     has nothing to select: it runs unintervened.
@@ -155,7 +156,7 @@ def sink_core(
     if mass_rows is None or candidates is None or apply_rows is None:
         top_k = 0
     if top_k == 0 and not (want_mass and mass_rows is not None):
-        return _plain(q, k, v, attention_mask, scale), None
+        return (plain or _plain)(q, k, v, attention_mask, scale), None
     path = settings.path if top_k > 0 else "none"
     explicit = None
     if fixed is not None and top_k > 0:

@@ -1,81 +1,68 @@
-"""The table of what differs between the model families, and the per-family projections.
+"""The tables of what differs between model families: one row per kind of attention call
+(how a module lays out its call, with the functions that project it and finish it), and one
+row per model family (pipeline, denoiser, tokenizers, weights) that the runner reads.
 
-Everything a family processor does besides projections (the sink math, tracing, gating)
-lives in :func:`sinkattn.processors.core.sink_core`. Each projection function below
-follows the stock diffusers processor of its family line for line, so that with nothing
-to intervene the result is the stock result bit for bit.
+Everything a processor does besides projections (the sink math, tracing, gating) lives in
+:func:`sinkattn.processors.core.sink_core`. Each projection function below follows the stock
+diffusers processor of its family line for line, so that with nothing to intervene the
+result is the stock result bit for bit. Adding a family is a row here plus, when its
+attention call is laid out in a new way, its two functions (prepare, finish).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from .core import Tokens
 
-__all__ = ["Family", "FAMILIES", "family_of", "tokens_for"]
+__all__ = ["AttentionCall", "AttentionKind", "ATTENTION_KINDS", "ModelFamily", "MODEL_FAMILIES", "kind_of",
+           "model_family", "tokens_for"]
+
+
+@dataclass
+class AttentionCall:
+    """One call, projected: q, k, v (B, H, N, D) as diffusers' transposed views; how many
+    text tokens the joint sequence holds (or, for cross-attention, that every key is text);
+    the attention mask in SDPA form; and ``finish(out)`` -> the stock processor's return value."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    n_text: int
+    finish: Callable[[Tensor], Any]
+    cross: bool = False
+    mask: Tensor | None = None
 
 
 @dataclass(frozen=True)
-class Family:
-    """How a family lays out its attention call.
+class AttentionKind:
+    """How one kind of attention module lays out its call.
 
-    text_first: order of the joint sequence (SD3 concatenates [image, text], Flux [text, image]).
-    joint: text tokens are queries as well as keys (MM-DiT joint attention); False for UNet
-        cross-attention, where the queries are image tokens and every key is a text token.
-    qk_norm: what the stock processor normalises (applied whenever the module has the norm).
-    rope: rotary embeddings are applied to q and k after the concatenation.
-    text_len: where the number of text tokens of a call comes from.
+    text_first: order of the joint sequence (SD3 [image, text], Flux [text, image]).
+    joint: text tokens are queries as well as keys (MM-DiT joint attention); False for
+        self/cross-attention, where the queries are image tokens and cross-attention keys
+        are all text.
+    matches(attn): this row handles the module (rows are tried in order).
+    prepare(processor, attn, hidden_states, encoder_hidden_states, attention_mask,
+        image_rotary_emb, temb) -> AttentionCall: projections, QK-norm, RoPE, text length.
     """
 
     name: str
     text_first: bool
     joint: bool
-    qk_norm: str
-    rope: bool
-    text_len: str
+    matches: Callable[[Any], bool]
+    prepare: Callable[..., AttentionCall]
 
 
-FAMILIES = {
-    "sd3": Family(
-        "sd3", text_first=False, joint=True, rope=False,
-        qk_norm="norm_q/norm_k on the image stream, norm_added_q/norm_added_k on the text stream, "
-                "when present (SD3.5: rms_norm on each stream)",
-        text_len="encoder_hidden_states.shape[1]; 0 in SD3.5's image-only attn2",
-    ),
-    "flux": Family(
-        "flux", text_first=True, joint=True, rope=True,
-        qk_norm="RMSNorm norm_q/norm_k on the image stream, norm_added_q/norm_added_k on the text stream",
-        text_len="double blocks: encoder_hidden_states.shape[1]; single blocks (joined sequence): "
-                 "remembered from the double blocks of the same forward",
-    ),
-    "sdxl": Family(
-        "sdxl", text_first=False, joint=False, rope=False,
-        qk_norm="norm_q/norm_k when present (none in SDXL)",
-        text_len="self-attention: 0; cross-attention: every key",
-    ),
-}
-
-
-def family_of(attn) -> Family:
-    """The family of an attention module, from its structure (the stock processor that
-    ``set_attn_processor`` replaced is gone by the time we are called). SD3.5's image-only
-    attn2 has no text projections and takes the "sdxl" row: all tokens image, QK-norm
-    applied, the same math as JointAttnProcessor2_0 without context."""
-    if type(attn).__name__.startswith("Flux"):
-        return FAMILIES["flux"]
-    if getattr(attn, "add_q_proj", None) is not None or getattr(attn, "context_pre_only", None) is not None:
-        return FAMILIES["sd3"]
-    return FAMILIES["sdxl"]
-
-
-def tokens_for(family: Family, n_q: int, n_k: int, n_text: int, cross: bool) -> tuple[Tokens, Tokens]:
+def tokens_for(kind: AttentionKind, n_q: int, n_k: int, n_text: int, cross: bool) -> tuple[Tokens, Tokens]:
     """Query and key token layouts of one call. ``n_text``: text tokens in the joint sequence
-    (joint families) ; ``cross``: the keys come from the text encoder (UNet cross-attention)."""
-    if family.joint:
-        return Tokens(n_q, n_text, family.text_first), Tokens(n_k, n_text, family.text_first)
+    (joint kinds); ``cross``: the keys come from the text encoder (cross-attention)."""
+    if kind.joint:
+        return Tokens(n_q, n_text, kind.text_first), Tokens(n_k, n_text, kind.text_first)
     return Tokens(n_q, 0), Tokens(n_k, n_k if cross else 0)
 
 
@@ -200,3 +187,100 @@ def unet_output(attn, out: Tensor, extra):
     if attn.residual_connection:
         out = out + residual
     return out / attn.rescale_output_factor
+
+
+# -- the prepare functions of the rows --------------------------------------------------------
+
+def _prepare_joint(processor, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, temb):
+    q, k, v = joint_projections(attn, hidden_states, encoder_hidden_states)
+    n_text = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+    has_context = encoder_hidden_states is not None
+    return AttentionCall(q, k, v, n_text, lambda out: joint_output(attn, out, hidden_states.shape[1], has_context))
+
+
+def _prepare_flux(processor, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, temb):
+    q, k, v = flux_projections(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
+    double = encoder_hidden_states is not None and attn.added_kv_proj_dim is not None
+    n_text = processor.flux_text_len(q.shape[2], encoder_hidden_states.shape[1] if double else None)
+    return AttentionCall(q, k, v, n_text, lambda out: flux_output(attn, out, n_text, double), mask=attention_mask)
+
+
+def _prepare_self_cross(processor, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
+                        temb):
+    q, k, v, mask, extra = unet_projections(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+    return AttentionCall(q, k, v, 0, lambda out: unet_output(attn, out, extra), cross=extra[2], mask=mask)
+
+
+def _is_flux(attn) -> bool:
+    return type(attn).__name__.startswith("Flux")
+
+
+def _is_joint(attn) -> bool:
+    return getattr(attn, "add_q_proj", None) is not None or getattr(attn, "context_pre_only", None) is not None
+
+
+# Tried in order; the last row takes every module the others do not (diffusers' Attention
+# with AttnProcessor2_0 math: SDXL and SD1.x UNets, PixArt, SD3.5's image-only attn2, VAEs).
+ATTENTION_KINDS = {
+    "flux": AttentionKind("flux", text_first=True, joint=True, matches=_is_flux, prepare=_prepare_flux),
+    "joint": AttentionKind("joint", text_first=False, joint=True, matches=_is_joint, prepare=_prepare_joint),
+    "self_cross": AttentionKind("self_cross", text_first=False, joint=False, matches=lambda attn: True,
+                                prepare=_prepare_self_cross),
+}
+
+
+def kind_of(attn) -> AttentionKind:
+    """The row of an attention module, from its structure (the stock processor that
+    ``set_attn_processor`` replaced is gone by the time we are called)."""
+    return next(kind for kind in ATTENTION_KINDS.values() if kind.matches(attn))
+
+
+# -- model families: what the runner needs to load, call and trace a pipeline ---------------
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """pipeline: the diffusers pipeline class; denoiser: its attribute holding the model whose
+    attention is intervened; hub_id: the default weights; tokenizers: (pipeline attribute,
+    padded length or the name of the pipeline argument that sets it) per text segment, in
+    the order of the text tokens in attention; call_options: the runner's settings that the
+    pipeline takes as arguments; tiny: the sinkattn.tiny builder of an offline pipeline."""
+
+    name: str
+    pipeline: str
+    denoiser: str
+    hub_id: str
+    tokenizers: tuple[tuple[str, int | str], ...]
+    call_options: tuple[str, ...] = ()
+    tiny: str | None = None
+
+    def heads(self, denoiser) -> int | None:
+        """Heads per attention layer (select="shared" budgets k * H keys), or None when the
+        layers differ (SDXL's UNet has 10 and 20 heads at its two attention levels: its
+        config's attention_head_dim is a list of head counts per level)."""
+        config = denoiser.config
+        heads = getattr(config, "num_attention_heads", None)
+        if self.denoiser == "unet":
+            heads = config.attention_head_dim if heads is None else heads
+        if isinstance(heads, (list, tuple)):
+            heads = heads[0] if len(set(heads)) == 1 else None
+        return heads if isinstance(heads, int) else None
+
+
+MODEL_FAMILIES = {
+    "sd3": ModelFamily("sd3", "StableDiffusion3Pipeline", "transformer",
+                       "stabilityai/stable-diffusion-3-medium-diffusers",
+                       tokenizers=(("tokenizer", 77), ("tokenizer_3", "max_sequence_length")),
+                       call_options=("max_sequence_length",), tiny="tiny_sd3_pipeline"),
+    "sdxl": ModelFamily("sdxl", "StableDiffusionXLPipeline", "unet", "stabilityai/stable-diffusion-xl-base-1.0",
+                        tokenizers=(("tokenizer", 77),), tiny="tiny_sdxl_pipeline"),
+    "flux": ModelFamily("flux", "FluxPipeline", "transformer", "black-forest-labs/FLUX.1-dev",
+                        tokenizers=(("tokenizer_2", "max_sequence_length"),),
+                        call_options=("max_sequence_length",), tiny="tiny_flux_pipeline"),
+}
+
+
+def model_family(name: str) -> ModelFamily:
+    try:
+        return MODEL_FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"family must be one of {tuple(MODEL_FAMILIES)}, got {name!r}") from None

@@ -11,18 +11,10 @@ it cannot leak between layers), plus, for Flux, the text length of the current f
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .core import SinkSettings, sink_core
-from .families import (
-    family_of,
-    flux_output,
-    flux_projections,
-    joint_output,
-    joint_projections,
-    tokens_for,
-    unet_output,
-    unet_projections,
-)
+from .families import kind_of, tokens_for
 
 __all__ = ["SinkSuppressProcessor", "attention_modules"]
 
@@ -56,6 +48,11 @@ class SinkSuppressProcessor:
             the joined sequence, when it cannot be learned from the double-stream blocks
             (e.g. when this processor is installed on the single blocks alone).
     """
+
+    # Set by diffusers' ModelMixin.set_attention_backend / enable_parallelism on every processor
+    # that has them: the calls this processor leaves alone then go through that backend.
+    _attention_backend = None
+    _parallel_config = None
 
     def __init__(self, k: int = 1, path: str = "score", select: str = "head", control: str = "sink",
                  eta: float = 0.0, mass_queries: str = "image", apply_queries: str = "all",
@@ -113,44 +110,54 @@ class SinkSuppressProcessor:
 
     # -- the call -------------------------------------------------------------------------
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 image_rotary_emb=None, *args, temb=None, **kwargs):
-        # Every keyword diffusers may pass is declared by name above: it drops the others.
-        # Flux passes image_rotary_emb as the fifth positional argument.
-        family = family_of(attn)
-        if family.name == "flux":
-            return self._flux(attn, family, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        if family.name == "sd3":
-            return self._joint(attn, family, hidden_states, encoder_hidden_states)
-        return self._unet(attn, family, hidden_states, encoder_hidden_states, attention_mask, temb)
-
-    def _attend(self, attn, family, q, k, v, n_text, cross=False, attention_mask=None):
+                 image_rotary_emb=None, *args, temb=None, encoder_hidden_states_mask=None, ip_adapter_masks=None,
+                 ip_hidden_states=None, **kwargs):
+        # diffusers hands a processor only the keywords its __call__ names and drops the rest
+        # with a log line. The per-call options of stock processors that this one does not
+        # support are named here so that a call using them fails instead of running without
+        # them. Flux passes image_rotary_emb as the fifth positional argument.
+        unsupported = {name: value for name, value in (("encoder_hidden_states_mask", encoder_hidden_states_mask),
+                                                       ("ip_adapter_masks", ip_adapter_masks),
+                                                       ("ip_hidden_states", ip_hidden_states)) if value is not None}
+        unsupported.update(kwargs)
+        if args or unsupported:
+            raise TypeError(f"SinkSuppressProcessor does not support {sorted(unsupported) or f'{len(args)} extra arguments'}"
+                            f" in a {type(attn).__name__} call (it would run without them)")
+        kind = kind_of(attn)
+        call = kind.prepare(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, temb)
         name, index = self.layer_of(attn)
         active = self.gate is None or self.gate(name)
-        q_tokens, k_tokens = tokens_for(family, q.shape[2], k.shape[2], n_text, cross)
-        out, record = sink_core(q, k, v, self.settings, q_tokens, k_tokens, active=active,
-                                want_mass=self.tracer is not None, attention_mask=attention_mask,
-                                generator=self.generator)
+        q_tokens, k_tokens = tokens_for(kind, call.q.shape[2], call.k.shape[2], call.n_text, call.cross)
+        out, record = sink_core(call.q, call.k, call.v, self.settings, q_tokens, k_tokens, active=active,
+                                want_mass=self.tracer is not None, attention_mask=call.mask,
+                                generator=self.generator, plain=self._plain)
         if record is not None:
-            self.tracer.record(layer=name, layer_index=index, family=family.name, call=record,
+            self.tracer.record(layer=name, layer_index=index, family=kind.name, call=record,
                                clock=self.clock, intervened=active and record.sinks is not None)
-        return out
+        return call.finish(out.to(call.q.dtype))
 
-    def _joint(self, attn, family, hidden_states, encoder_hidden_states):
-        q, k, v = joint_projections(attn, hidden_states, encoder_hidden_states)
-        n_text = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
-        out = self._attend(attn, family, q, k, v, n_text).to(q.dtype)
-        return joint_output(attn, out, hidden_states.shape[1], encoder_hidden_states is not None)
+    def _plain(self, q, k, v, attention_mask, scale):
+        """Attention where nothing is intervened, through diffusers' dispatcher when a backend
+        was chosen with ``set_attention_backend`` (flash, sage, context parallel...), else
+        torch's SDPA as the stock processors call it."""
+        backend = getattr(self, "_attention_backend", None)
+        parallel = getattr(self, "_parallel_config", None)
+        if backend is None and parallel is None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                                                  scale=scale)
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
 
-    def _flux(self, attn, family, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb):
-        q, k, v = flux_projections(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
-        double = encoder_hidden_states is not None and attn.added_kv_proj_dim is not None
-        if double:
-            n_text = encoder_hidden_states.shape[1]
-            self._flux_text = (n_text, q.shape[2])
-        else:
-            n_text = self._single_text_len(q.shape[2])
-        out = self._attend(attn, family, q, k, v, n_text, attention_mask=attention_mask).to(q.dtype)
-        return flux_output(attn, out, n_text, double)
+        out = dispatch_attention_fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attention_mask,
+                                    scale=scale, backend=backend, parallel_config=parallel)
+        return out.transpose(1, 2)
+
+    def flux_text_len(self, n: int, n_text: int | None) -> int:
+        """Text tokens at the front of a Flux call of ``n`` tokens: ``n_text`` in a double-stream
+        block (remembered for the single-stream blocks of the same forward), else learned."""
+        if n_text is not None:
+            self._flux_text = (n_text, n)
+            return n_text
+        return self._single_text_len(n)
 
     def _single_text_len(self, n: int) -> int:
         """Text tokens at the front of a Flux single-stream block's joined sequence. Flux runs
@@ -169,8 +176,3 @@ class SinkSuppressProcessor:
             f"block's sequence of {n} tokens: install the processor on the double-stream blocks too "
             "(transformer.set_attn_processor(...) does), or pass text_len= (the pipeline's "
             "max_sequence_length).")
-
-    def _unet(self, attn, family, hidden_states, encoder_hidden_states, attention_mask, temb):
-        q, k, v, mask, extra = unet_projections(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        out = self._attend(attn, family, q, k, v, 0, cross=extra[2], attention_mask=mask).to(q.dtype)
-        return unet_output(attn, out, extra)
