@@ -176,7 +176,7 @@ def _run_kernels(
         chosen = torch.zeros((*groups, 0), dtype=torch.int64, device=q.device)
     elif on_queries:  # query rows of the mass queries, ranked by their largest probability
         chosen = ranked(row_peak, top_k, select, control, tuple(mass_rows))
-    elif top_k == 1 and select == "head":
+    elif top_k == 1 and select == "head" and rule.rank in ("largest", "smallest"):
         chosen = launch.top1(mass, tuple(candidates), largest=rule.rank == "largest")
     else:
         chosen = ranked(mass, top_k, select, control, tuple(candidates))
