@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from sinkattn import ops, sink_attention
+from sinkattn import settings, sink_attention
 from sinkattn.reference import sink_attention as reference
 from timing import measure  # benchmarks/timing.py
 
@@ -111,10 +111,9 @@ def bench_shape(name, shape, with_eager=True):
     for mode, kw in SINK_MODES.items():
         ms, peak = measure(lambda: sink_attention(q, k, v, **kw))
         row(mode, ms, peak, cudnn_ms)
-    ops.INTERVENTION_ROUTE = "masked"  # the alternative route, for the record
-    ms, peak = measure(lambda: sink_attention(q, k, v, **SINK_MODES["sink_score"]))
+    with settings.override(route="masked"):  # the alternative route, for the record
+        ms, peak = measure(lambda: sink_attention(q, k, v, **SINK_MODES["sink_score"]))
     row("sink_score_masked_route", ms, peak, cudnn_ms)
-    ops.INTERVENTION_ROUTE = "correction"
     if with_eager:
         for mode, path in (("eager_sink_score", "score"), ("eager_mass", "none")):
             try:

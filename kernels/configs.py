@@ -3,25 +3,21 @@
 On a GPU the forward and key-mass kernels are autotuned over the candidate lists below,
 pruned by ``prune_*`` for the head dim and sequence lengths at hand; the tuning key is
 the head dims, the input dtype and the kernel's flags, never the sequence lengths, so a
-new resolution neither recompiles nor re-tunes. Set SINKATTN_AUTOTUNE=0 to use the first
-surviving candidate without tuning. Under TRITON_INTERPRET=1 one small config is used.
+new resolution neither recompiles nor re-tunes. With autotuning off (``autotune=False``
+here, ``sinkattn.settings``' field of the same name, SINKATTN_AUTOTUNE=0) the first
+surviving candidate runs untuned. Under the Triton interpreter one small config is used.
 Benchmarks log the chosen configs (``chosen_configs``).
+
+Nothing here reads the environment or picks a table at import: the launchers
+(``sinkattn.launch``) pass the settings of each call in.
 """
 
 import functools
-import os
 
 import triton
 
-from . import interpreting
-from .attention import attention_forward_kernel, combine_splits_kernel, flagged_tiles_kernel
-from .correction import correction_kernel
+from .attention import attention_forward_kernel
 from .key_mass import key_mass_kernel
-from .selection import top1_kernel
-
-
-def _autotune_enabled() -> bool:
-    return os.environ.get("SINKATTN_AUTOTUNE", "1") not in ("", "0")
 
 
 def _cfg(bm, bn, warps, stages, **flags):
@@ -43,21 +39,21 @@ KEY_MASS_CONFIGS = [
     _cfg(64, 64, 4, 3, PAIRED=False), _cfg(64, 128, 8, 3, PAIRED=False),
 ]
 INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32}
-CORRECTION_BLOCK_M = 32 if interpreting() else 64
 # The flagged-tile pass (the correction route's fallback, kernels/attention.py) computes only
 # the query tiles that hold a flagged row, usually a handful, in tiles of the correction
-# kernel's CORRECTION_BLOCK_M rows (its tile slots index those tiles). H200, SD3 shape
+# kernel's rows (correction_block_m; its tile slots index those tiles). H200, SD3 shape
 # (benchmarks/probes/probe8.txt, before the key split): BM 64 at 16 programs per SM was the
-# best or near it whether 2 rows, 1% or 10%
-# of the rows, or one whole head were flagged; BM 16 won only for a couple of rows (67
-# against 78 us, both a lone program's walk over all keys) and lost 3x when many were.
-# With at most FLAGGED_MAX_SPLIT_TILES tiles flagged in all, each one's keys are cut into up
-# to FLAGGED_KEY_SPLITS ranges computed by separate programs.
-FLAGGED_CONFIGS = [_cfg(CORRECTION_BLOCK_M, bn, warps, stages)
-                   for bn, warps, stages in ((64, 4, 3), (64, 4, 2), (32, 4, 2))]
-FLAGGED_PROGRAMS_PER_SM = 16
-FLAGGED_KEY_SPLITS = 8
-FLAGGED_MAX_SPLIT_TILES = 64
+# best or near it whether 2 rows, 1% or 10% of the rows, or one whole head were flagged;
+# BM 16 won only for a couple of rows (67 against 78 us, both a lone program's walk over all
+# keys) and lost 3x when many were. With at most settings.flagged_max_split_tiles (64) tiles
+# flagged in all, each one's keys are cut into up to settings.flagged_key_splits (8) ranges
+# computed by separate programs. (BLOCK_N, num_warps, num_stages), the first that fits runs:
+FLAGGED_TILES = [(64, 4, 3), (64, 4, 2), (32, 4, 2)]
+
+
+def correction_block_m(interpret: bool) -> int:
+    """Query rows per program of the correction kernel, whose tiles the flagged pass reuses."""
+    return 32 if interpret else 64
 
 
 def _query_rows(config):
@@ -96,29 +92,25 @@ def prune_forward(configs, named_args, **kwargs):
     estimate 288 KiB, allocated 240 KiB, H200 limit 227 KiB)."""
     dim, dim_v = (kwargs.get(n, named_args.get(n)) for n in ("BLOCK_D", "BLOCK_DV"))
     q = named_args["Q"]
-    kept = _keep(configs, _forward_fits(named_args["N_Q"], named_args["N_K"], dim, dim_v,
+    return _keep(configs, _forward_fits(named_args["N_Q"], named_args["N_K"], dim, dim_v,
                                         q.element_size(), _shared_memory_of(q)))
-    return kept if _autotune_enabled() else kept[:1]
 
 
 @functools.lru_cache(maxsize=None)
-def _flagged_config(q_bucket, k_bucket, dim, dim_v, size, limit):
-    config = _keep(FLAGGED_CONFIGS, _forward_fits(q_bucket, k_bucket, dim, dim_v, size, limit))[0]
+def _flagged_config(q_bucket, k_bucket, dim, dim_v, size, limit, block_m):
+    candidates = [_cfg(block_m, bn, warps, stages) for bn, warps, stages in FLAGGED_TILES]
+    config = _keep(candidates, _forward_fits(q_bucket, k_bucket, dim, dim_v, size, limit))[0]
     return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
 
 
-def flagged_config(q, n_q: int, n_k: int, block_d: int, block_dv: int) -> dict:
-    """The flagged-tile pass runs the first of FLAGGED_CONFIGS that fits, untuned: tuning it
+def flagged_config(q, n_q: int, n_k: int, block_d: int, block_dv: int, interpret: bool) -> dict:
+    """The flagged-tile pass runs the first of FLAGGED_TILES that fits, untuned: tuning it
     would time calls that, with no row flagged, do nothing."""
-    if interpreting():
-        return {**INTERPRETER_CONFIG, "BLOCK_M": CORRECTION_BLOCK_M}
+    if interpret:
+        return {**INTERPRETER_CONFIG, "BLOCK_M": correction_block_m(True)}
     # Only the powers of two of short lengths matter to the pruning.
     return _flagged_config(min(triton.next_power_of_2(n_q), 256), min(triton.next_power_of_2(n_k), 256),
-                           block_d, block_dv, q.element_size(), _shared_memory_of(q))
-
-
-def flagged_tiles(grid, config, *args, **kwargs):
-    return flagged_tiles_kernel[grid](*args, **kwargs, **config)
+                           block_d, block_dv, q.element_size(), _shared_memory_of(q), correction_block_m(False))
 
 
 def prune_key_mass(configs, named_args, **kwargs):
@@ -132,63 +124,49 @@ def prune_key_mass(configs, named_args, **kwargs):
         smem = (stages * bm + bn) * dim * size
         return bn <= max(64, triton.next_power_of_2(n_k)) and (dim < 256 or bm * bn <= 64 * 64) and smem <= limit
 
-    kept = _keep(configs, fits)
-    return kept if _autotune_enabled() else kept[:1]
+    return _keep(configs, fits)
 
 
-def _fixed(kernel, config):
-    def launch(grid, *args, **kwargs):
-        return kernel[grid](*args, **kwargs, **config)
-    return launch
+def _first(prune):
+    def first(configs, named_args, **kwargs):
+        return prune(configs, named_args, **kwargs)[:1]
+    return first
 
 
-def _tuned_launch(tuner, key):
-    """Launch through the autotuner the first time per tuning key, then with its choice
-    directly: Triton's Autotuner.run rebuilds its key from every argument on every call,
-    ~15 us of host time per launch on the H200 machine's host (benchmarks/probes/probe6.txt),
-    and the SD3-sized forward with the sink processor is host-bound there. The key is the
-    autotuner's: the tuning-key values and the dtype of every tensor argument."""
-    chosen = {}
-
-    def launch(grid, *args, **kwargs):
-        call_key = (*(kwargs[name] for name in key), *(getattr(a, "dtype", None) for a in args))
-        config = chosen.get(call_key)
-        if config is None:
-            result = tuner[grid](*args, **kwargs)
-            chosen[call_key] = tuner.best_config.all_kwargs()
-            return result
-        return tuner.fn[grid](*args, **kwargs, **config)
-    return launch
-
-
-_TUNING_KEY = ["D", "DV", "BLOCK_D", "BLOCK_DV", "WEIGHT_ON_VALUE", "FOLD_SCALE", "DOT_PRECISION"]
-_KEY_MASS_TUNING_KEY = ["D", "BLOCK_D", "DOT_PRECISION"]
-if interpreting():
-    forward = _fixed(attention_forward_kernel, INTERPRETER_CONFIG)
+INTERPRETER_CONFIGS = {
+    "attention_forward": INTERPRETER_CONFIG,
     # The CPU tests run the paired loop by default (tests/test_kernels.py runs both loops).
-    key_mass = _fixed(key_mass_kernel, {**INTERPRETER_CONFIG, "PAIRED": True})
-    correction = _fixed(correction_kernel, {"BLOCK_M": CORRECTION_BLOCK_M})
-    combine_splits = _fixed(combine_splits_kernel, {"BLOCK_M": CORRECTION_BLOCK_M})
-    top1 = _fixed(top1_kernel, {})
-    _tuned = {}
-else:
-    _forward_tuned = triton.autotune(FORWARD_CONFIGS, key=_TUNING_KEY,
-                                     prune_configs_by={"early_config_prune": prune_forward})(attention_forward_kernel)
-    _key_mass_tuned = triton.autotune(KEY_MASS_CONFIGS, key=_KEY_MASS_TUNING_KEY,
-                                      prune_configs_by={"early_config_prune": prune_key_mass})(key_mass_kernel)
-    forward = _tuned_launch(_forward_tuned, _TUNING_KEY)
-    key_mass = _tuned_launch(_key_mass_tuned, _KEY_MASS_TUNING_KEY)
-    correction = _fixed(correction_kernel, {"BLOCK_M": CORRECTION_BLOCK_M, "num_warps": 4})
-    combine_splits = _fixed(combine_splits_kernel, {"BLOCK_M": CORRECTION_BLOCK_M, "num_warps": 4})
-    top1 = _fixed(top1_kernel, {"num_warps": 4})
-    _tuned = {"attention_forward": _forward_tuned, "key_mass": _key_mass_tuned}
+    "key_mass": {**INTERPRETER_CONFIG, "PAIRED": True},
+}
+TUNING_KEYS = {
+    "attention_forward": ["D", "DV", "BLOCK_D", "BLOCK_DV", "WEIGHT_ON_VALUE", "FOLD_SCALE", "DOT_PRECISION"],
+    "key_mass": ["D", "BLOCK_D", "DOT_PRECISION"],
+}
+_KERNELS = {"attention_forward": (attention_forward_kernel, FORWARD_CONFIGS, prune_forward),
+            "key_mass": (key_mass_kernel, KEY_MASS_CONFIGS, prune_key_mass)}
+
+
+_TUNERS: dict = {}
+
+
+def tuner(name: str, autotune: bool):
+    """The autotuner of a tuned kernel ("attention_forward", "key_mass"), built on first use:
+    over every candidate that survives pruning, or (``autotune=False``) over the first of them
+    only (no timing)."""
+    built = _TUNERS.get((name, autotune))
+    if built is None:
+        kernel, configs, prune = _KERNELS[name]
+        built = _TUNERS[(name, autotune)] = triton.autotune(
+            configs, key=TUNING_KEYS[name],
+            prune_configs_by={"early_config_prune": prune if autotune else _first(prune)})(kernel)
+    return built
 
 
 def chosen_configs() -> dict:
     """Every config the autotuned kernels picked, by kernel and tuning key."""
     out = {}
-    for name, tuner in _tuned.items():
-        for key, best in getattr(tuner, "cache", {}).items():
+    for (name, _), built in _TUNERS.items():
+        for key, best in getattr(built, "cache", {}).items():
             out.setdefault(name, {})[str(key)] = {**best.kwargs, "num_warps": best.num_warps,
                                                   "num_stages": best.num_stages}
     return out

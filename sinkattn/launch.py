@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 import triton
 from torch import Tensor
 
 from .kernels import configs
+from .kernels.attention import combine_splits_kernel, flagged_tiles_kernel
+from .kernels.correction import correction_kernel
+from .kernels.selection import top1_kernel
+from .settings import Settings, current
 
 LOG2E = 1.0 / math.log(2.0)
 MAX_HEAD_DIM = 256
@@ -40,23 +43,54 @@ def row_buffer(q: Tensor) -> Tensor:
     return _output(q.shape[:3], torch.float32, q.device)
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    """Full-precision dots for float32 inputs unless SINKATTN_ALLOW_TF32=1 asks for TF32."""
-    if dtype == torch.float32 and os.environ.get("SINKATTN_ALLOW_TF32", "0") in ("", "0"):
+def _dot_precision(dtype: torch.dtype, settings: Settings) -> str:
+    """Full-precision dots for float32 inputs unless the settings allow TF32."""
+    if dtype == torch.float32 and not settings.allow_tf32:
         return "ieee"
     return "tf32"
 
 
-def _operand(t: Tensor) -> Tensor:
-    if t.dtype == torch.bfloat16 and configs.interpreting():
+def _operand(t: Tensor, settings: Settings) -> Tensor:
+    if t.dtype == torch.bfloat16 and settings.interpret:
         return t.float()
     return t
 
 
-def _stored(dtype: torch.dtype) -> torch.dtype:
+def _stored(dtype: torch.dtype, settings: Settings | None = None) -> torch.dtype:
     """The dtype a kernel writes an output of ``dtype`` in: float32 for bfloat16 under the
     interpreter (its conversion truncates), ``dtype`` itself everywhere else."""
-    return torch.float32 if dtype == torch.bfloat16 and configs.interpreting() else dtype
+    settings = settings or current()
+    return torch.float32 if dtype == torch.bfloat16 and settings.interpret else dtype
+
+
+def _launch(name: str, settings: Settings, grid, *args, **kwargs):
+    """Launch a tuned kernel ("attention_forward", "key_mass") with the config the settings
+    give it: a forced one (``settings.kernel_configs``), the interpreter's, or the autotuner's.
+    The autotuner runs the first time per tuning key; after that its choice is launched
+    directly, because Triton's Autotuner.run rebuilds its key from every argument on every
+    call, ~15 us of host time per launch on the H200 machine's host
+    (benchmarks/probes/probe6.txt). The key is the autotuner's: the tuning-key values and the
+    dtype of every tensor argument."""
+    forced = settings.kernel_configs.get(name) or (configs.INTERPRETER_CONFIGS[name] if settings.interpret else None)
+    tuner = configs.tuner(name, settings.autotune)
+    if forced is not None:
+        return tuner.fn[grid](*args, **kwargs, **forced)
+    chosen = _chosen.setdefault((name, settings.autotune), {})
+    call_key = (*(kwargs[k] for k in configs.TUNING_KEYS[name]), *(getattr(a, "dtype", None) for a in args))
+    config = chosen.get(call_key)
+    if config is None:
+        result = tuner[grid](*args, **kwargs)
+        chosen[call_key] = tuner.best_config.all_kwargs()
+        return result
+    return tuner.fn[grid](*args, **kwargs, **config)
+
+
+_chosen: dict = {}
+
+
+def _fixed(name: str, kernel, settings: Settings, grid, *args, **kwargs):
+    """Launch an untuned kernel with its default config, or the one the settings force."""
+    return kernel[grid](*args, **{**kwargs, **settings.kernel_configs.get(name, {})})
 
 
 @functools.lru_cache(maxsize=None)
@@ -78,17 +112,18 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: torch.dt
     batch, n_heads, n_q, _ = q.shape
     n_k = k.shape[2]
     dims = _head_dims(q.shape[-1], v.shape[-1])
-    out = _output((batch, n_heads, n_q, v.shape[-1]), _stored(out_dtype), q.device)
+    settings = current()
+    out = _output((batch, n_heads, n_q, v.shape[-1]), _stored(out_dtype, settings), q.device)
     lse = _output((batch, n_heads, n_q), torch.float32, q.device)
     apply_start, apply_stop = apply_rows if apply_rows is not None else (0, n_q)
     if sinks is not None:
         sinks = sinks.contiguous()
-    qo, ko, vo = _operand(q), _operand(k), _operand(v)
-    configs.forward(
-        lambda meta: (triton.cdiv(n_q, meta["BLOCK_M"]), batch * n_heads),
+    qo, ko, vo = _operand(q, settings), _operand(k, settings), _operand(v, settings)
+    _launch(
+        "attention_forward", settings, lambda meta: (triton.cdiv(n_q, meta["BLOCK_M"]), batch * n_heads),
         qo, ko, vo, out, lse, sinks, row_peak, *_strides(qo, ko, vo, out),
         n_heads, n_q, n_k, apply_start, apply_stop, scale * LOG2E, 0 if sinks is None else sinks.shape[-1], eta,
-        **_masked_pass_flags(q, sinks, path, scale), **dims)
+        **_masked_pass_flags(q, sinks, path, scale, settings), **dims)
     return out.to(out_dtype), lse
 
 
@@ -97,10 +132,10 @@ def _strides(q: Tensor, k: Tensor, v: Tensor, out: Tensor) -> tuple[int, ...]:
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2))
 
 
-def _masked_pass_flags(q: Tensor, sinks: Tensor | None, path: str, scale: float) -> dict:
+def _masked_pass_flags(q: Tensor, sinks: Tensor | None, path: str, scale: float, settings: Settings) -> dict:
     top_k = 0 if sinks is None else sinks.shape[-1]
     return dict(BLOCK_T=max(16, triton.next_power_of_2(top_k)), WEIGHT_ON_VALUE=path == "value",
-                FOLD_SCALE=scale > 0, DOT_PRECISION=_dot_precision(q.dtype))
+                FOLD_SCALE=scale > 0, DOT_PRECISION=_dot_precision(q.dtype, settings))
 
 
 def recompute_flagged(q: Tensor, k: Tensor, v: Tensor, scale: float, sinks: Tensor, eta: float, path: str,
@@ -110,29 +145,30 @@ def recompute_flagged(q: Tensor, k: Tensor, v: Tensor, scale: float, sinks: Tens
     batch, n_heads, n_q, _ = q.shape
     n_k = k.shape[2]
     dims = _head_dims(q.shape[-1], v.shape[-1])
-    config = configs.flagged_config(q, n_q, n_k, dims["BLOCK_D"], dims["BLOCK_DV"])
+    settings = current()
+    config = settings.kernel_configs.get("flagged_tiles") or configs.flagged_config(
+        q, n_q, n_k, dims["BLOCK_D"], dims["BLOCK_DV"], settings.interpret)
     block_m = config["BLOCK_M"]  # the correction kernel's tiles, which tile_slots index
     n_tiles = triton.cdiv(n_q, block_m)
     key_tiles = triton.cdiv(n_k, config["BLOCK_N"])
-    # Up to FLAGGED_KEY_SPLITS ranges of whole key tiles, none of them empty.
-    splits = triton.cdiv(key_tiles, triton.cdiv(key_tiles, configs.FLAGGED_KEY_SPLITS))
+    # Up to flagged_key_splits ranges of whole key tiles, none of them empty.
+    splits = triton.cdiv(key_tiles, triton.cdiv(key_tiles, settings.flagged_key_splits))
     # The partials never take more memory than the output does.
-    max_split_tiles = min(configs.FLAGGED_MAX_SPLIT_TILES, batch * n_heads * n_q // (splits * block_m))
+    max_split_tiles = min(settings.flagged_max_split_tiles, batch * n_heads * n_q // (splits * block_m))
     part_o = _output((max_split_tiles, splits, block_m, v.shape[-1]), torch.float32, q.device)
     part_lse = _output((max_split_tiles, splits, block_m), torch.float32, q.device)
-    programs = configs.FLAGGED_PROGRAMS_PER_SM * _multiprocessors_of(q)
+    programs = settings.flagged_programs_per_sm * _multiprocessors_of(q)
     per_head = min(triton.cdiv(programs, batch * n_heads * splits), n_tiles)
-    qo, ko, vo = _operand(q), _operand(k), _operand(v)
+    qo, ko, vo = _operand(q, settings), _operand(k, settings), _operand(v, settings)
     sinks = sinks.contiguous()
-    configs.flagged_tiles(
-        (per_head, batch * n_heads, splits), config,
+    flagged_tiles_kernel[(per_head, batch * n_heads, splits)](
         qo, ko, vo, out, sinks, tile_slots, slot_count, part_o, part_lse, *_strides(qo, ko, vo, out),
         n_heads, n_q, n_k, apply_rows[0], apply_rows[1], scale * LOG2E, sinks.shape[-1], eta, splits, max_split_tiles,
-        **_masked_pass_flags(q, sinks, path, scale), **dims)
-    configs.combine_splits(
-        (min(triton.cdiv(programs, batch * n_heads), n_tiles), batch * n_heads),
-        out, tile_slots, slot_count, part_o, part_lse, out.stride(0), out.stride(1), out.stride(2),
-        n_heads, n_q, splits, max_split_tiles, DV=dims["DV"], BLOCK_DV=dims["BLOCK_DV"])
+        **_masked_pass_flags(q, sinks, path, scale, settings), **dims, **config)
+    _fixed("combine_splits", combine_splits_kernel, settings,
+           (min(triton.cdiv(programs, batch * n_heads), n_tiles), batch * n_heads),
+           out, tile_slots, slot_count, part_o, part_lse, out.stride(0), out.stride(1), out.stride(2),
+           n_heads, n_q, splits, max_split_tiles, DV=dims["DV"], BLOCK_DV=dims["BLOCK_DV"], BLOCK_M=block_m)
 
 
 @functools.lru_cache(maxsize=None)
@@ -160,19 +196,20 @@ def key_mass(q: Tensor, k: Tensor, lse: Tensor, scale: float, rows: tuple[int, i
     batch, n_heads, n_q, _ = q.shape
     n_k = k.shape[2]
     dims = _head_dims(q.shape[-1], q.shape[-1])
+    settings = current()
     shares = mass_shares(q, n_k, rows[1] - rows[0])
     partial = _output((shares, batch, n_heads, n_k), torch.float32, q.device)
-    qo, ko = _operand(q), _operand(k)
+    qo, ko = _operand(q, settings), _operand(k, settings)
 
     def grid(meta):
         return (triton.cdiv(n_k, meta["BLOCK_N"]), batch * n_heads, shares)
 
-    configs.key_mass(
-        grid, qo, ko, lse, partial,
+    _launch(
+        "key_mass", settings, grid, qo, ko, lse, partial,
         qo.stride(0), qo.stride(1), qo.stride(2),
         ko.stride(0), ko.stride(1), ko.stride(2),
         n_heads, n_q, n_k, rows[0], rows[1], scale * LOG2E, 1.0 / (rows[1] - rows[0]),
-        D=dims["D"], BLOCK_D=dims["BLOCK_D"], DOT_PRECISION=_dot_precision(q.dtype),
+        D=dims["D"], BLOCK_D=dims["BLOCK_D"], DOT_PRECISION=_dot_precision(q.dtype, settings),
     )
     # The shares' partial sums, added in a fixed order (deterministic).
     return partial[0] if shares == 1 else partial.sum(dim=0)
@@ -184,8 +221,8 @@ def top1(mass: Tensor, candidates: tuple[int, int], largest: bool) -> Tensor:
     rows = mass.shape[0] * mass.shape[1]
     out = _output((*mass.shape[:2], 1), torch.int64, mass.device)
     block = min(4096, max(16, triton.next_power_of_2(candidates[1] - candidates[0])))
-    configs.top1((rows,), mass, out, mass.shape[-1], candidates[0], candidates[1],
-                 LARGEST=largest, BLOCK=block)
+    _fixed("top1", top1_kernel, current(), (rows,), mass, out, mass.shape[-1], candidates[0], candidates[1],
+           LARGEST=largest, BLOCK=block, num_warps=4)
     return out
 
 
@@ -209,15 +246,17 @@ def correct(q: Tensor, k: Tensor, v: Tensor, out32: Tensor, lse: Tensor, sinks: 
     ``may_repeat=False`` promises distinct indices per row (selection gives those)."""
     batch, n_heads, n_q, _ = q.shape
     dims = _head_dims(q.shape[-1], v.shape[-1])
-    out = _output((batch, n_heads, n_q, v.shape[-1]), _stored(out_dtype), q.device)
-    n_tiles = triton.cdiv(n_q, configs.CORRECTION_BLOCK_M)
+    settings = current()
+    block_m = configs.correction_block_m(settings.interpret)
+    out = _output((batch, n_heads, n_q, v.shape[-1]), _stored(out_dtype, settings), q.device)
+    n_tiles = triton.cdiv(n_q, block_m)
     tile_slots = _output((batch * n_heads, n_tiles), torch.int32, q.device)
     slot_count = torch.zeros(1, dtype=torch.int32, device=q.device)
     unique = _without_duplicates(sinks) if may_repeat else sinks.contiguous()
-    configs.correction(
-        (n_tiles, batch * n_heads), q, k, v, out32, lse, unique, out, tile_slots, slot_count,
+    _fixed(
+        "correction", correction_kernel, settings, (n_tiles, batch * n_heads), q, k, v, out32, lse, unique, out, tile_slots, slot_count,
         *_strides(q, k, v, out32), out.stride(0), out.stride(1), out.stride(2),
         n_heads, n_q, unique.shape[-1], apply_rows[0], apply_rows[1], scale * LOG2E,
-        1.0 - eta, _MAX_AMPLIFICATION[q.dtype], SCORE_PATH=path == "score", **dims,
+        1.0 - eta, _MAX_AMPLIFICATION[q.dtype], SCORE_PATH=path == "score", BLOCK_M=block_m, num_warps=4, **dims,
     )
     return out, tile_slots, slot_count

@@ -10,25 +10,25 @@ hands them in as explicit indices.
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import torch
 from torch import Tensor
 
 from . import reference
-from .kernels import interpreting
 from .reference import SinkAttentionResult
 from .selection import control_of, per_head, random_keys, ranked
+from .settings import current as current_settings
 from .validation import check_call
 
 __all__ = ["sink_attention", "SinkAttentionResult", "kernels_available"]
 
-# How the intervention reaches the output on the kernel path: "correction" (exact correction
-# of the unintervened output with the selected keys, masked pass only for the rows that
-# would lose accuracy) or "masked" (a second, masked attention pass for every row). The
-# benchmark measures both; kernels/NOTES.md says why correction is the default.
-INTERVENTION_ROUTE = os.environ.get("SINKATTN_ROUTE", "correction")
+# How the intervention reaches the output on the kernel path is ``sinkattn.settings``' route:
+# "correction" (exact correction of the unintervened output with the selected keys, masked
+# pass only for the rows that would lose accuracy) or "masked" (a second, masked attention
+# pass for every row). The benchmark measures both; kernels/NOTES.md says why correction is
+# the default.
+
 
 def kernels_available(device: torch.device | None = None) -> bool:
     """True when calls on ``device`` run on the Triton kernels."""
@@ -36,7 +36,7 @@ def kernels_available(device: torch.device | None = None) -> bool:
         import triton  # noqa: F401
     except ImportError:
         return False
-    if interpreting():
+    if current_settings().interpret:
         return True
     return device is not None and torch.device(device).type == "cuda"
 
@@ -190,7 +190,7 @@ def _run_kernels(
                       scale, may_repeat=sinks is not None), mass, chosen
     if path == "both":  # at eta = 0 the removed keys' values no longer count: the score path
         path = "score"
-    if INTERVENTION_ROUTE == "masked":
+    if current_settings().route == "masked":
         corrected, _ = launch.attention(q, k, v, scale, out_dtype=q.dtype, sinks=heads_sinks, eta=eta, path=path,
                                         apply_rows=tuple(apply_rows))
         return corrected, mass, chosen
@@ -270,7 +270,7 @@ def _without_selected(q, k, v, out32, lse, sinks, apply_rows, scale):
     """float32 attention over the keys not in ``sinks`` (-1 entries skipped), exact."""
     from . import launch
 
-    if INTERVENTION_ROUTE == "masked":
+    if current_settings().route == "masked":
         return launch.attention(q, k, v, scale, out_dtype=torch.float32, sinks=sinks, eta=0.0, path="score",
                                 apply_rows=apply_rows)[0]
     o_rest, tile_slots, slot_count = launch.correct(q, k, v, out32, lse, sinks, 0.0, "score", apply_rows, scale,

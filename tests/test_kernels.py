@@ -8,10 +8,13 @@ error within 2x PyTorch's own error for the same computation in the input dtype,
 are planted clearly apart.
 """
 
+import contextlib
 import os
 
 import pytest
 import torch
+
+from sinkattn import settings
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -25,13 +28,22 @@ def _triton_interpreter():
     if CUDA:
         yield
         return
+    settings.current()  # the process's settings, read before the variable changes
     previous = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
-    yield
+    with settings.override(interpret=True):
+        yield
     if previous is None:
         del os.environ["TRITON_INTERPRET"]
     else:
         os.environ["TRITON_INTERPRET"] = previous
+
+
+@pytest.fixture
+def use_settings():
+    """use_settings(**fields): sinkattn.settings with those fields changed until the test ends."""
+    with contextlib.ExitStack() as stack:
+        yield lambda **fields: stack.enter_context(settings.override(**fields))
 
 
 @pytest.fixture
@@ -154,12 +166,12 @@ def test_kernels_match_reference(shape, dtype, mode, poisoned):
 
 @pytest.mark.parametrize("mode", [m for m in MODES if m.values[0]["top_k"] > 0])
 @pytest.mark.parametrize("shape,dtype", [SHAPES[0], SHAPES[1], SHAPES[5], SHAPES[6]])
-def test_masked_route_matches_reference(shape, dtype, mode, monkeypatch, poisoned):
-    """The second route (SINKATTN_ROUTE=masked): one masked attention pass for every row, the
+def test_masked_route_matches_reference(shape, dtype, mode, use_settings, poisoned):
+    """The second route (settings route="masked"): one masked attention pass for every row, the
     selected keys compared with each key tile inside the kernel."""
-    from sinkattn import ops, sink_attention
+    from sinkattn import sink_attention
 
-    monkeypatch.setattr(ops, "INTERVENTION_ROUTE", "masked")
+    use_settings(route="masked")
     B, H, Nq, Nk, D, Dv = shape
     q, k, v = diffusers_layout(B, H, Nq, Nk, D, Dv, dtype)
     kw = _resolve(mode, Nq, Nk)
@@ -170,13 +182,13 @@ def test_masked_route_matches_reference(shape, dtype, mode, monkeypatch, poisone
 @pytest.mark.parametrize("route", ["correction", "masked"])
 @pytest.mark.parametrize("path", ["score", "value"])
 @pytest.mark.parametrize("scale", [0.4, 0.0, -3.0])
-def test_any_scale_matches_reference(scale, path, route, monkeypatch, poisoned):
+def test_any_scale_matches_reference(scale, path, route, use_settings, poisoned):
     """A positive scale is folded into the exponentials' multiply-add (the row max is taken
     on the unscaled products); zero and negative scales take the explicit multiply. Both
     forms, with the intervention inside the masked pass too (log2(eta) / scale)."""
-    from sinkattn import ops, sink_attention
+    from sinkattn import sink_attention
 
-    monkeypatch.setattr(ops, "INTERVENTION_ROUTE", route)
+    use_settings(route=route)
     q, k, v = diffusers_layout(2, 2, 70, 77, 64, 64, torch.bfloat16)
     for eta in (0.0, 0.3):
         kw = dict(top_k=1, path=path, eta=eta, scale=scale, apply_queries=(10, 70))
@@ -234,7 +246,7 @@ def test_correction_falls_back_where_it_would_lose_accuracy(plant_sink, poisoned
 @pytest.mark.parametrize("removed", ["one-key", "a-whole-key-range"])
 @pytest.mark.parametrize("split", [True, False], ids=["key-split", "whole-tiles"])
 @pytest.mark.parametrize("path", ["score", "value"])
-def test_flagged_pass_computes_exactly_the_flagged_tiles(path, split, removed, monkeypatch, poisoned):
+def test_flagged_pass_computes_exactly_the_flagged_tiles(path, split, removed, monkeypatch, use_settings, poisoned):
     """The correction route's fallback: a few programs per head stride over its query tiles
     (more tiles than programs here) and give the tiles that hold a slot the masked attention.
     With few tiles flagged each tile's keys are split over programs and the partials merged
@@ -252,7 +264,7 @@ def test_flagged_pass_computes_exactly_the_flagged_tiles(path, split, removed, m
     else:
         sinks = torch.arange(64, device=DEVICE).expand(B, H, 64).contiguous()
     masked, _ = launch.attention(q, k, v, scale, torch.bfloat16, sinks=sinks, path=path)
-    block_m = configs.CORRECTION_BLOCK_M
+    block_m = configs.correction_block_m(not CUDA)
     n_tiles = -(-N // block_m)
     slots = torch.full((B * H, n_tiles), -1, dtype=torch.int32, device=DEVICE)
     flagged = [(0, 0, 0), (0, 0, N - 1), (B - 1, H - 1, N // 2)]
@@ -260,7 +272,7 @@ def test_flagged_pass_computes_exactly_the_flagged_tiles(path, split, removed, m
         slots[b * H + h, row // block_m] = slot
     count = torch.tensor([len(flagged)], dtype=torch.int32, device=DEVICE)
     if not split:
-        monkeypatch.setattr(configs, "FLAGGED_MAX_SPLIT_TILES", len(flagged) - 1)
+        use_settings(flagged_max_split_tiles=len(flagged) - 1)
     allocated = []
     poisoned_output = launch._output
 
@@ -320,17 +332,14 @@ def test_mass_over_query_shares(poisoned):
 
 
 @pytest.mark.parametrize("paired", [False, True], ids=["one_tile", "paired"])
-def test_key_mass_loops_match_reference(paired, monkeypatch, poisoned):
+def test_key_mass_loops_match_reference(paired, use_settings, poisoned):
     """Both loops of the key-mass kernel (one query tile per iteration, or two), on ranges
     with an odd number of full tiles and a partial one, shorter than a pair, and starting
     off a tile boundary."""
     from sinkattn import launch
-    from sinkattn.kernels import configs
-    from sinkattn.kernels.key_mass import key_mass_kernel
     from sinkattn.reference import sink_attention as reference
 
-    monkeypatch.setattr(configs, "key_mass", configs._fixed(
-        key_mass_kernel, {"BLOCK_M": 32, "BLOCK_N": 32, "PAIRED": paired}))
+    use_settings(kernel_configs={"key_mass": {"BLOCK_M": 32, "BLOCK_N": 32, "PAIRED": paired}})
     q, k, v = diffusers_layout(1, 2, 150, 70, 64, 64, torch.bfloat16)
     _, lse = launch.attention(q, k, v, 64 ** -0.5, torch.bfloat16)
     for rows in [(0, 150), (13, 150), (5, 40), (0, 96)]:
@@ -417,19 +426,18 @@ def _removed_leading_keys(n_removed, surviving_logit, dtype):
 @pytest.mark.parametrize("route", ["correction-key-split", "correction-whole-tiles", "masked"])
 @pytest.mark.parametrize("surviving_logit", [-10.0, -20.0, -100.0, -200.0])
 @pytest.mark.parametrize("tiles", [1, 2, 3])
-def test_removed_leading_key_tiles(tiles, surviving_logit, route, monkeypatch, poisoned):
+def test_removed_leading_key_tiles(tiles, surviving_logit, route, use_settings, poisoned):
     """Score path, eta 0, the first `tiles` key tiles of every row removed: the online softmax
     starts on keys that are all -inf, and the surviving keys (strongly negative logits) must
     still give the exact output, not 0 or NaN (issue 13, item 1). The correction kernel flags
     these rows (nearly all their mass is removed), so the correction routes run the
     flagged-tile pass, split over key ranges (with the split merge) or whole; the masked
     route runs the forward with the keys masked."""
-    from sinkattn import ops, sink_attention
-    from sinkattn.kernels import configs
+    from sinkattn import sink_attention
 
-    monkeypatch.setattr(ops, "INTERVENTION_ROUTE", "masked" if route == "masked" else "correction")
+    use_settings(route="masked" if route == "masked" else "correction")
     if route == "correction-whole-tiles":
-        monkeypatch.setattr(configs, "FLAGGED_MAX_SPLIT_TILES", 0)
+        use_settings(flagged_max_split_tiles=0)
     n_removed = tiles * MAX_BLOCK_N
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
         q, k, v = _removed_leading_keys(n_removed, surviving_logit, dtype)
@@ -494,13 +502,13 @@ INTERVENTIONS = [
 
 @pytest.mark.parametrize("route", ["correction", "masked"])
 @pytest.mark.parametrize("kw", INTERVENTIONS)
-def test_every_intervention_matches_reference(kw, route, monkeypatch, plant_sink, poisoned):
+def test_every_intervention_matches_reference(kw, route, use_settings, plant_sink, poisoned):
     """The original study's interventions (prob_scale, score and value together, mean and
     lerp value fills) on the kernel path, with a planted sink holding most of the mass (so
     O_rest must come from the masked fallback) and with diffuse attention (shared keys)."""
-    from sinkattn import ops, sink_attention
+    from sinkattn import sink_attention
 
-    monkeypatch.setattr(ops, "INTERVENTION_ROUTE", route)
+    use_settings(route=route)
     # The blend recomputes the selected keys' probabilities outside the kernel, whose lse
     # came from other roundings of the same logits: a relative error of ~|s| * 2^-24 in P,
     # 1e-5 with a sink logit of ~50 (log2 units). float32 is held to SPEC's 1e-4 for it.
