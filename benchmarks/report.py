@@ -118,19 +118,32 @@ def pytest_benchmark_section(path: Path) -> list[str]:
     return lines + [""]
 
 
+def history(results: Path) -> list[dict]:
+    """Every earlier run, one line per (run, shape) of ``results/history.jsonl`` (run.py appends
+    to it): {"run", "rerun", "shape", "gpu", "torch", "triton", "cuda", "cudnn", "date",
+    "commit", "rows": [{"mode", "ms", "baseline_ms", "ratio", "tflops", "peak_extra_mb"}]}."""
+    path = results / "history.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def rerun_sections(results: Path, commit) -> list[str]:
-    """Re-runs of some shapes on the same commit (``results/logs/*_rerun.json``, written by
-    ``run.py --shapes ...``): the small shapes are host-bound and the device machine's host
-    state varies between and within runs, so a second measurement is shown beside the run."""
+    """Re-runs of some shapes on the same commit (``run.py --rerun --shapes ...``, lines of
+    ``results/history.jsonl`` with "rerun": true): the small shapes are host-bound and the
+    device machine's host state varies between and within runs, so a second measurement is
+    shown beside the run."""
     lines = []
-    reruns = [(path, json.loads(path.read_text())) for path in (results / "logs").glob("*_rerun.json")]
-    for path, data in sorted(reruns, key=lambda item: item[1]["meta"]["date"]):
-        if data["meta"].get("commit") != commit:
-            continue
-        meta = data["meta"]
-        lines += [f"## Re-run of {', '.join(sorted({r['shape'] for r in data['rows']}))} (same commit)", "",
-                  f"`{path.relative_to(results.parent)}`: {meta['gpu']}, torch {meta['torch']}, triton "
-                  f"{meta['triton']}, date {meta['date']}, commit {commit}.", "", table(data["rows"]), ""]
+    runs: dict[str, list[dict]] = {}
+    for line in history(results):
+        if line.get("rerun") and line.get("commit") == commit:
+            runs.setdefault(line["run"], []).append(line)
+    for run, shapes in sorted(runs.items(), key=lambda item: item[1][0]["date"]):
+        meta = shapes[0]
+        rows = [{"shape": line["shape"], **row} for line in shapes for row in line["rows"]]
+        lines += [f"## Re-run of {', '.join(sorted(line['shape'] for line in shapes))} (same commit)", "",
+                  f"`results/history.jsonl`, run `{run}`: {meta['gpu']}, torch {meta['torch']}, triton "
+                  f"{meta['triton']}, date {meta['date']}, commit {commit}.", "", table(rows), ""]
     return lines
 
 

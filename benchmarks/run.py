@@ -1,7 +1,7 @@
 """Kernel benchmark: sinkattn against cuDNN SDPA, the SDPA flash backend, FlexAttention
 and the eager full-matrix way, on the same tensors, in one process.
 
-    python benchmarks/run.py [--shapes sd3m_1024,flux_1024] [--out benchmarks/results/h200.json]
+    python benchmarks/run.py [--shapes sd3m_1024,flux_1024] [--out benchmarks/results/h200.json] [--rerun]
 
 Times are the median of triton.testing.do_bench; TFLOP/s count 4 * B * H * Nq * Nk * D per
 call; peak_extra_mb is the peak allocation during the call over what was allocated before
@@ -29,6 +29,7 @@ from sinkattn import settings, sink_attention
 from sinkattn.reference import sink_attention as reference
 from timing import measure  # benchmarks/timing.py
 
+RESULTS = Path(__file__).parent / "results"
 SHAPES = {  # name: (B, H, Nq, Nk, D)
     "sd3m_1024": (2, 24, 4429, 4429, 64),
     "sd35l_1024": (2, 38, 4429, 4429, 64),
@@ -144,7 +145,13 @@ def main(argv=None):
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated shape names")
     parser.add_argument("--no-eager", action="store_true", help="skip the eager full-matrix baseline")
     parser.add_argument("--forward", action="store_true", help="also time the SD3-medium transformer forward")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "h200.json"))
+    parser.add_argument("--out", default=str(RESULTS / "h200.json"))
+    parser.add_argument("--rerun", action="store_true",
+                        help="a second measurement of some shapes: only appended to --history (as a re-run), "
+                             "--out is left alone")
+    parser.add_argument("--run-name", default=None, help="the run's name in --history (default: its date)")
+    parser.add_argument("--history", default=str(RESULTS / "history.jsonl"),
+                        help="every run is appended here, one line per shape ('' for none)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("benchmarks/run.py needs a CUDA device")
@@ -153,7 +160,8 @@ def main(argv=None):
     rows = []
 
     def save():  # after every shape, so an interrupted run keeps what it measured
-        out.write_text(json.dumps({"meta": meta(), "rows": rows}, indent=1))
+        if not args.rerun:
+            out.write_text(json.dumps({"meta": meta(), "rows": rows}, indent=1))
 
     for name in args.shapes.split(","):
         rows += bench_shape(name, SHAPES[name], with_eager=not args.no_eager)
@@ -164,7 +172,19 @@ def main(argv=None):
 
         rows += bench_forward()
         save()
-    print(f"wrote {out}")
+    if args.history:
+        append_history(Path(args.history), meta(), rows, args.run_name, args.rerun)
+    print(f"wrote {'' if args.rerun else out} {args.history}")
+
+
+def append_history(path: Path, run_meta: dict, rows: list[dict], name: str | None, rerun: bool) -> None:
+    """One line per shape of this run in the history file (report.py reads re-runs from it)."""
+    head = {k: v for k, v in run_meta.items() if k != "configs"}
+    with path.open("a") as f:
+        for shape in dict.fromkeys(r["shape"] for r in rows):
+            shape_rows = [{k: v for k, v in r.items() if k != "shape"} for r in rows if r["shape"] == shape]
+            f.write(json.dumps({"run": name or head["date"], "rerun": rerun, "shape": shape, **head,
+                                "rows": shape_rows}) + "\n")
 
 
 if __name__ == "__main__":

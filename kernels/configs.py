@@ -32,7 +32,7 @@ FORWARD_CONFIGS = [
     _cfg(32, 32, 4, 2),  # the last resort of float32 at head dim 256
 ]
 # PAIRED: two query tiles per iteration (kernels/key_mass.py); best at head dim 64 (SD3),
-# the one-tile loop at 128 (Flux) and for SDXL (benchmarks/probes/probe4.txt).
+# the one-tile loop at 128 (Flux) and for SDXL (probe4, in git: benchmarks/probes/README.md).
 KEY_MASS_CONFIGS = [
     _cfg(32, 64, 4, 3, PAIRED=True), _cfg(128, 64, 4, 3, PAIRED=False), _cfg(32, 128, 4, 3, PAIRED=False),
     _cfg(32, 128, 4, 4, PAIRED=True), _cfg(32, 128, 4, 4, PAIRED=False), _cfg(64, 128, 4, 3, PAIRED=False),
@@ -42,7 +42,7 @@ INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32}
 # The flagged-tile pass (the correction route's fallback, kernels/attention.py) computes only
 # the query tiles that hold a flagged row, usually a handful, in tiles of the correction
 # kernel's rows (correction_block_m; its tile slots index those tiles). H200, SD3 shape
-# (benchmarks/probes/probe8.txt, before the key split): BM 64 at 16 programs per SM was the
+# (probe8, in git: benchmarks/probes/README.md; before the key split): BM 64 at 16 programs per SM was the
 # best or near it whether 2 rows, 1% or 10% of the rows, or one whole head were flagged;
 # BM 16 won only for a couple of rows (67 against 78 us, both a lone program's walk over all
 # keys) and lost 3x when many were. With at most settings.flagged_max_split_tiles (64) tiles

@@ -19,7 +19,7 @@ Two loops, chosen by the config (``PAIRED``):
   tile a's product is synchronous and tile b's product is consumed one iteration later,
   its K Q^T running on the tensor cores during tile a's exponentials. The H200 measured
   0.384 against 0.404 ms at SD3-medium (BM 32, BN 64) and slower at Flux and SDXL
-  (benchmarks/probes/probe4.txt); the autotuner chooses per head dim.
+  (probe4, in git: benchmarks/probes/README.md); the autotuner chooses per head dim.
 """
 
 import triton

@@ -131,7 +131,7 @@ def sink_attention(
         groups = (q.shape[0], q.shape[1]) if call.select == "head" else (q.shape[0],)
         explicit = random_keys(groups, call.top_k, call.candidates, call.generator, q.device)
     # Eager calls skip the dispatcher: on the H200 machine's host a plain SDXL cross-attention
-    # call took 364 us through the op and 115 us without it (benchmarks/probes/probe1.txt).
+    # call took 364 us through the op and 115 us without it (probe1, in git: benchmarks/probes/README.md).
     # Anything that traces (torch.compile, export, fake or dispatch modes, tensor subclasses)
     # goes through the registered op.
     # Inputs that need gradients go through the op too: its autograd formula is registered there.
