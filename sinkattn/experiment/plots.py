@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-__all__ = ["dose_response", "lpips_sink_vs_random", "qualitative_grid", "sink_atlas"]
+__all__ = ["delta_of_deltas", "dose_response", "lpips_sink_vs_random", "qualitative_grid", "sink_atlas"]
 
 _COLORS = {"sink": "tab:red", "random": "tab:blue", "bottom": "tab:green"}
 
@@ -84,6 +84,49 @@ def dose_response(dose: list[dict], metrics: list[str], path: str, note: str = "
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
     fig.suptitle("Dose-response: mean paired delta with bootstrap 95% CI" + (f"\n{note}" if note else ""), fontsize=10)
+    return _finish(fig, path, banner)
+
+
+def delta_of_deltas(rows: list[dict], trend: list[dict], metrics: list[str], path: str, note: str = "",
+                    banner: str = "") -> str:
+    """Sink minus equal-budget random (delta of deltas) vs k per metric, one line per series, 95% CI
+    bars; the legend carries Page's trend p-value where the series has one. The figure of the
+    sink-specificity and dose-trend tests: 0 means the sink does what any equal budget does.
+
+    rows: {metric, series, k, mean, ci_low, ci_high}; trend: stats' trend rows {metric, series, page}."""
+    plt = _plt()
+    cols = min(len(metrics), 2) or 1
+    rows_n = max(1, -(-len(metrics) // cols))
+    fig, axes = plt.subplots(rows_n, cols, figsize=(5.2 * cols, 3.6 * rows_n), squeeze=False)
+    pages = {(t["metric"], t["series"]): t["page"] for t in trend}
+    for ax, metric in zip(axes.flat, metrics):
+        lines: dict[str, list] = {}
+        for r in rows:
+            if r["metric"] == metric and r["mean"] is not None:
+                lines.setdefault(r["series"], []).append(r)
+        for label, pts in sorted(lines.items()):
+            pts = sorted(pts, key=lambda r: r["k"])
+            mean, err = _err(pts)
+            page = pages.get((metric, label)) or {}
+            p = f", Page p={page['p']:.3g}" if page.get("p") is not None else ""
+            ax.errorbar([r["k"] for r in pts], mean, yerr=err, marker="o", capsize=3, label=f"{label}{p}")
+        ax.axhline(0.0, color="0.6", lw=0.8, ls="--")
+        ks = sorted({r["k"] for v in lines.values() for r in v})
+        if ks and ks[-1] > 10:
+            ax.set_xscale("log")
+        ax.set_xticks(ks, [str(k) for k in ks]) if ks else None
+        ax.minorticks_off()
+        ax.set_xlabel("k (keys suppressed per head)")
+        ax.set_ylabel(f"sink - random, {metric}")
+        ax.set_title(metric)
+        if lines:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no sink/random pairs", ha="center", va="center", transform=ax.transAxes)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.suptitle("Sink minus equal-budget random: mean with bootstrap 95% CI" + (f"\n{note}" if note else ""),
+                 fontsize=10)
     return _finish(fig, path, banner)
 
 

@@ -10,34 +10,20 @@ import warnings
 from collections import Counter
 
 from . import plots
-from .stats import paired_deltas, paired_test, random_control_deltas, summarize
+from .stats import E1_TAG_WORDS, paired_deltas, paired_test, random_control_deltas, series, summarize
 from .store import atomic_write_text, merged_records, record_key, results_files
 
 __all__ = ["ReportWarning", "write_report", "dose_table"]
 
 METRIC_ORDER = ("clip_t", "image_reward", "hps_v21", "lpips")
-PLOT_NAMES = ("dose_response.png", "lpips_sink_vs_random.png", "sink_atlas.png", "qualitative_grid.png")
+PLOT_NAMES = ("dose_response.png", "sink_minus_random.png", "lpips_sink_vs_random.png", "sink_atlas.png",
+              "qualitative_grid.png")
 RANDOM_MODELS = ("tiny",)  # model names whose pipeline is built with random weights (models.load_pipeline)
 BANNER = "random weights: numbers exercise the machinery, not the science"
 NO_METRICS = ("No metrics were computed (this run used `--metrics none`), so there are no paired statistics "
-              "and no dose-response plot. To score the images, run the same command into a new `--out` folder "
-              "with `--metrics clip_t,lpips` (or clip_t,image_reward,hps_v21,lpips); a rerun into this folder "
-              "adds nothing, since every record is already there.")
-
-
-def _series(spec: dict) -> str:
-    layers = "all" if spec.get("layers") is None else ",".join(str(x) for x in spec["layers"])
-    s = f"{spec['path']}/{spec['select']}/L{layers}"
-    if spec.get("steps") is not None:
-        s += f"/S{','.join(str(x) for x in spec['steps'])}"
-    if spec.get("timesteps") is not None:
-        s += f"/T{spec['timesteps'][0]:g}-{spec['timesteps'][1]:g}"
-    if spec.get("eta"):
-        s += f"/eta{spec['eta']:g}"
-    for key, default in (("mass_queries", "image"), ("apply_queries", "all"), ("candidates", "all")):
-        if spec.get(key, default) != default:
-            s += f"/{key}={spec[key]}"
-    return s
+              "and no dose-response plot. To score the stored images, rerun the same command into this folder "
+              "with `--metrics clip_t,lpips` (or clip_t,image_reward,hps_v21,lpips): the records and images are "
+              "kept, and only the metric values they lack are computed, on the stored images (metrics*.jsonl).")
 
 
 def dose_table(records, specs, metrics, n_boot, seed) -> list[dict]:
@@ -46,14 +32,14 @@ def dose_table(records, specs, metrics, n_boot, seed) -> list[dict]:
     for c in specs:
         if c["control"] == "baseline":
             continue
-        groups.setdefault((c["control"], _series(c), c["k"]), []).append(c["name"])
+        groups.setdefault((c["control"], series(c), c["k"]), []).append(c["name"])
     rows = []
-    for (control, series, k), names in groups.items():
+    for (control, label, k), names in groups.items():
         for metric in metrics:
             deltas = (random_control_deltas(records, metric, names) if len(names) > 1
                       else paired_deltas(records, metric, names[0]))
-            t = paired_test(deltas.values(), f"dose|{control}|{series}|{k}|{metric}", n_boot, seed)
-            rows.append(dict(metric=metric, control=control, series=series, k=k, conditions=names, n=t.n,
+            t = paired_test(deltas.values(), f"dose|{control}|{label}|{k}|{metric}", n_boot, seed)
+            rows.append(dict(metric=metric, control=control, series=label, k=k, conditions=names, n=t.n,
                              mean=t.mean, ci_low=t.ci_low, ci_high=t.ci_high))
     return rows
 
@@ -66,8 +52,13 @@ def _fmt(x, digits=4):
     return str(x)
 
 
-def write_report(run_dir: str, bootstrap: int | None = None, seed: int | None = None, progress: bool = False) -> dict:
-    """Merge every results file of ``run_dir``, write the summary and the plots; returns summary.json's dict."""
+def write_report(run_dir: str, bootstrap: int | None = None, seed: int | None = None, progress: bool = False,
+                 fid: bool | None = None, fid_calibration: str | None = None) -> dict:
+    """Merge every results file of ``run_dir``, write the summary and the plots; returns summary.json's dict.
+
+    fid: compute FID per condition against the baseline images (None: when the run's metrics,
+    config.json's "metrics", include "fid"); fid_calibration: another run folder whose baseline
+    images (same prompts and settings, other seeds) give the calibration FID of the FID shift."""
     run_dir = os.path.abspath(run_dir)
     config = _config(run_dir)
     n_boot = int(bootstrap if bootstrap is not None else config.get("bootstrap", 10000))
@@ -94,7 +85,13 @@ def write_report(run_dir: str, bootstrap: int | None = None, seed: int | None = 
     dose = dose_table(records, specs, metrics, n_boot, seed)
     traces = [t["trace"] for t in merged_records(run_dir, "trace")]
     problems: list[str] = []
-    made = _plots(run_dir, records, specs, metrics, dose, traces, untrained, random_weights["banner"], problems)
+    wanted = fid if fid is not None else "fid" in (config.get("metrics") or [])
+    fid_summary = _fid(run_dir, records, specs, config, fid_calibration, problems) if wanted else None
+    if fid_summary and fid_summary.get("untrained"):
+        untrained = sorted(set(untrained) | {"fid"})
+        random_weights = _random_weights(records, config, untrained)
+    made = _plots(run_dir, records, specs, metrics, dose, stats, traces, untrained, random_weights["banner"],
+                  problems)
     for p in problems:
         warnings.warn(f"sinkattn report: {p}", ReportWarning, stacklevel=2)
 
@@ -105,11 +102,11 @@ def write_report(run_dir: str, bootstrap: int | None = None, seed: int | None = 
         "records": len(records), "prompts": len({r["prompt_id"] for r in records}),
         "seeds": len({(r["prompt_id"], r["seed"]) for r in records}),
         "conditions": [dict(s, records=counts[s["name"]]) for s in specs],
-        "metrics": metrics, "metrics_note": None if metrics else NO_METRICS,
+        "metrics": metrics, "metrics_note": None if metrics or fid_summary else NO_METRICS,
         "untrained_metrics": untrained, "random_weights": random_weights,
         "missing_values": {m: sum(1 for r in records if r["metrics"].get(m) is None) for m in metrics},
         "first_errors": _first_errors(records),
-        "statistics": stats, "dose_response": dose,
+        "statistics": stats, "dose_response": dose, "fid": fid_summary,
         "plots": [os.path.relpath(p, run_dir) for p in made],
         "traced_images": len(traces), "warnings": problems,
         "config": config,
@@ -145,7 +142,7 @@ def _random_weights(records, config: dict, untrained: list[str]) -> dict:
             "banner": BANNER if random_model or untrained else None}
 
 
-def _plots(run_dir, records, specs, metrics, dose, traces, untrained, banner, problems) -> list[str]:
+def _plots(run_dir, records, specs, metrics, dose, stats, traces, untrained, banner, problems) -> list[str]:
     """Draw the figures that have something to show (no metrics: no dose-response), and
     remove a stale copy of one left out, so plots/ never shows an older run's numbers."""
     plot_dir = os.path.join(run_dir, "plots")
@@ -155,6 +152,11 @@ def _plots(run_dir, records, specs, metrics, dose, traces, untrained, banner, pr
     if metrics:
         made.append(plots.dose_response(dose, metrics, os.path.join(plot_dir, "dose_response.png"), note,
                                         banner=banner))
+    if stats["sink_minus_random"]:
+        rows = [dict(metric=r["metric"], series=r["series"], k=r["k"], mean=r["test"]["mean"],
+                     ci_low=r["test"]["ci_low"], ci_high=r["test"]["ci_high"]) for r in stats["sink_minus_random"]]
+        made.append(plots.delta_of_deltas(rows, stats["trend"], metrics,
+                                          os.path.join(plot_dir, "sink_minus_random.png"), note, banner=banner))
     if "lpips" in metrics:
         made.append(plots.lpips_sink_vs_random(dose, os.path.join(plot_dir, "lpips_sink_vs_random.png"), note,
                                                banner=banner))
@@ -232,12 +234,108 @@ def _qualitative(run_dir, records, specs, path, problems, max_rows=4, max_cols=8
     return plots.qualitative_grid(cells, labels, cols, path, banner=banner)
 
 
+FID_NOTE = ("FID is one number per set of images, so it is computed here from the stored images, not stored per "
+            "record; it is biased upward at small n (and n here is far below the 2048 feature dimensions of the "
+            "original's N=100 as well), so compare FIDs of equal n: the shift divides by a calibration FID of two "
+            "baseline sets that differ only in their seeds.")
+
+
+def _fid(run_dir, records, specs, config, calibration_dir, problems) -> dict:
+    """FID of each condition's images against the baseline images of the same (prompt, seed)
+    pairs (generated vs generated, as the original's calibration, FC:61-63), and the FID shift
+    against the calibration FID of ``calibration_dir``. Why here: the runner's records are per
+    image, and FID is per set. Weights missing: the section holds the message, the report goes on."""
+    from ..metrics import MetricWeightsUnavailable, build_set_metric
+    from ..metrics.fid import fid_shift
+
+    options = dict((config.get("metric_options") or {}).get("fid", {}))
+    untrained = bool(config.get("untrained_metrics"))
+    try:
+        extractor = build_set_metric("fid", weights=(config.get("metric_weights") or {}).get("fid"),
+                                     device=_device(), untrained=untrained, **options)
+    except (MetricWeightsUnavailable, ImportError) as err:
+        problems.append(f"fid not computed: {str(err).splitlines()[0]}")
+        return {"error": str(err), "untrained": untrained, "rows": [], "calibration": None, "note": FID_NOTE}
+    cache: dict = {}
+    base = {(r["prompt_id"], r["seed"]): r for r in records if r["condition"] == "baseline"}
+    rows = [_fid_row(run_dir, [r for r in records if r["condition"] == c["name"]], base, extractor, cache, problems)
+            | {"condition": c["name"], "control": c["control"], "k": c["k"]}
+            for c in specs if c["name"] != "baseline"]
+    calibration = _fid_calibration(run_dir, calibration_dir, base, config, extractor, cache, problems)
+    for row in rows:
+        row["shift"] = fid_shift(row["fid"], calibration["fid"] if calibration else None)
+    return {"untrained": extractor.untrained, "weights": extractor.weights_source, "dims": extractor.dims,
+            "package": "pytorch-fid", "rows": rows, "calibration": calibration, "note": FID_NOTE, "error": None}
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _fid_row(run_dir, cond_records, base, extractor, cache, problems) -> dict:
+    """FID of one condition against the baseline images of its pairs; None below 2 pairs."""
+    pairs = [(r, base[(r["prompt_id"], r["seed"])]) for r in cond_records if (r["prompt_id"], r["seed"]) in base]
+    a = _features(run_dir, [r for r, _ in pairs], extractor, cache, problems)
+    b = _features(run_dir, [b for _, b in pairs], extractor, cache, problems)
+    keep = [i for i in range(len(pairs)) if a[i] is not None and b[i] is not None]
+    if len(keep) < 2:
+        return {"n": len(keep), "fid": None}
+    return {"n": len(keep), "fid": extractor.distance([a[i] for i in keep], [b[i] for i in keep])}
+
+
+def _features(run_dir, records, extractor, cache, problems) -> list:
+    """Inception features of each record's image (None where it cannot be read), computed once per
+    image and run folder, a batch of images in memory at a time."""
+    todo = [r["image"] for r in records if (run_dir, r.get("image")) not in cache]
+    for start in range(0, len(todo), extractor.batch_size):
+        chunk = todo[start:start + extractor.batch_size]
+        images = [_load_image(run_dir, rel, problems) for rel in chunk]
+        ok = [i for i, im in enumerate(images) if im is not None]
+        feats = extractor.features([images[i] for i in ok]) if ok else []
+        for rel in chunk:
+            cache[(run_dir, rel)] = None
+        for i, f in zip(ok, feats):
+            cache[(run_dir, chunk[i])] = f
+    return [cache.get((run_dir, r.get("image"))) for r in records]
+
+
+CALIBRATION_SETTINGS = ("model", "family", "dtype", "steps", "guidance", "height", "width", "max_sequence_length")
+
+
+def _fid_calibration(run_dir, calibration_dir, base, config, extractor, cache, problems) -> dict | None:
+    """FID of this run's baseline images against another run's baseline images of the same prompts
+    (by id and text) and other seeds: what seed variation alone gives (the original's
+    baseline_A vs baseline_B, FC:108-122). Pairs with a seed in both runs are left out (identical
+    images); settings that differ from this run's are listed, since they calibrate another setting
+    (the original's calibration ran at CFG 7.5, its tests at 7.0: D24)."""
+    if not calibration_dir:
+        return None
+    other_dir = os.path.abspath(calibration_dir)
+    other = {(r["prompt_id"], r["seed"]): r for r in merged_records(other_dir) if r["condition"] == "baseline"}
+    texts = {pid: r["prompt"] for (pid, _), r in base.items()}
+    other_texts = {pid: r["prompt"] for (pid, _), r in other.items()}
+    ours = [r for key, r in base.items() if key not in other and other_texts.get(key[0]) == r["prompt"]]
+    theirs = [r for key, r in other.items() if key not in base and texts.get(key[0]) == r["prompt"]]
+    a = [f for f in _features(run_dir, ours, extractor, cache, problems) if f is not None]
+    b = [f for f in _features(other_dir, theirs, extractor, cache, problems) if f is not None]
+    other_cfg = _config(other_dir)
+    differs = {k: [config.get(k), other_cfg.get(k)] for k in CALIBRATION_SETTINGS if config.get(k) != other_cfg.get(k)}
+    return {"dir": other_dir, "n": len(a), "n_other": len(b), "shared_seed_pairs": len(set(base) & set(other)),
+            "fid": extractor.distance(a, b) if min(len(a), len(b)) >= 2 else None, "settings_differ": differs}
+
+
 def _markdown(s: dict) -> str:
     out = [f"# sinkattn study: {os.path.basename(s['run_dir'])}", ""] + _caveats(s) + _overview(s)
     if s["metrics"]:
         out += _missing(s) + _tables(s["statistics"])
-    else:
+    elif s["metrics_note"]:
         out += [f"**{s['metrics_note']}**", ""]
+    if s.get("fid"):
+        out += _fid_md(s["fid"])
+    if s["metrics"] or s.get("fid"):
+        out += _methods(s)
     if s["warnings"]:
         out += ["## Warnings", ""] + [f"- {w}" for w in s["warnings"]] + [""]
     out += ["## Plots", ""] + [f"![{os.path.basename(p)}]({p})" for p in s["plots"]] + [""]
@@ -283,43 +381,168 @@ def _missing(s: dict) -> list[str]:
     return out + [""]
 
 
+def _ci(t: dict) -> str:
+    return f"[{_fmt(t['ci_low'])}, {_fmt(t['ci_high'])}]"
+
+
 def _tables(st: dict) -> list[str]:
     out = ["## Conditions vs baseline", "",
-           "| condition | metric | n | mean delta | 95% CI | p Wilcoxon (Holm) | p t (Holm) |",
-           "|---|---|---|---|---|---|---|"]
+           "| condition | metric | n | mean delta | 95% CI | p Wilcoxon (Holm) | p t (Holm) | p t, Holm per k "
+           "| p t, Holm k sweep |", "|---|---|---|---|---|---|---|---|---|"]
     for row in st["vs_baseline"]:
-        t = row["test"]
-        out.append(f"| {row['condition']} | {row['metric']} | {t['n']} | {_fmt(t['mean'])} | "
-                   f"[{_fmt(t['ci_low'])}, {_fmt(t['ci_high'])}] | {_fmt(t['p_wilcoxon'], 3)} "
-                   f"({_fmt(t['p_wilcoxon_holm'], 3)}) | {_fmt(t['p_t'], 3)} ({_fmt(t['p_t_holm'], 3)}) |")
+        t, h = row["test"], row.get("holm", {})
+        out.append(f"| {row['condition']} | {row['metric']} | {t['n']} | {_fmt(t['mean'])} | {_ci(t)} | "
+                   f"{_fmt(t['p_wilcoxon'], 3)} ({_fmt(t['p_wilcoxon_holm'], 3)}) | {_fmt(t['p_t'], 3)} "
+                   f"({_fmt(t['p_t_holm'], 3)}) | {_fmt(h.get('per_k', {}).get('p_t'), 3)} | "
+                   f"{_fmt(h.get('sweep', {}).get('p_t'), 3)} |")
     out.append("")
-    if st["sink_minus_random"]:
-        out += ["## Sink minus equal-budget random (delta of deltas)", "",
-                "| sink condition | metric | n | sink delta | random delta | ratio | dd mean | 95% CI | p Wilcoxon (Holm) |",
-                "|---|---|---|---|---|---|---|---|---|"]
-        for row in st["sink_minus_random"]:
-            t = row["test"]
-            out.append(f"| {row['condition']} | {row['metric']} | {t['n']} | {_fmt(row['sink_mean'])} | "
-                       f"{_fmt(row['random_mean'])} | {_fmt(row['ratio'], 3)} | {_fmt(t['mean'])} | "
-                       f"[{_fmt(t['ci_low'])}, {_fmt(t['ci_high'])}] | {_fmt(t['p_wilcoxon'], 3)} "
-                       f"({_fmt(t['p_wilcoxon_holm'], 3)}) |")
-        out.append("")
-    return out + _by_tag(st)
+    return out + _dd_md(st) + _trend_md(st) + _by_tag(st) + _by_tag(st, "by_e1_tag", "By E1 substring tag")
 
 
-def _by_tag(st: dict) -> list[str]:
-    """The by-tag table, with the groups too small to test counted, not listed."""
-    hidden = st.get("by_tag_hidden", {})
-    if not st["by_tag"] and not hidden.get("groups"):
+def _dd_md(st: dict) -> list[str]:
+    if not st["sink_minus_random"]:
         return []
-    out = ["## By GenEval tag (mean delta, 95% CI)", ""]
+    out = ["## Sink minus equal-budget random (delta of deltas)", "",
+           "| sink condition | metric | n | sink delta | random delta | ratio [95% CI] | dd mean | 95% CI "
+           "| p t two / one-sided | p Wilcoxon two / one-sided (Holm two-sided) | sink-specific |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in st["sink_minus_random"]:
+        t = row["test"]
+        ratio = _fmt(row["ratio"], 3) + (f" [{_fmt(row['ratio_ci_low'], 3)}, {_fmt(row['ratio_ci_high'], 3)}]"
+                                         if row.get("ratio_ci_low") is not None else "")
+        out.append(f"| {row['condition']} | {row['metric']} | {t['n']} | {_fmt(row['sink_mean'])} | "
+                   f"{_fmt(row['random_mean'])} | {ratio} | {_fmt(t['mean'])} | {_ci(t)} | {_fmt(t['p_t'], 3)} / "
+                   f"{_fmt(row.get('p_t_one_sided'), 3)} | {_fmt(t['p_wilcoxon'], 3)} / "
+                   f"{_fmt(row.get('p_wilcoxon_one_sided'), 3)} ({_fmt(t['p_wilcoxon_holm'], 3)}) | "
+                   f"{_yes(row.get('significant'))} ({row.get('alternative')}) |")
+    return out + [""]
+
+
+def _yes(flag) -> str:
+    return "yes" if flag else "no"
+
+
+def _trend_md(st: dict) -> list[str]:
+    """The original's two-level DT rows and Page's L over every k level, per metric and series."""
+    rows = st.get("trend") or []
+    if not rows:
+        return []
+    out = ["## Dose trend across k (delta of deltas)", "",
+           "| metric | series | k low -> high | n | dd at low | dd at high | diff mean | 95% CI | p t one-sided "
+           "| p Wilcoxon one-sided | significant |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        for d in row["dt"]:
+            out.append(f"| {row['metric']} | {row['series']} | {d['k_low']} -> {d['k_high']} | {d['n']} | "
+                       f"{_fmt(d['mean_low'])} | {_fmt(d['mean_high'])} | {_fmt(d['test']['mean'])} | "
+                       f"{_ci(d['test'])} | {_fmt(d['p_t_one_sided'], 3)} | {_fmt(d['p_wilcoxon_one_sided'], 3)} | "
+                       f"{_yes(d['significant'])} ({d['alternative']}) |")
+    out += ["", "| metric | series | k levels | n blocks | mean dd per k | Page's L | p | mean Spearman rho "
+                "| monotone trend |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        p = row["page"]
+        means = ", ".join(_fmt(m) for m in p["means"])
+        verdict = p["note"] or f"{_yes(p['significant'])} ({row['alternative']})"
+        out.append(f"| {row['metric']} | {row['series']} | {', '.join(str(k) for k in p['k'])} | {p['n']} | "
+                   f"{means} | {_fmt(p['statistic'])} | {_fmt(p['p'], 3)} | {_fmt(p['mean_rho'], 3)} | {verdict} |")
+    return out + [""]
+
+
+def _by_tag(st: dict, key: str = "by_tag", title: str = "By GenEval tag") -> list[str]:
+    """A by-tag table, with the groups too small to test counted, not listed."""
+    hidden = st.get(f"{key}_hidden", {})
+    if not st.get(key) and not hidden.get("groups"):
+        return []
+    out = [f"## {title} (mean delta, 95% CI)", ""]
     if hidden.get("groups"):
         out += [f"{hidden['groups']} (tag, condition, metric) groups hidden: {hidden['reason']}.", ""]
-    if st["by_tag"]:
-        out += ["| tag | condition | metric | n | mean | 95% CI |", "|---|---|---|---|---|---|"]
-        for row in st["by_tag"]:
+    if st[key]:
+        out += ["| tag | condition | metric | n | mean | 95% CI | p t |", "|---|---|---|---|---|---|---|"]
+        for row in st[key]:
             t = row["test"]
             out.append(f"| {row['tag']} | {row['condition']} | {row['metric']} | {t['n']} | {_fmt(t['mean'])} | "
-                       f"[{_fmt(t['ci_low'])}, {_fmt(t['ci_high'])}] |")
+                       f"{_ci(t)} | {_fmt(t['p_t'], 3)} |")
         out.append("")
     return out
+
+
+def _fid_md(f: dict) -> list[str]:
+    out = ["## FID vs the baseline images of this run", ""]
+    if f.get("error"):
+        return out + [f"**FID not computed:** `{f['error'].splitlines()[0]}`", "", "```", f["error"], "```", ""]
+    weights = "UNTRAINED (random weights): the values exercise the code only" if f["untrained"] else f["weights"]
+    out += [f"pytorch-fid Inception-v3, {f['dims']} pool features; weights: {weights}.", ""]
+    cal = f["calibration"]
+    if cal:
+        out += [f"Calibration: FID(this run's baseline, baseline of `{cal['dir']}`) = {_fmt(cal['fid'])} "
+                f"(n = {cal['n']} / {cal['n_other']} images; {cal['shared_seed_pairs']} (prompt, seed) pairs in "
+                "both runs left out)." + (f" Settings that differ: {cal['settings_differ']}." if cal['settings_differ']
+                                          else " Same generation settings."), ""]
+    else:
+        out += ["No calibration: the FID shift needs a run folder of the same settings and other seeds "
+                "(`write_report(..., fid_calibration=DIR)`).", ""]
+    out += ["| condition | n | FID vs baseline | shift: ratio to calibration | shift: excess |",
+            "|---|---|---|---|---|"]
+    for row in f["rows"]:
+        out.append(f"| {row['condition']} | {row['n']} | {_fmt(row['fid'])} | {_fmt(row['shift']['ratio'], 3)} | "
+                   f"{_fmt(row['shift']['excess'])} |")
+    return out + ["", f["note"], ""]
+
+
+def _methods(s: dict) -> list[str]:
+    """What was tested and how, with this report's numbers: a reader checks the settings here,
+    not in the code."""
+    st, out = s["statistics"], ["## Methods", ""]
+    if s["metrics"]:
+        out += _methods_paired(st, len(st["vs_baseline"])) + _methods_trend(st) + _methods_tags(st)
+    if s.get("fid") and not s["fid"].get("error"):
+        out.append("- FID: pytorch-fid (the package of the original's calibration, FC:61-63), Inception pool features "
+                   f"({s['fid']['dims']} dims), each condition's images against the baseline images of the same "
+                   "(prompt, seed) pairs (generated vs generated, as the original); the FID shift divides by the "
+                   "FID of two baseline sets that differ only in their seeds (ratio) and subtracts it (excess).")
+    return out + [""]
+
+
+def _methods_paired(st: dict, n_tests: int) -> list[str]:
+    b = st["bootstrap"]
+    return [
+        f"- Paired design: per (prompt, seed), condition minus baseline from the same initial latents (LPIPS: the "
+        f"distance to the baseline image itself). Percentile bootstrap {int(b['level'] * 100)}% CI of the mean, "
+        f"{b['resamples']} resamples, seed {b['seed']}; each test draws from its own generator seeded by (seed, "
+        "test name), so a number does not move when conditions are added. The original used 1000 resamples with "
+        "seed 42 (ACF, HV, DD, DT; several of its scripts unseeded, D16): `--bootstrap 1000` matches the count.",
+        f"- Against the baseline ({n_tests} tests): Wilcoxon signed-rank (two-sided, zero differences dropped) and "
+        "paired t (a one-sample t on the deltas, which is `ttest_rel`, as the original). Holm correction per test "
+        f"type in three families: all, {st['family']['all']}; per k, {st['family']['per_k']}; k sweep, "
+        f"{st['family']['sweep']}.",
+        "- Sink minus random (delta of deltas, HV:183, DD:59): per pair sink delta minus the random control's "
+        "delta at the same k, layers, path and selection, the random draws averaged per pair first. Bootstrap CI, "
+        "one-sample t two-sided and one-sided (the original's halving, DD:81-89), Wilcoxon two-sided and "
+        "one-sided; one-sided means 'less' for scores (the sink lowers them more) and 'greater' for LPIPS (the "
+        f"sink perturbs more). Sink-specific (the original's rule, DD:105): mean on that side, CI excluding 0, "
+        f"one-sided t p < {st['alpha']}. Holm across {st['family']['sink_minus_random']} (two-sided; the original "
+        "applied none). LPIPS ratio: mean sink LPIPS / mean random LPIPS over the same pairs, with a paired "
+        "bootstrap CI (pairs resampled together; the original gave no interval).",
+    ]
+
+
+def _methods_trend(st: dict) -> list[str]:
+    if not st.get("trend"):
+        return []
+    return [
+        "- Dose trend: the original's DT (DT:162-182), per pair the delta of deltas at the higher k minus at the "
+        "lower k, with bootstrap CI, one-sided t and Wilcoxon and the same rule, for adjacent k levels and for the "
+        "lowest vs the highest; and Page's L test across all k levels (blocks: the (prompt, seed) pairs observed at "
+        "every level; predicted order: falling with k for scores, rising for LPIPS). Why Page's L: it is the test "
+        "for an ordered alternative in a complete block design, ranks within each pair remove the prompt's own "
+        "level, it assumes no functional form or scale for k, and it pools the per-pair Spearman correlations "
+        "(reported as mean rho) rather than keeping only their signs as a sign test would. It needs 3 levels or more."]
+
+
+def _methods_tags(st: dict) -> list[str]:
+    words = ", ".join(E1_TAG_WORDS)
+    return [
+        "- Tags: GenEval's own tag field (one tag per prompt, from the prompt set's metadata), and, for comparison "
+        f"with the original's E1 (E1:46-64), its multi-label substring tags ({words}, else single_object) on the "
+        "prompt text, a prompt counting in every tag it matches. E1 used an unseeded bootstrap and `ttest_rel`; "
+        f"here the seeded bootstrap and the same t. Groups with fewer than {st['by_tag_hidden']['min_n']} pairs "
+        "are counted, not listed."]

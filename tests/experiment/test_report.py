@@ -1,6 +1,8 @@
 """`sinkattn report` on real tiny run folders: image paths named by records stay inside the
 run folder, bad images are warnings, random weights are said everywhere, small by-tag groups
-are hidden, and a run without metrics says so instead of printing empty tables."""
+are hidden, a run without metrics says so instead of printing empty tables; a k sweep gets the
+original study's analyses and a Methods paragraph with the report's numbers; FID (a set metric)
+is computed from the stored images when the run's metrics include it."""
 
 import json
 import os
@@ -8,6 +10,7 @@ import shutil
 import warnings
 
 import pytest
+from PIL import Image
 
 from sinkattn.cli import main
 from sinkattn.experiment import plots
@@ -167,9 +170,107 @@ def test_metrics_none_says_so_and_omits_empty_tables(unscored_run, tmp_path):
     summary = write_report(str(run))
     md = (run / "summary.md").read_text()
     assert "No metrics were computed" in md and "--metrics clip_t,lpips" in md
+    # a rerun into the same folder scores the stored images (runner: metrics*.jsonl)
+    assert "rerun the same command into this folder" in md and "adds nothing" not in md
+    assert "## Methods" not in md
     for empty in ("## Conditions vs baseline", "## Sink minus", "## By GenEval tag", "| condition | metric |"):
         assert empty not in md
     assert "plots/dose_response.png" not in summary["plots"]
     assert not (run / "plots" / "dose_response.png").exists()
     assert {"plots/sink_atlas.png", "plots/qualitative_grid.png"} <= set(summary["plots"])
     assert "No metrics were computed" in summary["metrics_note"]
+
+
+# 4 prompts x (baseline + sink and random at k = 1, 2, 4) = 28 images: three dose levels for the trend test
+SWEEP = [*BASE[:BASE.index("--k")], "--k", "1,2,4", *BASE[BASE.index("--k") + 2:], "--metrics", "clip_t,lpips"]
+
+
+@pytest.fixture(scope="module")
+def sweep_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "run"
+    assert main(["run", "--out", str(out), *SWEEP]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def calibration_run(tmp_path_factory):
+    """The same prompts and settings, other seeds (seed_base 1000): seed variation alone."""
+    out = tmp_path_factory.mktemp("calibration") / "run"
+    args = [*BASE, "--controls", "sink", "--seed-base", "1000", "--metrics", "none"]
+    assert main(["run", "--out", str(out), *args]) == 0
+    return out
+
+
+def _with_fid(run, tmp_path, **config_changes):
+    run = _copy(run, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    config.update(metrics=config["metrics"] + ["fid"], **config_changes)
+    (run / "config.json").write_text(json.dumps(config))
+    return run
+
+
+def test_sweep_gets_the_original_analyses_and_a_methods_paragraph(sweep_run, tmp_path):
+    run = _copy(sweep_run, tmp_path)
+    summary = write_report(str(run))
+    st = summary["statistics"]
+    assert summary["fid"] is None  # not asked for
+    assert {(r["metric"], tuple(r["k"])) for r in st["trend"]} == {("clip_t", (1, 2, 4)), ("lpips", (1, 2, 4))}
+    for row in st["trend"]:
+        assert row["page"]["n"] == 4 and row["page"]["p"] is not None
+        assert [(d["k_low"], d["k_high"]) for d in row["dt"]] == [(1, 2), (2, 4), (1, 4)]
+    dd = {(r["metric"], r["k"]): r for r in st["sink_minus_random"]}
+    assert set(dd) == {(m, k) for m in ("clip_t", "lpips") for k in (1, 2, 4)}
+    assert all(dd[("lpips", k)]["ratio_ci_low"] is not None for k in (1, 2, 4))
+    assert dd[("lpips", 1)]["alternative"] == "greater" and dd[("clip_t", 1)]["alternative"] == "less"
+    assert all(set(r["holm"]) == {"per_k", "sweep"} for r in st["vs_baseline"])
+    md = (run / "summary.md").read_text()
+    for needle in ("## Methods", "100 resamples, seed 0", "ACF:767-772", "SK:47-57", "Page's L", "DD:105",
+                   "E1:46-64", "## Dose trend across k", "| lpips | score/head/Lall | 1 -> 4 |",
+                   "## By E1 substring tag"):
+        assert needle in md, needle
+    assert "plots/sink_minus_random.png" in summary["plots"] and (run / "plots" / "sink_minus_random.png").exists()
+    again = write_report(str(run))["statistics"]
+    assert again == st  # seeded: the same numbers every time
+
+
+def test_fid_when_the_runs_metrics_include_it(sweep_run, calibration_run, tmp_path):
+    from sinkattn.metrics import build_set_metric
+    from sinkattn.metrics.fid import frechet_distance
+
+    run = _with_fid(sweep_run, tmp_path)
+    summary = write_report(str(run), fid_calibration=str(calibration_run))
+    fid = summary["fid"]
+    assert fid["error"] is None and fid["untrained"] and fid["package"] == "pytorch-fid" and fid["dims"] == 2048
+    assert "fid" in summary["untrained_metrics"] and summary["random_weights"]["banner"] == BANNER
+    rows = {r["condition"]: r for r in fid["rows"]}
+    assert len(rows) == 6 and all(r["n"] == 4 and r["fid"] >= 0 for r in rows.values())
+    cal = fid["calibration"]
+    assert cal["n"] == cal["n_other"] == 4 and cal["shared_seed_pairs"] == 0 and cal["settings_differ"] == {}
+    assert cal["fid"] > 0
+    for r in rows.values():
+        assert r["shift"]["ratio"] == pytest.approx(r["fid"] / cal["fid"])
+        assert r["shift"]["excess"] == pytest.approx(r["fid"] - cal["fid"])
+    # one row recomputed by hand: the condition's images against the baseline images of the same pairs
+    records = read_records(str(run / "results.jsonl"))
+    name = "sink_k4_score_head_Lall"
+    pick = lambda cond: [str(run / r["image"]) for r in sorted(records, key=lambda r: r["prompt_id"])
+                         if r["condition"] == cond]
+    extractor = build_set_metric("fid", untrained=True)
+    load = lambda paths: extractor.features([Image.open(p).convert("RGB") for p in paths])
+    assert rows[name]["fid"] == pytest.approx(frechet_distance(load(pick(name)), load(pick("baseline"))), rel=1e-6)
+    md = (run / "summary.md").read_text()
+    assert "## FID vs the baseline images" in md and "UNTRAINED (random weights)" in md and "Calibration:" in md
+    assert "- FID: pytorch-fid" in md
+
+
+def test_fid_without_weights_is_a_warning_not_a_crash(scored_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("SINKATTN_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.delenv("SINKATTN_FID_WEIGHTS", raising=False)
+    run = _with_fid(scored_run, tmp_path, untrained_metrics=False)
+    with pytest.warns(UserWarning, match="fid not computed"):
+        summary = write_report(str(run))
+    assert "pt_inception-2015-12-05-6726825d.pth" in summary["fid"]["error"]
+    assert summary["statistics"]["vs_baseline"]  # the rest of the report is there
+    md = (run / "summary.md").read_text()
+    assert "**FID not computed:**" in md and "--metric-weights fid=" in md
