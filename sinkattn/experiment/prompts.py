@@ -1,18 +1,25 @@
 """Prompt sources: the GenEval metadata JSONL (a path, or downloaded from GenEval's public
-repository), a plain text file (one prompt per line), or the built-in set.
+repository), the original study's own prompt lists (``balanced100``, ``h1d``: a path, or
+downloaded from its repository at a pinned commit and checked against a SHA-256), a plain
+text file (one prompt per line), or the built-in set.
 
 A prompt's id is its 0-based index in its source (GenEval: the line number in
-evaluation_metadata.jsonl), so ids stay stable under --limit and sharding.
+evaluation_metadata.jsonl; balanced100: the line of prompts_geneval_balanced_100.txt), so
+ids stay stable under --limit and sharding. No prompt list of the original is stored in
+this repository.
 """
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 import os
 import urllib.request
+import warnings
 from dataclasses import dataclass, field
 
-__all__ = ["BUILTIN_PROMPTS", "GENEVAL_URL", "Prompt", "load_prompts"]
+__all__ = ["BUILTIN_PROMPTS", "GENEVAL_URL", "ORIGINAL_SOURCES", "Prompt", "load_prompts", "original_prompts_path"]
 
 GENEVAL_URL = "https://raw.githubusercontent.com/djghosh13/geneval/main/prompts/evaluation_metadata.jsonl"
 GENEVAL_FILE = "evaluation_metadata.jsonl"
@@ -73,17 +80,129 @@ def geneval_path(download: bool = True) -> str:
     return cached
 
 
+# The original study's prompt lists (wfz666/ICML26-attention-sink, MIT licence), read from
+# the release commit that ORIGINAL_STUDY.md cites. sha256: of the prompts joined by "\n"
+# with a final "\n" (for balanced100 that is the file itself).
+ORIGINAL_COMMIT = "ab0e3fb2c70dec7baab7a166fee37f5951528333"
+_ORIGINAL_RAW = (f"https://raw.githubusercontent.com/wfz666/ICML26-attention-sink/{ORIGINAL_COMMIT}/"
+                 "attention-sink-voodoo-release/")
+
+
+@dataclass(frozen=True)
+class OriginalSource:
+    url: str
+    sha256: str
+    env: str
+    cache_name: str
+    count: int
+    what: str
+    extract: str = "lines"  # "lines": a text file; "h1d": the list literal of collect_h1_dynamic.py
+
+
+ORIGINAL_SOURCES = {
+    # 100 GenEval prompts, 20 single-object and 15 of each other tag: the appendix runs, T5, T9, T20
+    "balanced100": OriginalSource(
+        _ORIGINAL_RAW + "prompts/prompts_geneval_balanced_100.txt",
+        "4066159c68a40c0c83fca569311159ef44c96bbecd4c55492252bc9c36f4ad8c", "SINKATTN_BALANCED100",
+        "prompts_geneval_balanced_100.txt", 100, "prompts/prompts_geneval_balanced_100.txt"),
+    # the 8 prompts hard-coded in collect_h1_dynamic.py (H1D:190-199): Figure 2 / Table 1
+    "h1d": OriginalSource(
+        _ORIGINAL_RAW + "experiments/collect_h1_dynamic.py",
+        "43bb4c0e7030c616c0676cac090f3601ac416959f474b43da9ed3842a67b1393", "SINKATTN_H1D_PROMPTS",
+        "h1d_prompts.txt", 8, "the prompts list of experiments/collect_h1_dynamic.py", extract="h1d"),
+}
+
+
+def _digest(prompts: list[str]) -> str:
+    return hashlib.sha256(("\n".join(prompts) + "\n").encode("utf-8")).hexdigest()
+
+
+def _h1d_prompts(source: str) -> list[str]:
+    """The list assigned to ``prompts`` in collect_h1_dynamics() (``[...][:num_samples]``)."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "prompts" for t in node.targets):
+            value = node.value.value if isinstance(node.value, ast.Subscript) else node.value
+            if isinstance(value, ast.List) and all(isinstance(e, ast.Constant) and isinstance(e.value, str)
+                                                   for e in value.elts):
+                return [e.value for e in value.elts]
+    raise ValueError("no prompts list in collect_h1_dynamic.py")
+
+
+def original_prompts_path(name: str, download: bool = True) -> str:
+    """A text file (one prompt per line) of the original's prompt list ``name``: $ENV (a
+    text file, used as given; a warning when it is not the original's list), else the
+    sinkattn cache, else a download from the original repository at its release commit,
+    checked against the list's SHA-256 before it is cached."""
+    src = ORIGINAL_SOURCES[name]
+    env = os.environ.get(src.env)
+    if env:
+        if not os.path.isfile(env):
+            raise FileNotFoundError(f"{src.env}={env!r} is not a file")
+        digest = _digest(_plain_lines(env))
+        if digest != src.sha256:
+            warnings.warn(f"sinkattn: {src.env}={env} is not the original's {name} list (sha256 {digest[:12]}..., "
+                          f"expected {src.sha256[:12]}...); using it as given", stacklevel=3)
+        return env
+    cached = os.path.join(_cache_dir(), src.cache_name)
+    if os.path.isfile(cached):
+        return cached
+    if not download:
+        raise FileNotFoundError(cached)
+    how = (f"Download {src.url} (the original repository wfz666/ICML26-attention-sink at commit "
+           f"{ORIGINAL_COMMIT[:10]}, {src.what}), "
+           + ("keep its prompts as a text file, one per line, " if src.extract == "h1d" else "")
+           + f"and set {src.env}=PATH, or put it at {cached}.")
+    try:
+        with urllib.request.urlopen(src.url, timeout=30) as response:
+            text = response.read().decode("utf-8")
+    except OSError as err:
+        raise FileNotFoundError(f"could not download the original's {name} prompts ({err}). {how}") from err
+    prompts = _h1d_prompts(text) if src.extract == "h1d" else [t.strip() for t in text.splitlines() if t.strip()]
+    if _digest(prompts) != src.sha256:
+        raise ValueError(f"the downloaded {name} prompts are not the ones this release of sinkattn knows "
+                         f"(sha256 {_digest(prompts)[:12]}..., expected {src.sha256[:12]}...). {how}")
+    os.makedirs(_cache_dir(), exist_ok=True)
+    tmp = cached + f".tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(prompts) + "\n")
+    os.replace(tmp, cached)
+    return cached
+
+
+def _plain_lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as fh:
+        return [line.strip() for line in fh if line.strip()]
+
+
+def _geneval_tags() -> dict[str, tuple[str, int]]:
+    """prompt -> (GenEval tag, GenEval line) when the GenEval metadata is on this machine
+    ($SINKATTN_GENEVAL or the cache; never downloaded for this), else {}."""
+    try:
+        path = geneval_path(download=False)
+        return {p.text: (p.tag, p.prompt_id) for p in _read_jsonl(path)}
+    except (OSError, ValueError):
+        return {}
+
+
 def load_prompts(source: str = "builtin", limit: int | None = None) -> list[Prompt]:
-    """``source``: "builtin", "geneval" (cached or downloaded), a .jsonl path (GenEval's
+    """``source``: "builtin", "geneval" (cached or downloaded), "balanced100" / "h1d" (the
+    original study's lists, see :func:`original_prompts_path`), a .jsonl path (GenEval's
     format: one object per line with "prompt" and "tag"), or any other path (a text file,
     one prompt per line; blank lines and lines starting with # are skipped).
-    ``limit``: the first N prompts."""
+    ``limit``: the first N prompts. balanced100 prompts are GenEval prompts: their tag is
+    GenEval's when its metadata is on this machine (SINKATTN_GENEVAL or the cache)."""
     if source == "builtin":
         prompts = [Prompt(i, text, tag) for i, (tag, text) in enumerate(BUILTIN_PROMPTS)]
+    elif source in ORIGINAL_SOURCES:
+        texts = _plain_lines(original_prompts_path(source))
+        tags = _geneval_tags() if source == "balanced100" else {}
+        prompts = [Prompt(i, t, tags.get(t, (None,))[0], {"geneval_id": tags[t][1]} if t in tags else {})
+                   for i, t in enumerate(texts)]
     else:
         path = geneval_path() if source == "geneval" else source
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"prompts: {path!r} is not a file (use 'builtin', 'geneval' or a path)")
+            raise FileNotFoundError(f"prompts: {path!r} is not a file (use 'builtin', 'geneval', "
+                                    f"{', '.join(repr(n) for n in ORIGINAL_SOURCES)} or a path)")
         prompts = _read_jsonl(path) if path.endswith(".jsonl") else _read_text(path)
     if not prompts:
         raise ValueError(f"prompts: {source!r} holds no prompts")
