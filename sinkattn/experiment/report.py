@@ -541,8 +541,11 @@ def _methods_trend(st: dict) -> list[str]:
 def _methods_tags(st: dict) -> list[str]:
     words = ", ".join(E1_TAG_WORDS)
     return [
-        "- Tags: GenEval's own tag field (one tag per prompt, from the prompt set's metadata), and, for comparison "
-        f"with the original's E1 (E1:46-64), its multi-label substring tags ({words}, else single_object) on the "
-        "prompt text, a prompt counting in every tag it matches. E1 used an unseeded bootstrap and `ttest_rel`; "
+        "- Tags: GenEval's own tag field (one tag per prompt, from the prompt set's metadata: single_object, "
+        "two_object, counting, colors, position, color_attr), and, for comparison with the original's E1 "
+        f"(E1:46-64), its multi-label substring tags ({words}, else single_object) on the prompt text, a prompt "
+        "counting in every tag it matches. The two disagree: 'a photo of a red bicycle' is GenEval single_object "
+        "but E1 color; 'a yellow bus and a green bench' is GenEval color_attr but E1 two_object and color. E1 "
+        "used an unseeded bootstrap and `ttest_rel`; "
         f"here the seeded bootstrap and the same t. Groups with fewer than {st['by_tag_hidden']['min_n']} pairs "
         "are counted, not listed."]

@@ -28,7 +28,9 @@ are (weights.py): `weights=` (the file, or a folder holding it), SINKATTN_FID_WE
 hub cache ($TORCH_HOME/hub/checkpoints, where pytorch-fid itself caches it), then a download to
 that cache unless offline; else `MetricWeightsUnavailable` naming the file, its URL and the flag
 that points at a copy. A cached or downloaded copy must have the SHA-256 prefix its name carries
-(6726825d, torch.hub's naming convention, which `check_hash` verifies); the file is read with
+(6726825d, torch.hub's naming convention, which `check_hash` verifies; the same-named copy on
+torch-fidelity's release, same state-dict layout, is reported with SHA-256 6726825d0af5f729...,
+which fits); the file is read with
 `torch.load(weights_only=True)` and handed to pytorch-fid's own model constructor.
 
 `untrained=True`: random (seeded) weights in the same architecture, no file read: for tests and

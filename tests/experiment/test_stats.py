@@ -259,6 +259,9 @@ def test_e1_tags_are_the_original_substring_tags():
     assert e1_tags("a photo of a cat") == ["single_object"]
     assert e1_tags("a photo of two red apples on a table") == ["counting", "position", "color"]
     assert e1_tags("a photo of a dog and a bench") == ["two_object"]
+    # where they differ from GenEval's tag field (single_object, color_attr): the Methods text says so
+    assert e1_tags("a photo of a red bicycle") == ["color"]
+    assert e1_tags("a photo of a yellow bus and a green bench") == ["two_object", "color"]
     recs = _records({"baseline": [0.0] * 6, "sink": [1.0] * 6})
     for r in recs:
         r["prompt"] = "two cats" if r["prompt_id"] < 5 else "a cat"
