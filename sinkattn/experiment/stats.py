@@ -293,7 +293,7 @@ def summarize(records: list[dict], conditions: list[dict], metrics: list[str], n
         "by_tag_hidden": {"groups": hidden, "min_n": min_group_n, "reason": reason},
         "by_e1_tag": [dict(row, test=row["test"].to_dict()) for row in by_e1],
         "by_e1_tag_hidden": {"groups": hidden_e1, "min_n": min_group_n, "reason": reason},
-        "family": dict(FAMILIES),
+        "family": dict(FAMILIES, vs_baseline=FAMILIES["all"] + ", Holm per test type"),  # vs_baseline: earlier key
         "bootstrap": {"resamples": n_boot, "level": 0.95, "seed": seed, "method": "percentile"},
         "alpha": ALPHA,
     }
