@@ -1,5 +1,6 @@
-"""SinkSuppressProcessor: one drop-in diffusers attention processor for SD3/SD3.5, Flux and
-SDXL (and any UNet or VAE that uses AttnProcessor2_0).
+"""SinkSuppressProcessor: one drop-in diffusers attention processor for SD3/SD3.5, Flux,
+SDXL, PixArt-Sigma, Qwen-Image and Wan 2.1 (and any UNet or VAE that uses AttnProcessor2_0);
+what differs between them is a row of sinkattn.processors.families.ATTENTION_KINDS.
 
     pipe.transformer.set_attn_processor(SinkSuppressProcessor(k=1))
 
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .core import SinkSettings, sink_core
-from .families import kind_of, tokens_for
+from .families import CallInputs, kind_of, tokens_for
 
 __all__ = ["SinkSuppressProcessor", "attention_modules"]
 
@@ -115,22 +116,32 @@ class SinkSuppressProcessor:
         # diffusers hands a processor only the keywords its __call__ names and drops the rest
         # with a log line. The per-call options of stock processors that this one does not
         # support are named here so that a call using them fails instead of running without
-        # them. Flux passes image_rotary_emb as the fifth positional argument.
-        unsupported = {name: value for name, value in (("encoder_hidden_states_mask", encoder_hidden_states_mask),
-                                                       ("ip_adapter_masks", ip_adapter_masks),
+        # them. Flux and Wan pass their rotary embedding as the fifth positional argument.
+        # encoder_hidden_states_mask (Qwen-Image's text mask) is taken by the kinds that use it
+        # (their row says text_mask=True) and refused by every other.
+        unsupported = {name: value for name, value in (("ip_adapter_masks", ip_adapter_masks),
                                                        ("ip_hidden_states", ip_hidden_states)) if value is not None}
         unsupported.update(kwargs)
         if args or unsupported:
             raise TypeError(f"SinkSuppressProcessor does not support {sorted(unsupported) or f'{len(args)} extra arguments'}"
                             f" in a {type(attn).__name__} call (it would run without them)")
-        kind = kind_of(attn)
-        call = kind.prepare(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, temb)
+        inputs = CallInputs(hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, temb,
+                            encoder_hidden_states_mask)
+        kind = kind_of(attn, inputs)
+        if encoder_hidden_states_mask is not None and not kind.text_mask:
+            raise TypeError(f"SinkSuppressProcessor does not support ['encoder_hidden_states_mask'] in a "
+                            f"{type(attn).__name__} call laid out as {kind.name!r} (it would run without it)")
+        call = kind.prepare(self, attn, inputs)
         name, index = self.layer_of(attn)
         active = self.gate is None or self.gate(name)
         q_tokens, k_tokens = tokens_for(kind, call.q.shape[2], call.k.shape[2], call.n_text, call.cross)
+        plain = self._plain
+        if call.stock_mask is not None:  # the calls left alone get the stock form of the mask
+            def plain(q, k, v, attention_mask, scale, stock=call.stock_mask):
+                return self._plain(q, k, v, stock, scale)
         out, record = sink_core(call.q, call.k, call.v, self.settings, q_tokens, k_tokens, active=active,
                                 want_mass=self.tracer is not None, attention_mask=call.mask,
-                                generator=self.generator, plain=self._plain)
+                                generator=self.generator, plain=plain)
         if record is not None:
             self.tracer.record(layer=name, layer_index=index, family=kind.name, call=record,
                                clock=self.clock, intervened=active and record.sinks is not None)

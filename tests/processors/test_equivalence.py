@@ -1,5 +1,11 @@
 """The processor on whole tiny models: k=0 is the stock processor, k>0 is the stock
-processor with its SDPA replaced by sinkattn.reference over hand-derived token ranges."""
+processor with its SDPA replaced by sinkattn.reference over hand-derived token ranges.
+
+Families: SD3, SD3.5-medium (MMDiT-X: dual attention, RMS QK-norm), SD3.5-large (RMS
+QK-norm), Flux, SDXL, PixArt-Sigma (self + cross-attention with the T5 padding mask),
+Qwen-Image ([text, image] joint attention, complex RoPE, the text padding mask) and Wan 2.1
+text-to-video (self-attention over a 3-D token grid with RoPE, cross-attention to text).
+The tiny inputs of PixArt and Qwen-Image carry a text padding mask on their last batch row."""
 
 from __future__ import annotations
 
@@ -28,8 +34,12 @@ def on_device(model):
 BUILDERS = {
     "sd3": tiny.tiny_sd3_transformer,
     "sd35": tiny.tiny_sd35_transformer,
+    "sd35-large": tiny.tiny_sd35_large_transformer,
     "flux": tiny.tiny_flux_transformer,
     "sdxl": tiny.tiny_sdxl_unet,
+    "pixart": tiny.tiny_pixart_transformer,
+    "qwen": tiny.tiny_qwenimage_transformer,
+    "wan": tiny.tiny_wan_transformer,
 }
 
 
@@ -41,10 +51,15 @@ def forward(model, inputs):
 def hand_ranges(family, mass_queries="image", candidates="all", apply_queries="all"):
     """(attn, hidden_states, encoder_hidden_states, nq, nk) -> op ranges, worked out by hand:
     SD3 [image, text]; Flux [text, image] (single blocks: the test's known text length);
-    SDXL self-attention all image, cross-attention image queries and text keys."""
+    Qwen-Image [text, image] (every block joint); SDXL, PixArt and Wan self-attention all
+    image, cross-attention image queries and text keys."""
 
     def ranges(attn, hidden_states, encoder_hidden_states, nq, nk):
-        if family in ("sd3", "sd35"):
+        if family == "qwen":
+            n_txt = encoder_hidden_states.shape[1]
+            q = {"image": (n_txt, nq), "text": (0, n_txt), "all": (0, nq)}
+            k = {"image": (n_txt, nk), "text": (0, n_txt), "all": (0, nk)}
+        elif family in ("sd3", "sd35", "sd35-large"):
             n_img = hidden_states.shape[1]
             q = {"image": (0, n_img), "text": (n_img, nq), "all": (0, nq)}
             k = {"image": (0, n_img), "text": (n_img, nk), "all": (0, nk)}
@@ -69,6 +84,10 @@ def hand_ranges(family, mass_queries="image", candidates="all", apply_queries="a
     pytest.param("sd35", id="sd35-dual-qknorm"),
     pytest.param("flux", id="flux-double-single-rope"),
     pytest.param("sdxl", id="sdxl-unet"),
+    pytest.param("sd35-large", id="sd35-large-qknorm"),
+    pytest.param("pixart", id="pixart-sigma-masked-cross"),
+    pytest.param("qwen", id="qwen-image-masked-rope"),
+    pytest.param("wan", id="wan-t2v-3d-rope"),
 ])
 def test_k0_equals_stock(family):
     model, inputs = on_device(BUILDERS[family]())
@@ -92,6 +111,20 @@ CASES = [
     pytest.param("sdxl", {}, id="sdxl-default"),
     pytest.param("sdxl", dict(k=2, candidates="text"), id="sdxl-text-cands-cross-only"),
     pytest.param("sdxl", dict(k=1, candidates="image", select="shared", path="value", eta=0.0), id="sdxl-image-self-only"),
+    pytest.param("sd35-large", {}, id="sd35-large-default"),
+    pytest.param("sd35-large", dict(k=2, candidates="text", path="value", eta=0.25), id="sd35-large-text-value"),
+    pytest.param("pixart", {}, id="pixart-default"),
+    pytest.param("pixart", dict(k=2, candidates="text"), id="pixart-text-cands-masked-cross-only"),
+    pytest.param("pixart", dict(k=1, candidates="image", select="shared", path="value"), id="pixart-image-self-only"),
+    pytest.param("qwen", {}, id="qwen-default"),
+    pytest.param("qwen", dict(k=2, candidates="text", mass_queries="all"), id="qwen-text-cands-masked"),
+    pytest.param("qwen", dict(k=2, control="bottom", candidates="text"), id="qwen-bottom-text-masked-never-picked"),
+    pytest.param("qwen", dict(k=2, candidates="image", apply_queries="text", path="value", eta=0.5),
+                 id="qwen-image-cands-text-rows"),
+    pytest.param("wan", {}, id="wan-default"),
+    pytest.param("wan", dict(k=2, candidates="text"), id="wan-text-cands-cross-only"),
+    pytest.param("wan", dict(k=3, candidates="image", select="shared", control="random", seed=5),
+                 id="wan-random-image-self-only"),
 ]
 
 
