@@ -791,4 +791,10 @@ def write_atlas_figures(run_dir: str, summaries: list[dict] | None = None, banne
                 p = token_figure(image, os.path.join(plot_dir, f"tokens_{name}.png"), banner=banner)
                 if p:
                     made.append(p)
+    # an earlier report's overlays of other images would show beside these: removed
+    if os.path.isdir(plot_dir):
+        for name in os.listdir(plot_dir):
+            path = os.path.join(plot_dir, name)
+            if name.startswith(("overlay_p", "tokens_p")) and name.endswith(".png") and path not in made:
+                os.remove(path)
     return made
