@@ -109,6 +109,27 @@ def cpu(out: str | None):
               f"{r['finish_s_per_image'] * 1e3:.0f} ms, store {r['store_s_per_image'] * 1e3:.0f} ms, "
               f"{r['bytes_per_image'] / 2 ** 20:.2f} MiB/image on disk; 553 prompts: "
               f"{r['geneval_553_prompts']['GiB']:.2f} GiB, {r['geneval_553_prompts']['host_s'] / 60:.1f} min", flush=True)
+    # the host's own share: the same calls on 64 keys (the reductions nearly free), i.e. the
+    # Python and dispatch time per call that a GPU run spends on the host
+    from sinkattn.processors.core import CallRecord, Tokens
+
+    small = CallRecord(mass=torch.rand(B, H, 64).softmax(-1), sinks=None, keys=Tokens(64, 16), mass_queries=(0, 48))
+    tracer = SinkTracer(top=5, query_sample=64)
+    clock = _Clock()
+    times = []
+    for rep in range(3):
+        tracer.begin(prompt_id=rep)
+        t0 = time.perf_counter()
+        for step in range(STEPS):
+            clock.step = step
+            for i in range(LAYERS):
+                tracer.record(layer=f"transformer_blocks.{i}.attn", layer_index=i, family="joint", call=small,
+                              clock=clock)
+        times.append(time.perf_counter() - t0)
+        tracer.finish_image()
+    results["host_dispatch_us_per_call"] = statistics.median(times) / (LAYERS * STEPS) * 1e6
+    print(f"record on 64 keys (host dispatch only): {results['host_dispatch_us_per_call']:.0f} us/call, "
+          f"{statistics.median(times) * 1e3:.0f} ms per image of 672 calls", flush=True)
     # the sampled per-query top-5: needs q, k (B, H, N, D)
     g = torch.Generator().manual_seed(1)
     call = calls[0]
