@@ -113,6 +113,9 @@ class CallRecord:
     sinks: Tensor | None        # (B, H, k) or (B, k) int64, the intervened keys; None if none
     keys: Tokens                # where the text keys are
     mass_queries: tuple[int, int]
+    q: Tensor | None = None     # the call's q, k and scale, for tracers that sample per-query statistics
+    k: Tensor | None = None
+    scale: float | None = None
 
 
 def _plain(q, k, v, attention_mask, scale):
@@ -170,5 +173,6 @@ def sink_core(
     )
     record = None
     if want_mass:
-        record = CallRecord(mass=mass, sinks=sinks if top_k > 0 else None, keys=k_tokens, mass_queries=mass_rows)
+        record = CallRecord(mass=mass, sinks=sinks if top_k > 0 else None, keys=k_tokens, mass_queries=mass_rows,
+                            q=q, k=k, scale=scale)
     return out, record
