@@ -2,6 +2,7 @@
 
     sinkattn run --preset tiny --out runs/tiny              # offline, CPU, ~2 minutes
     sinkattn run --preset paper-sd3 --out runs/sd3 --limit 50
+    sinkattn run --preset paper-t19-ksweep --out runs/t19 --dry-run   # every condition, resolved
     torchrun --nproc-per-node 8 -m sinkattn run --preset paper-sd3 --out runs/sd3   # one shard per GPU
     sinkattn report runs/sd3
 
@@ -20,7 +21,8 @@ import warnings
 __all__ = ["main", "build_parser"]
 
 _CONDITION_FLAGS = ("k", "controls", "path", "select", "eta", "layers", "intervene_steps", "timesteps",
-                    "random_draws", "mass_queries", "apply_queries", "candidates")
+                    "random_draws", "mass_queries", "apply_queries", "candidates", "eta_mode", "value_target",
+                    "fixed", "phases")
 
 
 def _csv(cast):
@@ -59,6 +61,8 @@ def _timesteps(text):
 
 def build_parser() -> argparse.ArgumentParser:
     from .experiment.config import PRESETS
+    from .reference import ETA_MODES, PATHS, VALUE_TARGETS
+    from .selection import CONTROLS
 
     parser = argparse.ArgumentParser(prog="sinkattn", description="Attention-sink studies on diffusion models.")
     parser.add_argument("--version", action="version", version=f"sinkattn {_version()}")
@@ -79,17 +83,42 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--height", type=int, default=S)
     g.add_argument("--width", type=int, default=S)
     g.add_argument("--max-sequence-length", type=int, default=S, help="T5 tokens (SD3)")
+    g.add_argument("--scheduler", choices=["default", "euler", "dpm++"], default=S,
+                   help="default: the model's; euler / dpm++: built from its config, as the original's E2 and "
+                        "FID-calibration runs did")
+    g.add_argument("--latents", choices=["cpu", "original"], default=S,
+                   help="cpu: drawn on the CPU from the seed (the same on every device); original: a "
+                        "torch.Generator on the pipeline's device handed to the pipeline, as the original study "
+                        "(its latents on CUDA only)")
+    g.add_argument("--tiny-blocks", type=int, default=S,
+                   help="--model tiny (SD3): joint blocks; 24 gives SD3-medium's layer indices")
     g = r.add_argument_group("prompts and seeds")
-    g.add_argument("--prompts", default=S, help='"builtin", "geneval" (cached or downloaded) or a .jsonl/.txt path')
+    g.add_argument("--prompts", default=S, help='"builtin", "geneval" (cached or downloaded), "balanced100" or '
+                                                '"h1d" (the original study\'s lists), or a .jsonl/.txt path')
     g.add_argument("--limit", type=int, default=S, help="first N prompts")
     g.add_argument("--seed-base", type=int, default=S, help="prompt i uses seed seed_base + i")
     g.add_argument("--seeds-per-prompt", type=int, default=S, help="replicates: seed + r * 1000000")
+    g.add_argument("--seed-scheme", choices=["prompt", "shared"], default=S,
+                   help="prompt: prompt i uses seed seed_base + i; shared: one generator seeded seed_base, prompt i "
+                        "starts from its i-th draw (the original's score/value sweeps)")
     g = r.add_argument_group("conditions (lists are comma-separated; sets of layers/steps separated by ';')")
     g.add_argument("--k", type=_csv(int), default=S, help="keys suppressed PER HEAD, e.g. 1,5,10")
-    g.add_argument("--controls", type=_csv(str), default=S, help="of sink,random,bottom")
-    g.add_argument("--path", type=_csv(str), default=S, help="score,value")
+    g.add_argument("--controls", type=_csv(str), default=S, help=f"of {','.join(CONTROLS)}")
+    g.add_argument("--path", type=_csv(str), default=S, help=f"of {','.join(PATHS)}")
     g.add_argument("--select", type=_csv(str), default=S, help="head,shared (shared: top_k = k * heads)")
     g.add_argument("--eta", type=_csv(float), default=S, help="0 removes; in [0, 1]")
+    g.add_argument("--eta-mode", type=_csv(str), default=S,
+                   help=f"of {','.join(ETA_MODES)}: logit adds log(eta) to the key's logits; prob scales its "
+                        "probability by eta and renormalises the rest (the original's prob_scale)")
+    g.add_argument("--value-target", type=_csv(str), default=S,
+                   help=f"of {','.join(VALUE_TARGETS)}: value path v <- eta v + (1 - eta) target (mean with eta: "
+                        "the original's lerp)")
+    g.add_argument("--fixed", default=S,
+                   help='keys intervened instead of selected, "RANGE:INDEX" (e.g. text:0, the first text token; '
+                        '"none"); sets separated by ";"')
+    g.add_argument("--phases", type=_timesteps, default=S,
+                   help='windows "lo,hi;lo,hi" of t = step / (steps - 1), each resolved to its step indices, or '
+                        '"all"')
     g.add_argument("--layers", default=S, help='block sets: "12", "6;12;18" (three conditions), "0-11", "all"')
     g.add_argument("--intervene-steps", default=S, help='denoising-step sets: "0-9", "0-9;10-19", "all"')
     g.add_argument("--timesteps", type=_timesteps, default=S, help='timestep windows "lo,hi;lo,hi" or "all"')
@@ -161,6 +190,9 @@ def _preset_values() -> dict:
     group = cfg.conditions[0]
     values.update({name: getattr(group, name) for name in _CONDITION_FLAGS if hasattr(group, name)})
     values["intervene_steps"] = group.steps  # the group's steps are denoising steps to intervene in
+    values["fixed"] = "none" if group.fixed == [None] else group.fixed
+    values["scheduler"] = "default"
+    values["tiny_blocks"] = "2"
     values["metric_arch"] = {name: o["arch"] for name, o in cfg.metric_options.items() if "arch" in o}
     return values
 
@@ -190,9 +222,12 @@ def config_from_args(args: argparse.Namespace):
     overrides = {}
     for name in ("out", "model", "family", "dtype", "device", "steps", "guidance", "height", "width",
                  "max_sequence_length", "prompts", "limit", "seed_base", "seeds_per_prompt", "metric_batch_size",
-                 "untrained_metrics", "trace", "trace_top", "bootstrap", "stats_seed", "shard", "report", "progress"):
+                 "untrained_metrics", "trace", "trace_top", "bootstrap", "stats_seed", "shard", "report", "progress",
+                 "latents", "seed_scheme", "tiny_blocks"):
         if name in given:
             overrides[name] = given[name]
+    if "scheduler" in given:
+        overrides["scheduler"] = None if given["scheduler"] == "default" else given["scheduler"]
     if "metrics" in given:
         overrides["metrics"] = [] if given["metrics"] in ("", "none") else _csv(str)(given["metrics"])
     if "metric_weights" in given:
@@ -206,13 +241,19 @@ def config_from_args(args: argparse.Namespace):
         base = cfg.conditions[0] if cfg.conditions else ConditionGroup()
         group = {k: v for k, v in vars(base).items()}
         for f in ("k", "controls", "path", "select", "eta", "random_draws", "mass_queries", "apply_queries",
-                  "candidates", "timesteps"):
+                  "candidates", "timesteps", "eta_mode", "value_target", "phases"):
             if f in given:
                 group[f] = given[f]
         if "layers" in given:
             group["layers"] = parse_int_sets(given["layers"])
         if "intervene_steps" in given:
             group["steps"] = parse_int_sets(given["intervene_steps"])
+            if "phases" not in given:
+                group["phases"] = [None]  # steps given: the preset's phases give way
+        elif "phases" in given:
+            group["steps"] = [None]
+        if "fixed" in given:
+            group["fixed"] = given["fixed"]
         group["label"] = "cli"
         overrides["conditions"] = [ConditionGroup.from_dict(group)]
     return cfg.merged(overrides) if overrides else cfg
@@ -277,22 +318,121 @@ def _main(args) -> int:
 
 
 def _dry_run(cfg) -> int:
-    """Print what a run would do, after every check a run makes before loading the model."""
+    """Print what a run would do, after every check a run makes before loading the model:
+    the config, the generation settings, and every condition with its resolved settings.
+    The head count for select="shared" (top_k = k * H) comes from the model's config
+    without its weights (the tiny config, a local folder, or the Hub cache), when found."""
     import json
 
-    from .experiment.config import expand_conditions
     from .experiment.runner import plan
 
     p = plan(cfg)
     print(json.dumps(cfg.to_dict(), indent=2))
-    conditions = p.conditions or expand_conditions(cfg.conditions, heads=1)  # names; top_k needs the heads
+    skeleton, where = _skeleton(cfg)
+    heads = None
+    if skeleton is not None:
+        from .experiment.models import heads_of
+
+        def heads(layers):
+            return heads_of(skeleton, layers)
+
+    needs_heads = any(c.select == "shared" and not c.fixed for c in cfg.expand(heads=1))
+    conditions = cfg.expand(heads=heads if skeleton is not None else 1)
+    from .experiment.config import PRESET_INFO
+
+    if cfg.preset in PRESET_INFO:
+        print(f"preset {cfg.preset}: {PRESET_INFO[cfg.preset]}")
+    for line in _generation_lines(cfg, p):
+        print(line)
+    if skeleton is not None:
+        uniform = None
+        try:
+            uniform = heads(None)
+        except ValueError:
+            pass
+        print(f"  heads per attention layer: {uniform if uniform is not None else 'by layer'} (from {where})")
+    elif needs_heads:
+        print(f"  heads per attention layer: unknown without the model ({where}); shared top_k shown as k x heads")
     print(f"{len(conditions)} conditions:")
     for c in conditions:
-        waits = p.conditions is None and c.select == "shared"
-        print(f"  {c.name}  (top_k={f'{c.k} x heads, known once the model loads' if waits else c.top_k})")
+        print("  " + (c.name if c.control == "baseline" else f"{c.name}\n      " + _condition_text(
+            c, skeleton, waits=skeleton is None and c.select == "shared" and not c.fixed, steps=cfg.steps)))
     mine = f", {len(p.mine)} in shard {p.shard[0]}/{p.shard[1]}" if p.shard[1] > 1 else ""
     print(f"{len(p.prompts)} prompts{mine}")
     return 0
+
+
+def _skeleton(cfg):
+    from .experiment.models import denoiser_skeleton
+
+    try:
+        return denoiser_skeleton(cfg.model, cfg.family, cfg.tiny_blocks)
+    except (OSError, ValueError, TypeError) as err:  # an unreadable config: the run will say more
+        return None, f"its config could not be read: {err}"
+
+
+def _generation_lines(cfg, p) -> list[str]:
+    ids = [pr.prompt_id for pr in p.prompts]
+    if cfg.seed_scheme == "shared":
+        seeds = (f"one generator seeded {cfg.seed_base} for every prompt, prompt i starting from its i-th draw "
+                 "(the original's score/value sweeps)")
+    else:
+        seeds = f"seed {cfg.seed_base}+i for prompt i ({cfg.seed_base + ids[0]}..{cfg.seed_base + ids[-1]})"
+    if cfg.seeds_per_prompt > 1:
+        seeds += f", {cfg.seeds_per_prompt} replicates (+ r x 1000000)"
+    latents = ("original: a torch.Generator on the pipeline's device, handed to the pipeline (the original's "
+               "latents on CUDA only; a CPU draw cannot match them)" if cfg.latents == "original"
+               else "cpu: drawn on the CPU from the seed and handed to the pipeline (the same on every device)")
+    tiny = f" tiny_blocks={cfg.tiny_blocks}" if cfg.tiny_blocks else ""
+    return [f"generation: model={cfg.model} family={cfg.family}{tiny} dtype={cfg.dtype} device={p.device}",
+            f"  steps={cfg.steps} guidance={cfg.guidance:g} size={cfg.width}x{cfg.height} "
+            f"max_sequence_length={cfg.max_sequence_length} scheduler={cfg.scheduler or 'default'}",
+            f"  prompts={cfg.prompts}: {len(ids)} (ids {_ranges(ids)}); {seeds}",
+            f"  latents={latents}",
+            f"  metrics={','.join(cfg.metrics) or 'none'} trace={cfg.trace}"]
+
+
+def _ranges(values) -> str:
+    """0-9,20-29: sorted ints as runs."""
+    values = sorted(values)
+    runs, start = [], None
+    for i, v in enumerate(values):
+        if start is None:
+            start = v
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            runs.append(f"{start}" if start == v else f"{start}-{v}")
+            start = None
+    return ",".join(runs)
+
+
+def _condition_text(c, skeleton, waits: bool, steps: int) -> str:
+    if c.fixed:
+        what = f"keys={','.join(c.fixed)} (fixed, the same in every head; k={c.k} only switches it on)"
+    elif c.select == "shared":
+        top = "k x heads, known once the model loads" if waits else f"{c.top_k} = k x {c.top_k // c.k} heads"
+        what = f"control={c.control} k={c.k} select=shared top_k={top}"
+    else:
+        what = f"control={c.control} k={c.k} select=head top_k={c.top_k} per head"
+    if c.draw is not None:
+        what += f" draw={c.draw}"
+    how = f"path={c.path} eta={c.eta:g} eta_mode={c.eta_mode}"
+    if c.path in ("value", "both") or c.control == "high_outgoing_query_ablate":
+        how += f" value_target={c.value_target}"
+    layers = "all" if c.layers is None else ",".join(str(x) for x in c.layers)
+    if skeleton is not None:
+        from .gating import _select_layers
+        from .processors import attention_modules
+
+        chosen = _select_layers(skeleton, list(c.layers) if c.layers is not None else None)
+        n = len(attention_modules(skeleton)) if chosen is None else len(chosen)
+        layers += f" ({n} attention module{'s' if n != 1 else ''})"
+    step_text = "all" if c.steps is None else _ranges(c.steps)
+    if c.phase is not None:
+        step_text += f" (phase t in [{c.phase[0]:g}, {c.phase[1]:g}], t = step/{steps - 1})"
+    if c.timesteps is not None:
+        step_text += f" timesteps {c.timesteps[0]:g}..{c.timesteps[1]:g}"
+    return (f"{what}; {how}; layers={layers}; steps={step_text} of 0-{steps - 1}; queries: mass={c.mass_queries} "
+            f"apply={c.apply_queries} candidates={c.candidates}")
 
 
 if __name__ == "__main__":  # pragma: no cover

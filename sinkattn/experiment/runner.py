@@ -4,7 +4,8 @@ same initial latents, each image scored, each record appended atomically.
     from sinkattn.experiment import preset_config, run
     run(preset_config("tiny").merged({"out": "runs/tiny"}))
 
-Order of work for one (prompt, seed): draw the latents (CPU generator, ``seed``); make the
+Order of work for one (prompt, seed): draw the latents (CPU generator, ``seed``; or, with
+latents="original", a generator on the pipeline's device handed to every call); make the
 baseline (traced, for the sink atlas) or read it back from disk; make every pending
 condition with a fresh processor (a random control's processor is seeded from (seed,
 condition), so an image never depends on what ran before it); score the group; append a
@@ -30,7 +31,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 
-from .config import RunConfig, expand_conditions
+from .config import RunConfig
 from .prompts import load_prompts
 from .store import (
     FolderLock, RecordStore, atomic_write_bytes, atomic_write_text, merged_records, metric_key, record_key,
@@ -88,8 +89,10 @@ def _merged_config(cfg: RunConfig, out: str) -> dict:
     if os.path.exists(path):
         with open(path, encoding="utf-8") as fh:
             old = json.load(fh)
-        diffs = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in cfg.generation_fingerprint().items()
-                 if old.get(k) != v and not (isinstance(v, float) and old.get(k) == v)]
+        # a field an older sinkattn did not write had its default value there
+        defaults = RunConfig().generation_fingerprint()
+        diffs = [f"{k}: {old.get(k, defaults[k])!r} there, {v!r} now" for k, v in cfg.generation_fingerprint().items()
+                 if old.get(k, defaults[k]) != v]
         if diffs:
             raise ValueError(f"{out} holds a run made with other settings ({'; '.join(diffs)}); "
                              "use another --out folder, or the same settings to resume it")
@@ -176,18 +179,19 @@ class _Scorers:
     """The run's scorers, built once; failures at scoring time become missing values."""
 
     def __init__(self, cfg: RunConfig, device: str):
-        from ..metrics import build_scorer
+        from ..metrics import build_scorers
 
-        self.scorers = {}
-        for name in cfg.metrics:
-            options = dict(cfg.metric_options.get(name, {}))
-            options.setdefault("batch_size", cfg.metric_batch_size)
-            try:
-                self.scorers[name] = build_scorer(name, weights=cfg.metric_weights.get(name), device=device,
-                                                  untrained=cfg.untrained_metrics, **options)
-            except ImportError as err:
-                raise ImportError(f"metric {name!r} needs a package that is not installed ({err}); "
-                                  "pip install 'sinkattn[metrics]', or leave it out with --metrics") from err
+        options = {name: dict(cfg.metric_options.get(name, {})) for name in cfg.metrics}
+        for o in options.values():
+            o.setdefault("batch_size", cfg.metric_batch_size)
+        try:
+            # every scorer is tried: one MetricWeightsUnavailable names every missing file
+            self.scorers = build_scorers(cfg.metrics, weights=cfg.metric_weights, device=device,
+                                         untrained=cfg.untrained_metrics, options=options)
+        except ImportError as err:
+            which = ", ".join(repr(m) for m in cfg.metrics)
+            raise ImportError(f"a metric of {which} needs a package that is not installed ({err}); "
+                              "pip install 'sinkattn[metrics]', or leave it out with --metrics") from err
         self.info = {name: {"untrained": s.untrained, "weights": s.weights_source} for name, s in self.scorers.items()}
         self.untrained = any(s.untrained for s in self.scorers.values())
 
@@ -271,10 +275,10 @@ def plan(cfg: RunConfig) -> Plan:
     prompts = load_prompts(cfg.prompts, cfg.limit)
     mine = [p for pos, p in enumerate(prompts) if pos % shard[1] == shard[0]]
     if any("shared" in g.select for g in cfg.conditions):
-        expand_conditions(cfg.conditions, heads=1)  # every other check; top_k = k * heads waits for the model
+        cfg.expand(heads=1)  # every other check; top_k = k * heads waits for the model
         conditions = None
     else:
-        conditions = expand_conditions(cfg.conditions)
+        conditions = cfg.expand()
     _merged_config(cfg, out)
     return Plan(cfg, out, shard, device, prompts, mine, conditions)
 
@@ -307,7 +311,7 @@ def _run(p: Plan, stores: dict) -> RunResult:
     conditions = p.conditions
     if conditions is None:
         _, gen = _load(cfg, device)
-        conditions = expand_conditions(cfg.conditions, heads=gen.heads)
+        conditions = cfg.expand(heads=gen.heads_for)
     keys = [(pr, seed, c) for pr in p.mine for seed in cfg.seeds_for(pr.prompt_id) for c in conditions]
     pending = [(pr, seed, c) for pr, seed, c in keys if (pr.prompt_id, seed, c.name) not in stores["results"]]
     _log(cfg, f"sinkattn run: {out} shard {shard[0]}/{shard[1]} on {device}: {len(p.mine)} prompts x "
@@ -416,11 +420,12 @@ def _log(cfg: RunConfig, message: str) -> None:
 
 
 def _load(cfg: RunConfig, device: str):
-    from .models import Generator, load_pipeline
+    from .models import Generator, load_pipeline, set_scheduler
 
-    pipe = load_pipeline(cfg.model, cfg.family, cfg.dtype, device)
+    pipe = load_pipeline(cfg.model, cfg.family, cfg.dtype, device, tiny_blocks=cfg.tiny_blocks)
+    set_scheduler(pipe, cfg.scheduler)
     return pipe, Generator(pipe, cfg.family, cfg.steps, cfg.guidance, cfg.height, cfg.width,
-                           cfg.max_sequence_length, device)
+                           cfg.max_sequence_length, device, latents=cfg.latents)
 
 
 def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device) -> int:
@@ -434,6 +439,9 @@ def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device
     warnings.filterwarnings("ignore", message="sinkattn: no Triton kernels")  # said once in the log instead
     if not device.startswith("cuda"):
         _log(cfg, "sinkattn run: no CUDA device; attention runs on the PyTorch reference (slow for real models)")
+        if cfg.latents == "original":
+            _log(cfg, "sinkattn run: latents=original draws them from a generator on cpu; the original study drew "
+                      "them on CUDA, so these images cannot match its images (the pairing is unchanged)")
     groups: dict[tuple, list] = {}
     for p, seed, c in pending:
         groups.setdefault((p.prompt_id, seed), []).append((p, c))
@@ -444,7 +452,8 @@ def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device
     written = 0
     for (prompt_id, seed), items in groups.items():
         prompt = items[0][0]
-        latents = gen.latents(seed)
+        draw = cfg.draw_index(prompt_id)
+        latents = gen.latents(seed, draw)
         made = []  # (condition, image, seconds)
         baseline_path = os.path.join(out, image_relpath("baseline", prompt_id, seed))
         trace = None
@@ -456,19 +465,20 @@ def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device
                     tracer = SinkTracer(tokenizer=gen.tracer_tokenizers(), top=cfg.trace_top)
                     with intervene(gen.pipe, SinkSuppressProcessor(k=0, tracer=tracer)):
                         tracer.begin(prompt_id=prompt_id, prompt=prompt.text, seed=seed)
-                        image = gen(prompt.text, seed, latents)
+                        image = gen(prompt.text, seed, latents, draw)
                     trace = _trace_summary(tracer.rows(), grid)
                 else:
-                    image = gen(prompt.text, seed, latents)
+                    image = gen(prompt.text, seed, latents, draw)
                 baseline_image = image
             else:
                 processor = SinkSuppressProcessor(
                     k=c.top_k, path=c.path, select=c.select, control=c.control, eta=c.eta,
                     mass_queries=c.mass_queries, apply_queries=c.apply_queries, candidates=c.candidates,
+                    eta_mode=c.eta_mode, value_target=c.value_target, fixed=c.fixed or (),
                     seed=_processor_seed(seed, c.name) if c.control == "random" else None)
                 with intervene(gen.pipe, processor, layers=list(c.layers) if c.layers is not None else None,
                                steps=list(c.steps) if c.steps is not None else None, timesteps=c.timesteps):
-                    image = gen(prompt.text, seed, latents)
+                    image = gen(prompt.text, seed, latents, draw)
             seconds = time.perf_counter() - start
             data = _png_bytes(image)
             rel = image_relpath(c.name, prompt_id, seed)
@@ -501,6 +511,7 @@ def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device
                 "metric_info": scorers.info if scorers is not None else {},
                 "timings": {"generate_s": round(seconds, 4), "metrics_s": round(metric_seconds, 4)},
                 "model": cfg.model, "family": cfg.family, "steps": cfg.steps, "guidance": cfg.guidance,
+                "scheduler": cfg.scheduler, "latents": cfg.latents, "seed_scheme": cfg.seed_scheme,
                 "device": device, "shard": f"{shard[0]}/{shard[1]}",
                 "prompt_meta": prompt.meta or None,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

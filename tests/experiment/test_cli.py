@@ -16,6 +16,7 @@ import pytest
 from sinkattn.cli import main
 from sinkattn.experiment.config import preset_config
 from sinkattn.experiment.store import read_records, record_key
+from sinkattn.selection import CONTROLS
 
 # 1 prompt x (baseline, sink k1) = 2 images, 2 steps, no scorers: the cheapest real run
 FAST = ["--preset", "tiny", "--limit", "1", "--steps", "2", "--k", "1", "--controls", "sink", "--metrics", "none",
@@ -172,7 +173,7 @@ def test_help_shows_the_preset_defaults(capsys, monkeypatch):
     text = " ".join(capsys.readouterr().out.split())
     for expected in ("denoising steps (default: from --preset; tiny: 4)",
                      "e.g. 1,5,10 (default: from --preset; tiny: 1,4)",
-                     "of sink,random,bottom (default: from --preset; tiny: sink,random,bottom)",
+                     f"of {','.join(CONTROLS)} (default: from --preset; tiny: sink,random,bottom)",
                      "first N prompts (default: from --preset; tiny: all)",
                      "(default: from --preset; tiny: clip_t,image_reward,hps_v21,lpips)",
                      "--height HEIGHT (default: from --preset; tiny: 64)",

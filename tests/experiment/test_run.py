@@ -141,13 +141,13 @@ def test_two_process_sharding_and_report_merge(reference_run, tmp_path):
 
 
 def test_failed_metric_is_missing_not_a_number_and_latents_are_paired(tmp_path, monkeypatch):
-    import sinkattn.metrics
+    import sinkattn.metrics.base
     from sinkattn.experiment import models
 
-    real_build = sinkattn.metrics.build_scorer
+    real_build = sinkattn.metrics.base.build_scorer  # what sinkattn.metrics.build_scorers calls
 
-    def build(name, **kw):
-        scorer = real_build(name, **kw)
+    def build(name, *args, **kw):
+        scorer = real_build(name, *args, **kw)
         if name == "clip_t":
             def broken(*a, **k):
                 raise RuntimeError("scorer exploded")
@@ -157,11 +157,11 @@ def test_failed_metric_is_missing_not_a_number_and_latents_are_paired(tmp_path, 
     seen = []
     real_call = models.Generator.__call__
 
-    def spy(self, prompt, seed, latents):
-        seen.append((prompt, seed, latents.clone(), self.latents(seed)))
-        return real_call(self, prompt, seed, latents)
+    def spy(self, prompt, seed, latents, draw=0):
+        seen.append((prompt, seed, latents.clone(), self.latents(seed, draw)))
+        return real_call(self, prompt, seed, latents, draw)
 
-    monkeypatch.setattr(sinkattn.metrics, "build_scorer", build)
+    monkeypatch.setattr(sinkattn.metrics.base, "build_scorer", build)
     monkeypatch.setattr(models.Generator, "__call__", spy)
     out = tmp_path / "failed"
     assert main(["run", "--out", str(out), *ARGS, "--limit", "2"]) == 0
