@@ -21,10 +21,15 @@ programs per head stride over its tiles, so with nothing flagged it costs little
 launch. One flagged tile alone would be one program's serial walk over every key tile
 (latency-bound, ~75 us at SD3 on an H200), so when few tiles are flagged (at most
 MAX_SPLIT_TILES in all) each one's keys are cut into KEY_SPLITS ranges computed by different
-programs, each writing its (O, lse) partial into the tile's slot, and
-``combine_splits_kernel`` merges a tile's partials in split order (flash-decoding's merge;
-deterministic, no atomics on values). With more tiles flagged there is parallelism enough
-across tiles, and each is computed whole, straight into the output.
+programs, each writing its (O, lse) partial into the tile's slot; the last range of a tile to
+finish (an arrival count per slot) merges the tile's partials in range order (flash-decoding's
+merge; deterministic: the order is fixed whoever merges, no atomics on values). With more
+tiles flagged there is parallelism enough across tiles, and each is computed whole, straight
+into the output.
+
+The forward pass zeroes the call's counters (``COUNTERS``): the correction's slot count, the
+flagged pass's arrivals per slot and the key-mass pass's arrivals per head and batch. The
+kernels of one call run in order on one stream, so no call needs a memset of its own.
 """
 
 import triton
@@ -140,10 +145,11 @@ def _head_sinks(SINKS, bh, TOP_K, BLOCK_T: tl.constexpr, HAS_SINKS: tl.constexpr
 
 
 @triton.heuristics({"HAS_SINKS": lambda a: a["SINKS"] is not None,
-                    "HAS_ROW_PEAK": lambda a: a["ROW_PEAK"] is not None})
-@triton.jit(do_not_specialize=["N_Q", "N_K", "APPLY_START", "APPLY_STOP", "TOP_K"])
+                    "HAS_ROW_PEAK": lambda a: a["ROW_PEAK"] is not None,
+                    "HAS_COUNTERS": lambda a: a["COUNTERS"] is not None})
+@triton.jit(do_not_specialize=["N_Q", "N_K", "APPLY_START", "APPLY_STOP", "TOP_K", "N_COUNTERS"])
 def attention_forward_kernel(
-    Q, K, V, O, LSE, SINKS, ROW_PEAK,
+    Q, K, V, O, LSE, SINKS, ROW_PEAK, COUNTERS, N_COUNTERS,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -152,13 +158,20 @@ def attention_forward_kernel(
     D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
     HAS_SINKS: tl.constexpr, WEIGHT_ON_VALUE: tl.constexpr, FOLD_SCALE: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, HAS_ROW_PEAK: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, HAS_ROW_PEAK: tl.constexpr, HAS_COUNTERS: tl.constexpr,
 ):
     """O and lse2 of the query rows [pid_m * BLOCK_M, +BLOCK_M) of head bh; with ROW_PEAK
     (B, H, Nq) float32 also each row's largest probability, 2^(max - lse2) = 1 / l (the
-    query-side controls rank queries by it)."""
+    query-side controls rank queries by it). With COUNTERS (N_COUNTERS int32) the first
+    program zeroes them: the arrival and slot counts that the later kernels of the same call
+    (key mass, correction, flagged tiles) count with, so that no call needs a memset."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
+    if HAS_COUNTERS:
+        if (pid_m == 0) & (bh == 0):
+            for start in range(0, N_COUNTERS, 128):
+                offs = start + tl.arange(0, 128)
+                tl.store(COUNTERS + offs, tl.zeros([128], tl.int32), mask=offs < N_COUNTERS)
     b = bh // H
     h = bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
@@ -183,7 +196,7 @@ def _split_mode(SLOT_COUNT, MAX_SPLIT_TILES):
 
 @triton.jit(do_not_specialize=["N_Q", "N_K", "APPLY_START", "APPLY_STOP", "TOP_K", "KEY_SPLITS"])
 def flagged_tiles_kernel(
-    Q, K, V, OUT, SINKS, TILE_SLOTS, SLOT_COUNT, PART_O, PART_LSE,
+    Q, K, V, OUT, SINKS, TILE_SLOTS, COUNTERS, PART_O, PART_LSE,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -194,11 +207,14 @@ def flagged_tiles_kernel(
     WEIGHT_ON_VALUE: tl.constexpr, FOLD_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """The masked pass over the query tiles of TILE_SLOTS (B*H, cdiv(N_Q, BLOCK_M)) int32 >= 0
-    (-1: not flagged). Grid: (programs per head, B*H, KEY_SPLITS). In split mode program
-    (p, bh, s) computes key range s of the head's tiles p, p + P, ... into PART_O
-    (MAX_SPLIT_TILES, KEY_SPLITS, BLOCK_M, DV) float32 and PART_LSE (..., BLOCK_M) at the
-    tile's slot; otherwise the programs (p, s) of a head stride over its tiles together,
-    each tile whole into OUT."""
+    (-1: not flagged). COUNTERS: the number of slots handed out (written by the correction
+    kernel), then one arrival count per slot (zeroed by the forward of the same call).
+    Grid: (programs per head, B*H, KEY_SPLITS). In split mode program (p, bh, s) computes key
+    range s of the head's tiles p, p + P, ... into PART_O (MAX_SPLIT_TILES, KEY_SPLITS,
+    BLOCK_M, DV) float32 and PART_LSE (..., BLOCK_M) at the tile's slot, and the last range
+    of a tile to arrive merges the tile's partials in range order into OUT (flash-decoding's
+    merge, deterministic: the order is the ranges', whoever merges); otherwise the programs
+    (p, s) of a head stride over its tiles together, each tile whole into OUT."""
     bh = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2)
     b = bh // H
@@ -209,7 +225,7 @@ def flagged_tiles_kernel(
     OUT += b * stride_ob + h * stride_oh
     b_sinks = _head_sinks(SINKS, bh, TOP_K, BLOCK_T, True)
     n_tiles = tl.cdiv(N_Q, BLOCK_M)
-    split_mode = _split_mode(SLOT_COUNT, MAX_SPLIT_TILES)
+    split_mode = _split_mode(COUNTERS, MAX_SPLIT_TILES)
     # Split mode: the head's tiles p, p + P, ..., keys of range `split`. Otherwise: tiles
     # p * KEY_SPLITS + split, with stride P * KEY_SPLITS, all keys.
     first = tl.where(split_mode, tl.program_id(0), tl.program_id(0) * KEY_SPLITS + split)
@@ -231,42 +247,37 @@ def flagged_tiles_kernel(
             if split_mode:
                 # A range whose keys are all removed for a row leaves l = 0: lse2 = -inf there,
                 # and the merge gives that partial no weight.
-                part = (slot.to(tl.int64) * KEY_SPLITS + split) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+                base = slot.to(tl.int64) * KEY_SPLITS * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM], range 0
+                part = base + split * BLOCK_M
                 tl.store(PART_LSE + part, m_i + tl.math.log2(l_i))
                 tl.store(PART_O + part[:, None] * DV + offs_dv[None, :], acc / l_i[:, None],
                          mask=offs_dv[None, :] < DV)
+                tl.debug_barrier()
+                arrived = tl.atomic_add(COUNTERS + 1 + slot, 1, sem="acq_rel")
+                tl.debug_barrier()
+                if arrived == KEY_SPLITS - 1:
+                    _merge_splits(OUT, PART_O, PART_LSE, base, offs_m, mask_m, stride_om, KEY_SPLITS,
+                                  DV, BLOCK_DV, BLOCK_M)
             else:
                 _store_rows(OUT, offs_m, mask_m, stride_om, acc, l_i, DV, BLOCK_DV)
 
 
-@triton.jit(do_not_specialize=["N_Q", "KEY_SPLITS"])
-def combine_splits_kernel(
-    OUT, TILE_SLOTS, SLOT_COUNT, PART_O, PART_LSE,
-    stride_ob, stride_oh, stride_om,
-    H, N_Q, KEY_SPLITS, MAX_SPLIT_TILES,
-    DV: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
-):
-    """OUT rows of each split tile: sum_s 2^(lse_s - lse) O_s with lse = log2 sum_s 2^lse_s,
-    the splits taken in order. Grid: (programs per head, B*H)."""
-    if _split_mode(SLOT_COUNT, MAX_SPLIT_TILES):
-        bh = tl.program_id(1).to(tl.int64)
-        OUT += (bh // H) * stride_ob + (bh % H) * stride_oh
-        n_tiles = tl.cdiv(N_Q, BLOCK_M)
-        offs_dv = tl.arange(0, BLOCK_DV)
-        for pid_m in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
-            slot = tl.load(TILE_SLOTS + bh * n_tiles + pid_m)
-            if slot >= 0:
-                base = slot.to(tl.int64) * KEY_SPLITS * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM], split 0
-                lse_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
-                for s in range(KEY_SPLITS):
-                    lse_max = tl.maximum(lse_max, tl.load(PART_LSE + base + s * BLOCK_M))
-                weight_sum = tl.zeros([BLOCK_M], tl.float32)
-                b_o = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
-                for s in range(KEY_SPLITS):
-                    part = base + s * BLOCK_M
-                    weight = tl.math.exp2(tl.load(PART_LSE + part) - lse_max)  # 0 for an empty range
-                    b_part = tl.load(PART_O + part[:, None] * DV + offs_dv[None, :], mask=offs_dv[None, :] < DV, other=0.0)
-                    b_o += tl.where(weight[:, None] > 0, weight[:, None] * b_part, 0.0)
-                    weight_sum += weight
-                offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-                _store_rows(OUT, offs_m, offs_m < N_Q, stride_om, b_o, weight_sum, DV, BLOCK_DV)
+@triton.jit
+def _merge_splits(OUT, PART_O, PART_LSE, base, offs_m, mask_m, stride_om, KEY_SPLITS,
+                  DV: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr):
+    """OUT rows offs_m = sum_s 2^(lse_s - lse) O_s with lse = log2 sum_s 2^lse_s, the ranges s
+    taken in order (partials at base + s * BLOCK_M, read from L2: other programs wrote them)."""
+    offs_dv = tl.arange(0, BLOCK_DV)
+    lse_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    for s in range(KEY_SPLITS):
+        lse_max = tl.maximum(lse_max, tl.load(PART_LSE + base + s * BLOCK_M, cache_modifier=".cg"))
+    weight_sum = tl.zeros([BLOCK_M], tl.float32)
+    b_o = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    for s in range(KEY_SPLITS):
+        part = base + s * BLOCK_M
+        weight = tl.math.exp2(tl.load(PART_LSE + part, cache_modifier=".cg") - lse_max)  # 0 for an empty range
+        b_part = tl.load(PART_O + part[:, None] * DV + offs_dv[None, :], mask=offs_dv[None, :] < DV, other=0.0,
+                         cache_modifier=".cg")
+        b_o += tl.where(weight[:, None] > 0, weight[:, None] * b_part, 0.0)
+        weight_sum += weight
+    _store_rows(OUT, offs_m, mask_m, stride_om, b_o, weight_sum, DV, BLOCK_DV)

@@ -72,7 +72,7 @@ def _shared_memory(device_index: int) -> int:
     return triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
 
 
-def _shared_memory_of(tensor) -> int:
+def shared_memory_of(tensor) -> int:
     return _shared_memory(tensor.device.index or 0)
 
 
@@ -93,7 +93,7 @@ def prune_forward(configs, named_args, **kwargs):
     dim, dim_v = (kwargs.get(n, named_args.get(n)) for n in ("BLOCK_D", "BLOCK_DV"))
     q = named_args["Q"]
     return _keep(configs, _forward_fits(named_args["N_Q"], named_args["N_K"], dim, dim_v,
-                                        q.element_size(), _shared_memory_of(q)))
+                                        q.element_size(), shared_memory_of(q)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -103,14 +103,15 @@ def _flagged_config(q_bucket, k_bucket, dim, dim_v, size, limit, block_m):
     return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
 
 
-def flagged_config(q, n_q: int, n_k: int, block_d: int, block_dv: int, interpret: bool) -> dict:
+def flagged_config(n_q: int, n_k: int, block_d: int, block_dv: int, element_size: int, shared_memory: int,
+                   interpret: bool) -> dict:
     """The flagged-tile pass runs the first of FLAGGED_TILES that fits, untuned: tuning it
     would time calls that, with no row flagged, do nothing."""
     if interpret:
         return {**INTERPRETER_CONFIG, "BLOCK_M": correction_block_m(True)}
     # Only the powers of two of short lengths matter to the pruning.
     return _flagged_config(min(triton.next_power_of_2(n_q), 256), min(triton.next_power_of_2(n_k), 256),
-                           block_d, block_dv, q.element_size(), _shared_memory_of(q), correction_block_m(False))
+                           block_d, block_dv, element_size, shared_memory, correction_block_m(False))
 
 
 def prune_key_mass(configs, named_args, **kwargs):
@@ -118,7 +119,7 @@ def prune_key_mass(configs, named_args, **kwargs):
     whose Q tiles (one per stage, two when PAIRED) and K tile would not fit in shared memory."""
     n_k = named_args["N_K"]
     dim = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
-    size, limit = named_args["Q"].element_size(), _shared_memory_of(named_args["Q"])
+    size, limit = named_args["Q"].element_size(), shared_memory_of(named_args["Q"])
 
     def fits(bm, bn, stages):
         smem = (stages * bm + bn) * dim * size
@@ -144,6 +145,10 @@ TUNING_KEYS = {
 }
 _KERNELS = {"attention_forward": (attention_forward_kernel, FORWARD_CONFIGS, prune_forward),
             "key_mass": (key_mass_kernel, KEY_MASS_CONFIGS, prune_key_mass)}
+# The key-mass pass counts arrivals (its epilogue runs in the last program of a head): each
+# timing run starts from the counts the call's forward zeroed, and leaves them so.
+_TUNER_OPTIONS = {"attention_forward": {},
+                  "key_mass": {"reset_to_zero": ["COUNTERS"], "restore_value": ["COUNTERS"]}}
 
 
 _TUNERS: dict = {}
@@ -157,7 +162,7 @@ def tuner(name: str, autotune: bool):
     if built is None:
         kernel, configs, prune = _KERNELS[name]
         built = _TUNERS[(name, autotune)] = triton.autotune(
-            configs, key=TUNING_KEYS[name],
+            configs, key=TUNING_KEYS[name], **_TUNER_OPTIONS[name],
             prune_configs_by={"early_config_prune": prune if autotune else _first(prune)})(kernel)
     return built
 

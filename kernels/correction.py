@@ -9,7 +9,8 @@ p_j to the input precision before its P V product, so the subtraction leaves an 
 about eps * f * sum_J p_j |v_j| in the row; FLAG marks rows where that exceeds
 max_amplification * eps * |O - f sum_J p_j v_j| (the row would lose accuracy), and on the
 score path rows whose kept mass 1 - f sum_J p_j is below MIN_KEPT_MASS. A program
-(one query tile) holding such a row takes the next slot from SLOT_COUNT and writes it to
+(one query tile) holding such a row takes the next slot from SLOT_COUNT (the first of the
+call's counters, zeroed by its forward pass) and writes it to
 TILE_SLOTS (-1 otherwise); kernels/attention.py's flagged_tiles_kernel then recomputes
 those tiles with the masked pass. Slot numbers follow the programs' order of arrival, but
 nothing computed depends on them, only on how many there are.

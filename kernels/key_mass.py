@@ -8,8 +8,12 @@ into a [BLOCK_N, BLOCK_M] accumulator and reduced once at the end.
 
 The query range is cut into ``num_programs(2)`` contiguous shares (the launcher asks for
 more than one when keys alone give too few programs to fill the GPU, e.g. 77 text keys);
-each share writes its own partial sum and the launcher adds them in a fixed order. No
-atomics anywhere: the same inputs give the same bits on every run.
+each share writes its own partial sum, and the last program of the head to finish adds
+them in share order. The same last program also selects the call's keys when it is the
+default top-1 (per head, or per batch for select="shared"), so that the selection costs no
+launch of its own. Which program is last is decided by an atomic count per head (and per
+batch); nothing computed depends on which one it is, only on every one having stored its
+part first, so the same inputs give the same bits on every run.
 
 Two loops, chosen by the config (``PAIRED``):
 - one query tile per iteration, each tile's lse loaded one tile ahead (loaded next to its
@@ -24,6 +28,8 @@ Two loops, chosen by the config (``PAIRED``):
 
 import triton
 import triton.language as tl
+
+from .selection import best_of_mean, best_of_row
 
 
 @triton.jit
@@ -103,15 +109,38 @@ def _accumulate_pairs(b_k, Q, LSE, m_lo, m_hi, offs_m, offs_d, stride_qm, qk_sca
     return acc
 
 
-@triton.jit(do_not_specialize=["N_K", "M_START", "M_STOP"])
+@triton.jit
+def _arrive(COUNTER):
+    """Count this program's arrival at COUNTER (int32, zeroed by the forward pass of the same
+    call); True for the last of ``expected`` programs. Every thread's stores come before the
+    count (the barrier), the count is an acquire-release atomic at GPU scope, and the last
+    program reads what the others stored after it (loads with .cg, from L2)."""
+    tl.debug_barrier()
+    arrived = tl.atomic_add(COUNTER, 1, sem="acq_rel")
+    tl.debug_barrier()
+    return arrived
+
+
+@triton.heuristics({"HAS_SELECTION": lambda a: a["SINKS"] is not None,
+                    "RANK_IS_MASS": lambda a: a["RANK"] is None})
+@triton.jit(do_not_specialize=["N_K", "M_START", "M_STOP", "C_START", "C_STOP"])
 def key_mass_kernel(
-    Q, K, LSE, MASS,
+    Q, K, LSE, MASS, PARTIAL, COUNTERS, RANK, SINKS,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
-    H, N_Q, N_K, M_START, M_STOP, qk_scale, inv_count,
+    H, N_Q, N_K, M_START, M_STOP, qk_scale, inv_count, C_START, C_STOP,
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    PAIRED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    PAIRED: tl.constexpr, DOT_PRECISION: tl.constexpr, MANY_SHARES: tl.constexpr, SHARED: tl.constexpr,
+    HAS_SELECTION: tl.constexpr, RANK_IS_MASS: tl.constexpr, LARGEST: tl.constexpr,
+    BLOCK_R: tl.constexpr = 1024,
 ):
+    """MASS (B*H, N_K) float32. With more than one query share (MANY_SHARES: num_programs(2) > 1) each
+    share writes PARTIAL (shares, B*H, N_K) and the head's last program adds them in share
+    order. With SINKS (B*H,) int64 the last program of a head also picks the top-1 candidate
+    in [C_START, C_STOP) per head (SHARED False) or, the last head of a batch, per batch by
+    the head-mean mass (SHARED True, the same key written for every head): by the mass, or
+    by RANK (groups, C_STOP - C_START) float32 when given (the uniform draws of the random
+    control: its smallest). COUNTERS: the head's arrival counts (B*H), then the batch's (B)."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     share = tl.program_id(2)
@@ -138,5 +167,37 @@ def key_mass_kernel(
     else:
         acc = _accumulate(b_k, Q, LSE, m_lo, m_hi, offs_m, offs_d, stride_qm, qk_scale,
                           D, BLOCK_D, BLOCK_M, BLOCK_N, DOT_PRECISION)
-    MASS += (share * tl.num_programs(1) + bh) * N_K
-    tl.store(MASS + offs_n, tl.sum(acc, 1) * inv_count, mask=mask_n)
+    shares = tl.num_programs(2)
+    n_bh = tl.num_programs(1)
+    if MANY_SHARES:
+        tl.store(PARTIAL + (share * n_bh + bh) * N_K + offs_n, tl.sum(acc, 1) * inv_count, mask=mask_n)
+    else:
+        tl.store(MASS + bh * N_K + offs_n, tl.sum(acc, 1) * inv_count, mask=mask_n)
+    if HAS_SELECTION or MANY_SHARES:
+        if _arrive(COUNTERS + bh) == tl.num_programs(0) * shares - 1:  # the head's last program
+            if MANY_SHARES:
+                for start in range(0, N_K, BLOCK_R):
+                    offs = start + tl.arange(0, BLOCK_R)  # [BR]
+                    total = tl.zeros([BLOCK_R], tl.float32)
+                    for s in range(shares):
+                        total += tl.load(PARTIAL + (s * n_bh + bh) * N_K + offs, mask=offs < N_K, other=0.0,
+                                         cache_modifier=".cg")
+                    tl.store(MASS + bh * N_K + offs, total, mask=offs < N_K)
+            if HAS_SELECTION:
+                if SHARED:
+                    # The batch's last head ranks the head-mean of its heads' masses.
+                    if _arrive(COUNTERS + n_bh + b) == H - 1:
+                        if RANK_IS_MASS:
+                            best = best_of_mean(MASS + b * H * N_K + C_START, N_K, H, C_STOP - C_START,
+                                                LARGEST, BLOCK_R)
+                        else:
+                            best = best_of_row(RANK + b * (C_STOP - C_START), C_STOP - C_START, LARGEST, BLOCK_R)
+                        for head in range(H):
+                            tl.store(SINKS + b * H + head, (C_START + best).to(tl.int64))
+                else:
+                    if RANK_IS_MASS:
+                        tl.debug_barrier()  # this program's own stores of the mass row
+                        best = best_of_row(MASS + bh * N_K + C_START, C_STOP - C_START, LARGEST, BLOCK_R)
+                    else:
+                        best = best_of_row(RANK + bh * (C_STOP - C_START), C_STOP - C_START, LARGEST, BLOCK_R)
+                    tl.store(SINKS + bh, (C_START + best).to(tl.int64))

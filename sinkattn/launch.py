@@ -6,21 +6,28 @@ patterns: triton issue 11584), so bfloat16 operands are handed over as float32 t
 whose float32 -> bfloat16 conversion truncates where the GPU rounds to nearest even, so
 bfloat16 outputs are written in float32 there and rounded by torch. bfloat16 numerics
 proper are checked on the GPU.
+
+Host work per call is kept small (issue 15): each launcher reads the settings once, the
+per-shape launch parameters (grids, splits, configs) are cached by shape, and nothing here
+synchronises with the device or builds a CPU tensor, so every launcher can be captured in a
+CUDA graph. The kernels of one call count with one small int32 buffer (``counters``) that
+the call's forward pass zeroes: no memset launch.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import triton
 from torch import Tensor
 
 from .kernels import configs
-from .kernels.attention import combine_splits_kernel, flagged_tiles_kernel
+from .kernels.attention import flagged_tiles_kernel
 from .kernels.correction import correction_kernel
-from .kernels.selection import top1_kernel
+from .kernels.short_keys import short_attention_kernel, short_mass_kernel
 from .settings import Settings, current
 
 LOG2E = 1.0 / math.log(2.0)
@@ -31,6 +38,17 @@ MAX_HEAD_DIM = 256
 # aimed for.
 # Half precision: at most twice the output's own rounding, in the worst case of the bound.
 _MAX_AMPLIFICATION = {torch.float16: 2.0, torch.bfloat16: 2.0, torch.float32: 16.0}
+
+
+class Selection(NamedTuple):
+    """The top-1 selection a kernel makes for the call: per head, or per batch (``shared``)
+    by the head-mean mass, the largest or smallest candidate in ``candidates``; by the mass,
+    or by ``rank`` (groups, stop - start) float32 when given (uniform draws: the smallest)."""
+
+    shared: bool
+    candidates: tuple[int, int]
+    largest: bool
+    rank: Tensor | None = None
 
 
 def _output(shape, dtype: torch.dtype, device) -> Tensor:
@@ -68,13 +86,12 @@ def _launch(name: str, settings: Settings, grid, *args, **kwargs):
     give it: a forced one (``settings.kernel_configs``), the interpreter's, or the autotuner's.
     The autotuner runs the first time per tuning key; after that its choice is launched
     directly, because Triton's Autotuner.run rebuilds its key from every argument on every
-    call, ~15 us of host time per launch on the H200 machine's host
-    (benchmarks/probes/probe6.txt). The key is the autotuner's: the tuning-key values and the
-    dtype of every tensor argument."""
+    call, ~15 us of host time per launch on the H200 machine's host (probe6). The key is the
+    autotuner's: the tuning-key values and the dtype of every tensor argument."""
     forced = settings.kernel_configs.get(name) or (configs.INTERPRETER_CONFIGS[name] if settings.interpret else None)
     tuner = configs.tuner(name, settings.autotune)
     if forced is not None:
-        return tuner.fn[grid](*args, **kwargs, **forced)
+        return tuner.fn[_grid(grid, forced)](*args, **kwargs, **forced)
     chosen = _chosen.setdefault((name, settings.autotune), {})
     call_key = (*(kwargs[k] for k in configs.TUNING_KEYS[name]), *(getattr(a, "dtype", None) for a in args))
     config = chosen.get(call_key)
@@ -82,10 +99,14 @@ def _launch(name: str, settings: Settings, grid, *args, **kwargs):
         result = tuner[grid](*args, **kwargs)
         chosen[call_key] = tuner.best_config.all_kwargs()
         return result
-    return tuner.fn[grid](*args, **kwargs, **config)
+    return tuner.fn[_grid(grid, config)](*args, **kwargs, **config)
 
 
 _chosen: dict = {}
+
+
+def _grid(grid, config):
+    return grid(config) if callable(grid) else grid
 
 
 def _fixed(name: str, kernel, settings: Settings, grid, *args, **kwargs):
@@ -101,74 +122,14 @@ def _head_dims(dim: int, dim_v: int) -> dict:
             "BLOCK_DV": max(16, triton.next_power_of_2(dim_v))}
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: torch.dtype,
-              sinks: Tensor | None = None, eta: float = 0.0, path: str = "score",
-              apply_rows: tuple[int, int] | None = None, row_peak: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """O (B, H, Nq, Dv) in ``out_dtype`` and lse2 (B, H, Nq) float32, the row log-sum-exp in
-    log2 units of the scaled scores. With ``sinks`` (B, H, t) int64 the intervention on those
-    keys (weight ``eta`` on the ``path``, "score" or "value") is applied inside the pass (the
-    masked route). ``row_peak`` (B, H, Nq) float32, if given, receives each row's largest
-    probability (plain pass only)."""
-    batch, n_heads, n_q, _ = q.shape
-    n_k = k.shape[2]
-    dims = _head_dims(q.shape[-1], v.shape[-1])
-    settings = current()
-    out = _output((batch, n_heads, n_q, v.shape[-1]), _stored(out_dtype, settings), q.device)
-    lse = _output((batch, n_heads, n_q), torch.float32, q.device)
-    apply_start, apply_stop = apply_rows if apply_rows is not None else (0, n_q)
-    if sinks is not None:
-        sinks = sinks.contiguous()
-    qo, ko, vo = _operand(q, settings), _operand(k, settings), _operand(v, settings)
-    _launch(
-        "attention_forward", settings, lambda meta: (triton.cdiv(n_q, meta["BLOCK_M"]), batch * n_heads),
-        qo, ko, vo, out, lse, sinks, row_peak, *_strides(qo, ko, vo, out),
-        n_heads, n_q, n_k, apply_start, apply_stop, scale * LOG2E, 0 if sinks is None else sinks.shape[-1], eta,
-        **_masked_pass_flags(q, sinks, path, scale, settings), **dims)
-    return out.to(out_dtype), lse
-
-
 def _strides(q: Tensor, k: Tensor, v: Tensor, out: Tensor) -> tuple[int, ...]:
     return (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2))
 
 
-def _masked_pass_flags(q: Tensor, sinks: Tensor | None, path: str, scale: float, settings: Settings) -> dict:
-    top_k = 0 if sinks is None else sinks.shape[-1]
+def _masked_pass_flags(q: Tensor, top_k: int, path: str, scale: float, settings: Settings) -> dict:
     return dict(BLOCK_T=max(16, triton.next_power_of_2(top_k)), WEIGHT_ON_VALUE=path == "value",
                 FOLD_SCALE=scale > 0, DOT_PRECISION=_dot_precision(q.dtype, settings))
-
-
-def recompute_flagged(q: Tensor, k: Tensor, v: Tensor, scale: float, sinks: Tensor, eta: float, path: str,
-                      apply_rows: tuple[int, int], tile_slots: Tensor, slot_count: Tensor, out: Tensor) -> None:
-    """The masked pass for the query tiles that ``correct`` gave a slot, into ``out``; the
-    keys of each tile are split over programs when few tiles are flagged."""
-    batch, n_heads, n_q, _ = q.shape
-    n_k = k.shape[2]
-    dims = _head_dims(q.shape[-1], v.shape[-1])
-    settings = current()
-    config = settings.kernel_configs.get("flagged_tiles") or configs.flagged_config(
-        q, n_q, n_k, dims["BLOCK_D"], dims["BLOCK_DV"], settings.interpret)
-    block_m = config["BLOCK_M"]  # the correction kernel's tiles, which tile_slots index
-    n_tiles = triton.cdiv(n_q, block_m)
-    key_tiles = triton.cdiv(n_k, config["BLOCK_N"])
-    # Up to flagged_key_splits ranges of whole key tiles, none of them empty.
-    splits = triton.cdiv(key_tiles, triton.cdiv(key_tiles, settings.flagged_key_splits))
-    # The partials never take more memory than the output does.
-    max_split_tiles = min(settings.flagged_max_split_tiles, batch * n_heads * n_q // (splits * block_m))
-    part_o = _output((max_split_tiles, splits, block_m, v.shape[-1]), torch.float32, q.device)
-    part_lse = _output((max_split_tiles, splits, block_m), torch.float32, q.device)
-    programs = settings.flagged_programs_per_sm * _multiprocessors_of(q)
-    per_head = min(triton.cdiv(programs, batch * n_heads * splits), n_tiles)
-    qo, ko, vo = _operand(q, settings), _operand(k, settings), _operand(v, settings)
-    sinks = sinks.contiguous()
-    flagged_tiles_kernel[(per_head, batch * n_heads, splits)](
-        qo, ko, vo, out, sinks, tile_slots, slot_count, part_o, part_lse, *_strides(qo, ko, vo, out),
-        n_heads, n_q, n_k, apply_rows[0], apply_rows[1], scale * LOG2E, sinks.shape[-1], eta, splits, max_split_tiles,
-        **_masked_pass_flags(q, sinks, path, scale, settings), **dims, **config)
-    _fixed("combine_splits", combine_splits_kernel, settings,
-           (min(triton.cdiv(programs, batch * n_heads), n_tiles), batch * n_heads),
-           out, tile_slots, slot_count, part_o, part_lse, out.stride(0), out.stride(1), out.stride(2),
-           n_heads, n_q, splits, max_split_tiles, DV=dims["DV"], BLOCK_DV=dims["BLOCK_DV"], BLOCK_M=block_m)
 
 
 @functools.lru_cache(maxsize=None)
@@ -181,49 +142,106 @@ def _multiprocessors_of(t: Tensor) -> int:
     return 4 if t.device.type != "cuda" else _multiprocessors(t.device.index or 0)
 
 
+# -- the call's counters ---------------------------------------------------------------------
+
+class CounterLayout(NamedTuple):
+    """Where each count lives in the call's int32 counters: the correction's slot count at 0,
+    one arrival count per split slot of the flagged pass after it, then the key-mass pass's
+    arrivals per head (B*H) and per batch (B)."""
+
+    arrivals_at: int
+    size: int
+
+
+@functools.lru_cache(maxsize=256)
+def counter_layout(batch: int, heads: int, settings: Settings) -> CounterLayout:
+    arrivals_at = 1 + settings.flagged_max_split_tiles
+    return CounterLayout(arrivals_at, arrivals_at + batch * heads + batch)
+
+
+def counters(q: Tensor, settings: Settings | None = None) -> Tensor:
+    """The call's counters, uninitialised: the call's first ``attention`` zeroes them."""
+    settings = settings or current()
+    return _output((counter_layout(q.shape[0], q.shape[1], settings).size,), torch.int32, q.device)
+
+
+# -- the passes ------------------------------------------------------------------------------
+
+def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: torch.dtype,
+              sinks: Tensor | None = None, eta: float = 0.0, path: str = "score",
+              apply_rows: tuple[int, int] | None = None, row_peak: Tensor | None = None,
+              counters: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """O (B, H, Nq, Dv) in ``out_dtype`` and lse2 (B, H, Nq) float32, the row log-sum-exp in
+    log2 units of the scaled scores. With ``sinks`` (B, H, t) int64 the intervention on those
+    keys (weight ``eta`` on the ``path``, "score" or "value") is applied inside the pass (the
+    masked route). ``row_peak`` (B, H, Nq) float32, if given, receives each row's largest
+    probability (plain pass only). ``counters`` (from :func:`counters`) are zeroed."""
+    batch, n_heads, n_q, _ = q.shape
+    n_k = k.shape[2]
+    dims = _head_dims(q.shape[-1], v.shape[-1])
+    settings = current()
+    stored = _stored(out_dtype, settings)
+    out = _output((batch, n_heads, n_q, v.shape[-1]), stored, q.device)
+    lse = _output((batch, n_heads, n_q), torch.float32, q.device)
+    apply_start, apply_stop = apply_rows if apply_rows is not None else (0, n_q)
+    if sinks is not None:
+        sinks = sinks.contiguous()
+    qo, ko, vo = _operand(q, settings), _operand(k, settings), _operand(v, settings)
+    top_k = 0 if sinks is None else sinks.shape[-1]
+    _launch(
+        "attention_forward", settings, lambda meta: (triton.cdiv(n_q, meta["BLOCK_M"]), batch * n_heads),
+        qo, ko, vo, out, lse, sinks, row_peak, counters, 0 if counters is None else counters.shape[0],
+        *_strides(qo, ko, vo, out),
+        n_heads, n_q, n_k, apply_start, apply_stop, scale * LOG2E, top_k, eta,
+        **_masked_pass_flags(q, top_k, path, scale, settings), **dims)
+    return (out if stored == out_dtype else out.to(out_dtype)), lse
+
+
+@functools.lru_cache(maxsize=256)
+def _mass_shares(batch: int, heads: int, n_k: int, n_rows: int, processors: int) -> int:
+    key_programs = triton.cdiv(n_k, 128) * batch * heads
+    return max(1, min(triton.cdiv(8 * processors, key_programs), n_rows // (4 * 64)))
+
+
 def mass_shares(q: Tensor, n_k: int, n_rows: int) -> int:
     """How many shares the key-mass pass cuts the mass queries into: enough programs for
     about 8 per multiprocessor when the keys alone give fewer (77 text keys: 20 programs
     for SDXL's cross-attention), with at least 4 query tiles of 64 per share. The partial
     sums cost shares x (B, H, Nk) floats."""
-    processors = _multiprocessors_of(q)
-    key_programs = triton.cdiv(n_k, 128) * q.shape[0] * q.shape[1]
-    return max(1, min(triton.cdiv(8 * processors, key_programs), n_rows // (4 * 64)))
+    return _mass_shares(q.shape[0], q.shape[1], n_k, n_rows, _multiprocessors_of(q))
 
 
-def key_mass(q: Tensor, k: Tensor, lse: Tensor, scale: float, rows: tuple[int, int]) -> Tensor:
-    """m (B, H, Nk) float32: the mean over query rows [rows) of the attention probabilities."""
+def key_mass(q: Tensor, k: Tensor, lse: Tensor, scale: float, rows: tuple[int, int],
+             counters: Tensor | None = None, selection: Selection | None = None):
+    """m (B, H, Nk) float32: the mean over query rows [rows) of the attention probabilities.
+    With a ``selection``, also the selected keys (B, H, 1) int64 (the same key in every head
+    for a shared one): returns (m, keys). ``counters`` come from the call's forward pass
+    (zeroed); without them a zeroed buffer is made here."""
     batch, n_heads, n_q, _ = q.shape
     n_k = k.shape[2]
     dims = _head_dims(q.shape[-1], q.shape[-1])
     settings = current()
     shares = mass_shares(q, n_k, rows[1] - rows[0])
-    partial = _output((shares, batch, n_heads, n_k), torch.float32, q.device)
+    mass = _output((batch, n_heads, n_k), torch.float32, q.device)
+    partial = _output((shares, batch, n_heads, n_k), torch.float32, q.device) if shares > 1 else mass
+    layout = counter_layout(batch, n_heads, settings)
+    if counters is None:  # a standalone call (benchmarks, probes): one memset
+        counters = torch.zeros(layout.size, dtype=torch.int32, device=q.device)
+    sinks = _output((batch, n_heads, 1), torch.int64, q.device) if selection is not None else None
+    start, stop = selection.candidates if selection is not None else (0, n_k)
     qo, ko = _operand(q, settings), _operand(k, settings)
-
-    def grid(meta):
-        return (triton.cdiv(n_k, meta["BLOCK_N"]), batch * n_heads, shares)
-
     _launch(
-        "key_mass", settings, grid, qo, ko, lse, partial,
+        "key_mass", settings, lambda meta: (triton.cdiv(n_k, meta["BLOCK_N"]), batch * n_heads, shares),
+        qo, ko, lse, mass, partial, counters[layout.arrivals_at:],
+        None if selection is None else selection.rank, sinks,
         qo.stride(0), qo.stride(1), qo.stride(2),
         ko.stride(0), ko.stride(1), ko.stride(2),
-        n_heads, n_q, n_k, rows[0], rows[1], scale * LOG2E, 1.0 / (rows[1] - rows[0]),
+        n_heads, n_q, n_k, rows[0], rows[1], scale * LOG2E, 1.0 / (rows[1] - rows[0]), start, stop,
         D=dims["D"], BLOCK_D=dims["BLOCK_D"], DOT_PRECISION=_dot_precision(q.dtype, settings),
+        MANY_SHARES=shares > 1, SHARED=selection is not None and selection.shared,
+        LARGEST=selection is None or selection.largest,
     )
-    # The shares' partial sums, added in a fixed order (deterministic).
-    return partial[0] if shares == 1 else partial.sum(dim=0)
-
-
-def top1(mass: Tensor, candidates: tuple[int, int], largest: bool) -> Tensor:
-    """(B, H, 1) int64: per row of the (B, H, Nk) mass, the candidate key with the most
-    (``largest``) or least mass; ties to the lower index."""
-    rows = mass.shape[0] * mass.shape[1]
-    out = _output((*mass.shape[:2], 1), torch.int64, mass.device)
-    block = min(4096, max(16, triton.next_power_of_2(candidates[1] - candidates[0])))
-    _fixed("top1", top1_kernel, current(), (rows,), mass, out, mass.shape[-1], candidates[0], candidates[1],
-           LARGEST=largest, BLOCK=block, num_warps=4)
-    return out
+    return mass if selection is None else (mass, sinks)
 
 
 def _without_duplicates(sinks: Tensor) -> Tensor:
@@ -237,13 +255,14 @@ def _without_duplicates(sinks: Tensor) -> Tensor:
 
 def correct(q: Tensor, k: Tensor, v: Tensor, out32: Tensor, lse: Tensor, sinks: Tensor, eta: float,
             path: str, apply_rows: tuple[int, int], scale: float, out_dtype: torch.dtype,
-            may_repeat: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+            counters: Tensor, may_repeat: bool = True) -> tuple[Tensor, Tensor]:
     """The intervened output from the unintervened float32 one and the selected keys
     (B, H, t), in ``_stored(out_dtype)`` (``recompute_flagged`` still writes into it; the
-    caller rounds it to ``out_dtype``); the slots (B*H, cdiv(Nq, CORRECTION_BLOCK_M)) int32
-    of the query tiles holding a row whose correction would lose accuracy (-1 for the
-    others), and their count (1,) int32: the input of ``recompute_flagged``.
-    ``may_repeat=False`` promises distinct indices per row (selection gives those)."""
+    caller rounds it to ``out_dtype``), and the slots (B*H, cdiv(Nq, block)) int32 of the
+    query tiles holding a row whose correction would lose accuracy (-1 for the others; their
+    count goes to ``counters``, which the call's forward zeroed): the input of
+    ``recompute_flagged``. ``may_repeat=False`` promises distinct indices per row (selection
+    gives those)."""
     batch, n_heads, n_q, _ = q.shape
     dims = _head_dims(q.shape[-1], v.shape[-1])
     settings = current()
@@ -251,12 +270,133 @@ def correct(q: Tensor, k: Tensor, v: Tensor, out32: Tensor, lse: Tensor, sinks: 
     out = _output((batch, n_heads, n_q, v.shape[-1]), _stored(out_dtype, settings), q.device)
     n_tiles = triton.cdiv(n_q, block_m)
     tile_slots = _output((batch * n_heads, n_tiles), torch.int32, q.device)
-    slot_count = torch.zeros(1, dtype=torch.int32, device=q.device)
     unique = _without_duplicates(sinks) if may_repeat else sinks.contiguous()
     _fixed(
-        "correction", correction_kernel, settings, (n_tiles, batch * n_heads), q, k, v, out32, lse, unique, out, tile_slots, slot_count,
+        "correction", correction_kernel, settings, (n_tiles, batch * n_heads),
+        q, k, v, out32, lse, unique, out, tile_slots, counters,
         *_strides(q, k, v, out32), out.stride(0), out.stride(1), out.stride(2),
         n_heads, n_q, unique.shape[-1], apply_rows[0], apply_rows[1], scale * LOG2E,
         1.0 - eta, _MAX_AMPLIFICATION[q.dtype], SCORE_PATH=path == "score", BLOCK_M=block_m, num_warps=4, **dims,
     )
-    return out, tile_slots, slot_count
+    return out, tile_slots
+
+
+class _FlaggedPlan(NamedTuple):
+    config: dict
+    n_tiles: int
+    splits: int
+    max_split_tiles: int
+    per_head: int
+
+
+@functools.lru_cache(maxsize=256)
+def _flagged_plan(batch: int, heads: int, n_q: int, n_k: int, dim: int, dim_v: int, size: int,
+                  processors: int, shared_memory: int, settings: Settings) -> _FlaggedPlan:
+    dims = _head_dims(dim, dim_v)
+    config = settings.kernel_configs.get("flagged_tiles") or configs.flagged_config(
+        n_q, n_k, dims["BLOCK_D"], dims["BLOCK_DV"], size, shared_memory, settings.interpret)
+    block_m = config["BLOCK_M"]  # the correction kernel's tiles, which tile_slots index
+    n_tiles = triton.cdiv(n_q, block_m)
+    key_tiles = triton.cdiv(n_k, config["BLOCK_N"])
+    # Up to flagged_key_splits ranges of whole key tiles, none of them empty.
+    splits = triton.cdiv(key_tiles, triton.cdiv(key_tiles, settings.flagged_key_splits))
+    # The partials never take more memory than the output does.
+    max_split_tiles = min(settings.flagged_max_split_tiles, batch * heads * n_q // (splits * block_m))
+    programs = settings.flagged_programs_per_sm * processors
+    per_head = min(triton.cdiv(programs, batch * heads * splits), n_tiles)
+    return _FlaggedPlan(config, n_tiles, splits, max_split_tiles, per_head)
+
+
+def recompute_flagged(q: Tensor, k: Tensor, v: Tensor, scale: float, sinks: Tensor, eta: float, path: str,
+                      apply_rows: tuple[int, int], tile_slots: Tensor, counters: Tensor, out: Tensor) -> None:
+    """The masked pass for the query tiles that ``correct`` gave a slot, into ``out``; the
+    keys of each tile are split over programs when few tiles are flagged, and each tile's
+    ranges merged by the last of them to finish (one launch)."""
+    batch, n_heads, n_q, _ = q.shape
+    n_k = k.shape[2]
+    dims = _head_dims(q.shape[-1], v.shape[-1])
+    settings = current()
+    plan = _flagged_plan(batch, n_heads, n_q, n_k, q.shape[-1], v.shape[-1], q.element_size(), _multiprocessors_of(q),
+                         0 if settings.interpret else configs.shared_memory_of(q), settings)
+    block_m = plan.config["BLOCK_M"]
+    part_o = _output((plan.max_split_tiles, plan.splits, block_m, v.shape[-1]), torch.float32, q.device)
+    part_lse = _output((plan.max_split_tiles, plan.splits, block_m), torch.float32, q.device)
+    qo, ko, vo = _operand(q, settings), _operand(k, settings), _operand(v, settings)
+    sinks = sinks.contiguous()
+    flagged_tiles_kernel[(plan.per_head, batch * n_heads, plan.splits)](
+        qo, ko, vo, out, sinks, tile_slots, counters, part_o, part_lse, *_strides(qo, ko, vo, out),
+        n_heads, n_q, n_k, apply_rows[0], apply_rows[1], scale * LOG2E, sinks.shape[-1], eta, plan.splits,
+        plan.max_split_tiles, **_masked_pass_flags(q, sinks.shape[-1], path, scale, settings), **dims, **plan.config)
+
+
+# -- the short-key path ----------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=256)
+def short_config(n_k: int, dim: int, dim_v: int, settings: Settings) -> dict:
+    """BLOCK_N holds every key; BLOCK_M shrinks as the key tile grows (the [BM, BN] scores
+    and the [BN, D] key and value tiles live in registers)."""
+    block_n = max(16, triton.next_power_of_2(n_k))
+    if settings.interpret:
+        block_m = 32
+    else:
+        block_m = 64 if block_n * max(dim, dim_v) <= 128 * 128 else 32
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": 4, **settings.kernel_configs.get("short_keys", {})}
+
+
+def short_mass(q: Tensor, k: Tensor, v: Tensor, scale: float, rows: tuple[int, int],
+               out_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor | None]:
+    """Short keys (Nk <= 256): the key mass's partial sums per query tile (tiles, B, H, Nk)
+    float32 (their sum over tiles is the mass) and, with ``out_dtype``, the plain output."""
+    batch, n_heads, n_q, _ = q.shape
+    n_k = k.shape[2]
+    dims = _head_dims(q.shape[-1], v.shape[-1])
+    settings = current()
+    config = short_config(n_k, q.shape[-1], v.shape[-1], settings)
+    n_tiles = triton.cdiv(n_q, config["BLOCK_M"])
+    partial = _output((n_tiles, batch, n_heads, n_k), torch.float32, q.device)
+    out = None
+    if out_dtype is not None:
+        out = _output((batch, n_heads, n_q, v.shape[-1]), _stored(out_dtype, settings), q.device)
+    qo, ko, vo = _operand(q, settings), _operand(k, settings), _operand(v, settings)
+    target = out if out is not None else qo
+    short_mass_kernel[(n_tiles, batch * n_heads)](
+        qo, ko, vo, out, partial, *_strides(qo, ko, vo, target),
+        n_heads, n_q, n_k, rows[0], rows[1], scale * LOG2E, 1.0 / (rows[1] - rows[0]),
+        DOT_PRECISION=_dot_precision(q.dtype, settings), **dims, **config)
+    if out is not None and out.dtype != out_dtype:
+        out = out.to(out_dtype)
+    return partial, out
+
+
+def short_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: torch.dtype, partial: Tensor,
+                    sinks: Tensor | None = None, eta: float = 0.0, path: str = "score",
+                    apply_rows: tuple[int, int] | None = None, selection: Selection | None = None):
+    """Short keys: the output with the intervention on ``sinks`` (B, H, t) int64, or with a
+    ``selection`` made here from the mass in ``partial`` (per head only); then returns
+    (out, mass (B, H, Nk), keys (B, H, 1)). Without either, plain attention."""
+    batch, n_heads, n_q, _ = q.shape
+    n_k = k.shape[2]
+    dims = _head_dims(q.shape[-1], v.shape[-1])
+    settings = current()
+    config = short_config(n_k, q.shape[-1], v.shape[-1], settings)
+    stored = _stored(out_dtype, settings)
+    out = _output((batch, n_heads, n_q, v.shape[-1]), stored, q.device)
+    mass = keys = None
+    if selection is not None:
+        mass = _output((batch, n_heads, n_k), torch.float32, q.device)
+        keys = _output((batch, n_heads, 1), torch.int64, q.device)
+    elif sinks is not None:
+        keys = sinks.contiguous()
+    start, stop = selection.candidates if selection is not None else (0, n_k)
+    apply_start, apply_stop = apply_rows if apply_rows is not None else (0, n_q)
+    top_k = 1 if selection is not None else (0 if sinks is None else sinks.shape[-1])
+    qo, ko, vo = _operand(q, settings), _operand(k, settings), _operand(v, settings)
+    short_attention_kernel[(triton.cdiv(n_q, config["BLOCK_M"]), batch * n_heads)](
+        qo, ko, vo, out, partial, mass, None if selection is None else selection.rank, keys,
+        *_strides(qo, ko, vo, out),
+        n_heads, n_q, n_k, apply_start, apply_stop, scale * LOG2E, top_k, eta, partial.shape[0], start, stop,
+        SELECT=selection is not None, LARGEST=selection is None or selection.largest,
+        **_masked_pass_flags(q, top_k, path, scale, settings), **dims, **config)
+    if stored != out_dtype:
+        out = out.to(out_dtype)
+    return out if selection is None else (out, mass, keys)

@@ -1,11 +1,19 @@
 """The public op: check the call, then run it on the Triton kernels (CUDA tensors, or any
-tensors under TRITON_INTERPRET=1) or on the reference (everything else, with a one-time
+tensors under the Triton interpreter) or on the reference (everything else, with a one-time
 warning).
 
 The kernel pipeline is registered as one torch.library custom op, ``sinkattn::sink_attention``,
 with a fake implementation, so torch.compile(fullgraph=True) traces models that call it.
-Random control draws its keys outside the op (generators cannot cross the op boundary) and
-hands them in as explicit indices.
+The random control draws its uniform numbers outside the op (generators cannot cross the op
+boundary) and hands them in; the default top-1 picks its key inside a kernel.
+
+Per call on the study's default path (top-1 sink per head, score or value path) the host
+does: one cached validation (sinkattn.validation), four kernel launches (forward with O and
+the LSE, key mass with the top-1 in its epilogue, the correction, the flagged-tile pass with
+its merge) and their output allocations; two launches when the keys are short (Nk <= 256,
+``sinkattn.settings``' short_keys: the mass and the intervened attention with all keys in
+one tile). No host synchronisation and no CPU tensor on that path, so it can be captured in a
+CUDA graph (the random control too when its generator is on the device).
 """
 
 from __future__ import annotations
@@ -16,8 +24,8 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .reference import SinkAttentionResult
-from .selection import control_of, per_head, random_keys, ranked
+from .reference import SinkAttentionResult, as_generator
+from .selection import control_of, per_head, random_keys, random_uniforms, ranked
 from .settings import current as current_settings
 from .validation import check_call
 
@@ -32,13 +40,22 @@ __all__ = ["sink_attention", "SinkAttentionResult", "kernels_available"]
 
 def kernels_available(device: torch.device | None = None) -> bool:
     """True when calls on ``device`` run on the Triton kernels."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
     if current_settings().interpret:
-        return True
-    return device is not None and torch.device(device).type == "cuda"
+        return _triton_importable()
+    return device is not None and torch.device(device).type == "cuda" and _triton_importable()
+
+
+_TRITON: list = []
+
+
+def _triton_importable() -> bool:
+    if not _TRITON:
+        try:
+            import triton  # noqa: F401
+            _TRITON.append(True)
+        except ImportError:
+            _TRITON.append(False)
+    return _TRITON[0]
 
 
 _warned_reference: set = set()
@@ -113,7 +130,8 @@ def sink_attention(
         of the unintervened attention or None, sinks int64 (B, H, top_k) or (B, top_k)).
     """
     call = check_call(q, k, v, top_k, path, select, control, eta, mass_queries, candidates,
-                      apply_queries, sinks, scale, generator, return_mass, eta_mode, value_target, attn_mask)
+                      apply_queries, sinks, scale, return_mass, eta_mode, value_target, attn_mask)
+    generator = as_generator(generator)
     if q.dtype == torch.float64 or not kernels_available(q.device) or attn_mask is not None:
         if attn_mask is not None:
             _warn_reference_once("attention masks are not in the kernels yet")
@@ -123,24 +141,31 @@ def sink_attention(
             q, k, v, top_k=call.top_k, path=call.path, select=call.select, control=call.control,
             eta=call.eta, mass_queries=call.mass_rows, candidates=call.candidates,
             apply_queries=call.apply_rows, sinks=call.sinks, scale=call.scale,
-            generator=call.generator, return_mass=call.want_mass, eta_mode=call.eta_mode,
+            generator=generator, return_mass=call.want_mass, eta_mode=call.eta_mode,
             value_target=call.value_target, attn_mask=attn_mask,
         )
-    explicit = call.sinks
+    explicit, uniform = call.sinks, None
     if explicit is None and call.top_k > 0 and control_of(call.control).rank == "uniform":
         groups = (q.shape[0], q.shape[1]) if call.select == "head" else (q.shape[0],)
-        explicit = random_keys(groups, call.top_k, call.candidates, call.generator, q.device)
+        if call.top_k == 1:  # the smallest draw, picked inside a kernel
+            uniform = random_uniforms(groups, call.candidates, generator, q.device)
+        else:
+            explicit = random_keys(groups, call.top_k, call.candidates, generator, q.device)
     # Eager calls skip the dispatcher: on the H200 machine's host a plain SDXL cross-attention
     # call took 364 us through the op and 115 us without it (probe1, in git: benchmarks/probes/README.md).
     # Anything that traces (torch.compile, export, fake or dispatch modes, tensor subclasses)
     # goes through the registered op.
     # Inputs that need gradients go through the op too: its autograd formula is registered there.
-    run = torch.ops.sinkattn.sink_attention if _traced(q, k, v) or _needs_grad(q, k, v) else _run_kernels
-    out, mass, chosen = run(
-        q, k, v, explicit, call.top_k, call.path, call.select, call.control, call.eta,
-        list(call.mass_rows), list(call.candidates), list(call.apply_rows), call.scale, call.want_mass,
-        call.eta_mode, call.value_target,
-    )
+    if _traced(q, k, v) or _needs_grad(q, k, v):
+        out, mass, chosen = torch.ops.sinkattn.sink_attention(
+            q, k, v, explicit, uniform, call.top_k, call.path, call.select, call.control, call.eta,
+            list(call.mass_rows), list(call.candidates), list(call.apply_rows), call.scale, call.want_mass,
+            call.eta_mode, call.value_target)
+    else:
+        out, mass, chosen = _run_kernels(
+            q, k, v, explicit, uniform, call.top_k, call.path, call.select, call.control, call.eta,
+            call.mass_rows, call.candidates, call.apply_rows, call.scale, call.want_mass,
+            call.eta_mode, call.value_target)
     return SinkAttentionResult(out, mass if call.want_mass else None, chosen)
 
 
@@ -154,53 +179,108 @@ def _traced(*tensors: Tensor) -> bool:
 
 
 def _run_kernels(
-    q: Tensor, k: Tensor, v: Tensor, sinks: Tensor | None, top_k: int, path: str, select: str,
-    control: str, eta: float, mass_rows: list[int], candidates: list[int], apply_rows: list[int],
+    q: Tensor, k: Tensor, v: Tensor, sinks: Tensor | None, uniform: Tensor | None, top_k: int, path: str,
+    select: str, control: str, eta: float, mass_rows: list[int], candidates: list[int], apply_rows: list[int],
     scale: float, want_mass: bool, eta_mode: str, value_target: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    """The kernel pipeline. ``sinks``: explicit keys; ``uniform`` (groups, candidates) float32:
+    the random control's draws for its top-1 (the smallest wins)."""
     from . import launch
 
-    batch, heads, _, _ = q.shape
-    groups = (batch, heads) if select == "head" else (batch,)
+    settings = current_settings()
+    mass_rows, candidates, apply_rows = tuple(mass_rows), tuple(candidates), tuple(apply_rows)
     rule = control_of(control)
     on_queries = rule.side == "queries" and sinks is None
+    selecting = sinks is None and top_k > 0 and not on_queries
+    need_mass = want_mass or (selecting and uniform is None)
     intervene = path != "none" and top_k > 0
-    need_mass = want_mass or (sinks is None and top_k > 0 and not on_queries)
+    blend = intervene and not on_queries and _needs_blend(path, eta, eta_mode, value_target)
+    if intervene and path == "both" and not blend:  # at eta = 0 the removed keys' values no longer count
+        path = "score"
+    # The default top-1 is picked by the kernel that computes the mass (no launch of its own).
+    selection = None
+    if selecting and top_k == 1 and need_mass:
+        selection = launch.Selection(select == "shared", candidates, rule.rank == "largest", uniform)
+    if (k.shape[2] <= settings.short_keys and not on_queries and not blend and (need_mass or intervene)):
+        return _short_keys(q, k, v, sinks, uniform, top_k, path, select, control, eta, mass_rows, candidates,
+                           apply_rows, scale, need_mass, intervene, selection)
+
+    counters = launch.counters(q, settings) if intervene or selection is not None else None
     # Keep O in float32 while a correction may still be applied to it.
     row_peak = launch.row_buffer(q) if on_queries and top_k > 0 else None
-    out, lse = launch.attention(q, k, v, scale, out_dtype=torch.float32 if intervene else q.dtype, row_peak=row_peak)
-    mass = launch.key_mass(q, k, lse, scale, tuple(mass_rows)) if need_mass else q.new_empty(0, dtype=torch.float32)
-    if sinks is not None:
-        chosen = sinks.clone()
-    elif top_k == 0:
-        chosen = torch.zeros((*groups, 0), dtype=torch.int64, device=q.device)
-    elif on_queries:  # query rows of the mass queries, ranked by their largest probability
-        chosen = ranked(row_peak, top_k, select, control, tuple(mass_rows))
-    elif top_k == 1 and select == "head" and rule.rank in ("largest", "smallest"):
-        chosen = launch.top1(mass, tuple(candidates), largest=rule.rank == "largest")
+    out, lse = launch.attention(q, k, v, scale, out_dtype=torch.float32 if intervene else q.dtype,
+                                row_peak=row_peak, counters=counters)
+    heads_keys = None
+    if selection is not None:
+        mass, heads_keys = launch.key_mass(q, k, lse, scale, mass_rows, counters, selection)
+        chosen = heads_keys if select == "head" else heads_keys[:, 0, :]
     else:
-        chosen = ranked(mass, top_k, select, control, tuple(candidates))
+        mass = launch.key_mass(q, k, lse, scale, mass_rows, counters) if need_mass else _no_mass(q)
+        chosen = _chosen_keys(q, sinks, uniform, top_k, select, control, row_peak if on_queries else mass,
+                              mass_rows if on_queries else candidates)
     if not intervene:
         return out, mass, chosen
+    heads = q.shape[1]
     if on_queries:
         return _query_effect(out, v, per_head(chosen, heads), rule.effect, eta, value_target, q.dtype), mass, chosen
-    heads_sinks = per_head(chosen, heads)
-    if _needs_blend(path, eta, eta_mode, value_target):
-        return _blend(q, k, v, out, lse, heads_sinks, path, eta, eta_mode, value_target, tuple(apply_rows),
-                      scale, may_repeat=sinks is not None), mass, chosen
-    if path == "both":  # at eta = 0 the removed keys' values no longer count: the score path
-        path = "score"
-    if current_settings().route == "masked":
+    heads_sinks = heads_keys if heads_keys is not None else per_head(chosen, heads)
+    if blend:
+        return _blend(q, k, v, out, lse, heads_sinks, path, eta, eta_mode, value_target, apply_rows,
+                      scale, counters, may_repeat=sinks is not None), mass, chosen
+    if settings.route == "masked":
         corrected, _ = launch.attention(q, k, v, scale, out_dtype=q.dtype, sinks=heads_sinks, eta=eta, path=path,
-                                        apply_rows=tuple(apply_rows))
+                                        apply_rows=apply_rows)
         return corrected, mass, chosen
-    corrected, tile_slots, slot_count = launch.correct(q, k, v, out, lse, heads_sinks, eta, path, tuple(apply_rows),
-                                                       scale, q.dtype, may_repeat=sinks is not None)
+    corrected, tile_slots = launch.correct(q, k, v, out, lse, heads_sinks, eta, path, apply_rows, scale, q.dtype,
+                                           counters, may_repeat=sinks is not None)
     # Tiles holding a row whose correction would lose accuracy get the masked pass.
-    launch.recompute_flagged(q, k, v, scale, heads_sinks, eta, path, tuple(apply_rows), tile_slots, slot_count,
-                             corrected)
+    launch.recompute_flagged(q, k, v, scale, heads_sinks, eta, path, apply_rows, tile_slots, counters, corrected)
     # Written in float32 under the interpreter for bfloat16 (launch._stored); no copy otherwise.
     return corrected.to(q.dtype), mass, chosen
+
+
+def _no_mass(q: Tensor) -> Tensor:
+    return q.new_empty(0, dtype=torch.float32)
+
+
+def _chosen_keys(q, sinks, uniform, top_k, select, control, score, window) -> Tensor:
+    """The call's indices when no kernel picked them: explicit ones, none, the random
+    control's top-1 without a mass pass, or the top_k by ``score`` (key mass, or the query
+    rows' peaks for the query controls) in ``window``."""
+    if sinks is not None:
+        return sinks.clone()
+    if top_k == 0:
+        groups = q.shape[:2] if select == "head" else q.shape[:1]
+        return torch.zeros((*groups, 0), dtype=torch.int64, device=q.device)
+    if uniform is not None:
+        return uniform.argmin(dim=-1, keepdim=True) + window[0]
+    return ranked(score, top_k, select, control, window)
+
+
+def _short_keys(q, k, v, sinks, uniform, top_k, path, select, control, eta, mass_rows, candidates, apply_rows,
+                scale, need_mass, intervene, selection):
+    """Keys that fit one tile (launch.short_mass / short_attention): the mass from one pass,
+    then the intervened attention from a second, exact without a correction; the top-1 per
+    head is picked inside the second."""
+    from . import launch
+
+    if intervene and selection is not None and not selection.shared:
+        partial, _ = launch.short_mass(q, k, v, scale, mass_rows)
+        return launch.short_attention(q, k, v, scale, q.dtype, partial, eta=eta, path=path, apply_rows=apply_rows,
+                                      selection=selection)
+    out = partial = None
+    mass = _no_mass(q)
+    if need_mass:
+        partial, out = launch.short_mass(q, k, v, scale, mass_rows, out_dtype=None if intervene else q.dtype)
+        mass = partial[0] if partial.shape[0] == 1 else partial.sum(dim=0)
+    chosen = _chosen_keys(q, sinks, uniform, top_k, select, control, mass, candidates)
+    if not intervene:
+        if out is None:
+            out = launch.short_attention(q, k, v, scale, q.dtype, q)
+        return out, mass, chosen
+    out = launch.short_attention(q, k, v, scale, q.dtype, q if partial is None else partial,
+                                 sinks=per_head(chosen, q.shape[1]), eta=eta, path=path, apply_rows=apply_rows)
+    return out, mass, chosen
 
 
 def _query_effect(out32: Tensor, v: Tensor, rows: Tensor, effect: str, eta: float, value_target: str,
@@ -231,7 +311,7 @@ def _needs_blend(path: str, eta: float, eta_mode: str, value_target: str) -> boo
             or (eta > 0 and on_scores and eta_mode == "prob"))
 
 
-def _blend(q, k, v, out32, lse, sinks, path, eta, eta_mode, value_target, apply_rows, scale, may_repeat):
+def _blend(q, k, v, out32, lse, sinks, path, eta, eta_mode, value_target, apply_rows, scale, counters, may_repeat):
     """Every intervention from three exact pieces per row: O_rest, the attention over the keys
     that are not selected (the score path at eta 0, on the correction route with its masked
     fallback, so it stays exact when the selected keys hold nearly all the mass: no
@@ -259,23 +339,24 @@ def _blend(q, k, v, out32, lse, sinks, path, eta, eta_mode, value_target, apply_
         ratio = torch.full_like(p_sel, eta)
     eta_v = eta if path in ("value", "both") else 1.0
     target = v.float().mean(dim=2, keepdim=True) if value_target == "mean" else 0.0
-    o_rest = _without_selected(q, k, v, out32, lse, unique, apply_rows, scale)
+    o_rest = _without_selected(q, k, v, out32, lse, unique, apply_rows, scale, counters)
     new = (1 - ratio * p_sel) * o_rest + ratio * (eta_v * removed + (1 - eta_v) * p_sel * target)
     rows = torch.arange(q.shape[2], device=q.device)[:, None]
     applied = (rows >= apply_rows[0]) & (rows < apply_rows[1])
     return torch.where(applied, new, out32).to(q.dtype)
 
 
-def _without_selected(q, k, v, out32, lse, sinks, apply_rows, scale):
-    """float32 attention over the keys not in ``sinks`` (-1 entries skipped), exact."""
+def _without_selected(q, k, v, out32, lse, sinks, apply_rows, scale, counters):
+    """float32 attention over the keys not in ``sinks`` (-1 entries skipped), exact (the
+    call's one correction: ``counters`` as the forward left them)."""
     from . import launch
 
     if current_settings().route == "masked":
         return launch.attention(q, k, v, scale, out_dtype=torch.float32, sinks=sinks, eta=0.0, path="score",
                                 apply_rows=apply_rows)[0]
-    o_rest, tile_slots, slot_count = launch.correct(q, k, v, out32, lse, sinks, 0.0, "score", apply_rows, scale,
-                                                    torch.float32, may_repeat=False)
-    launch.recompute_flagged(q, k, v, scale, sinks, 0.0, "score", apply_rows, tile_slots, slot_count, o_rest)
+    o_rest, tile_slots = launch.correct(q, k, v, out32, lse, sinks, 0.0, "score", apply_rows, scale,
+                                        torch.float32, counters, may_repeat=False)
+    launch.recompute_flagged(q, k, v, scale, sinks, 0.0, "score", apply_rows, tile_slots, counters, o_rest)
     return o_rest
 
 
@@ -283,10 +364,10 @@ _sink_attention_op = torch.library.custom_op("sinkattn::sink_attention", mutates
 
 
 @_sink_attention_op.register_fake
-def _(q, k, v, sinks, top_k, path, select, control, eta, mass_rows, candidates, apply_rows, scale, want_mass,
+def _(q, k, v, sinks, uniform, top_k, path, select, control, eta, mass_rows, candidates, apply_rows, scale, want_mass,
       eta_mode, value_target):
     batch, heads, n_q, _ = q.shape
-    need_mass = want_mass or (sinks is None and top_k > 0 and control_of(control).side == "keys")
+    need_mass = want_mass or (sinks is None and uniform is None and top_k > 0 and control_of(control).side == "keys")
     out = q.new_empty((batch, heads, n_q, v.shape[-1]))
     mass = q.new_empty(k.shape[:3] if need_mass else (0,), dtype=torch.float32)
     if sinks is not None:
@@ -297,9 +378,8 @@ def _(q, k, v, sinks, top_k, path, select, control, eta, mass_rows, candidates, 
     return out, mass, chosen
 
 
-
 def _setup_backward(ctx, inputs, output):
-    q, k, v, _, _, path, _, _, eta, _, _, apply_rows, scale, _, eta_mode, value_target = inputs
+    q, k, v, _, _, _, path, _, _, eta, _, _, apply_rows, scale, _, eta_mode, value_target = inputs
     ctx.save_for_backward(q, k, v, output[2])
     ctx.intervention = dict(path=path, eta=eta, apply_queries=tuple(apply_rows), scale=scale, eta_mode=eta_mode,
                             value_target=value_target)
@@ -316,7 +396,7 @@ def _backward(ctx, grad_out, _grad_mass, _grad_sinks):
         out = reference.sink_attention(*inputs, sinks=chosen, return_mass=False, **ctx.intervention).out
         wanted = [t for t in inputs if t.requires_grad]
         grads = iter(torch.autograd.grad(out, wanted, grad_out))
-    return (*(next(grads) if t.requires_grad else None for t in inputs),) + (None,) * 13
+    return (*(next(grads) if t.requires_grad else None for t in inputs),) + (None,) * 14
 
 
 _sink_attention_op.register_autograd(_backward, setup_context=_setup_backward)

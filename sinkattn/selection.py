@@ -49,15 +49,33 @@ def control_of(name: str) -> Control:
         raise ValueError(f"control must be one of {tuple(CONTROLS)}, got {name!r}") from None
 
 
+def random_uniforms(group_shape, candidates: tuple[int, int], generator, device) -> Tensor:
+    """The random control's draw: (*group_shape, stop - start) uniform float32 numbers on
+    ``device``, drawn exactly as the reference draws them (torch.rand on the generator's
+    device; on ``device`` with its default generator when there is none). Ranked ascending,
+    they order the candidates: the key of the smallest is the top-1.
+
+    A generator on the device draws there: no host work, and the draw is captured by a CUDA
+    graph (register the generator with the graph; each replay then draws afresh, reproducibly
+    from the seed and the number of draws before it). A CPU generator draws on the host; the
+    numbers reach the device through pinned memory without a host synchronisation, but a
+    captured graph would replay the same numbers."""
+    start, stop = candidates
+    draw_device = generator.device if generator is not None else torch.device(device)
+    uniform = torch.rand((*group_shape, stop - start), generator=generator, device=draw_device)
+    if uniform.device != torch.device(device):
+        if uniform.device.type == "cpu" and torch.device(device).type == "cuda":
+            uniform = uniform.pin_memory()
+        uniform = uniform.to(device, non_blocking=True)
+    return uniform
+
+
 def random_keys(group_shape, top_k: int, candidates: tuple[int, int], generator, device) -> Tensor:
     """A uniform draw of top_k distinct candidate keys per group: the first top_k positions
-    of a random permutation, taken as the argsort of uniform numbers drawn on the
-    generator's device (on ``device`` with its global RNG when no generator is given)."""
-    start, stop = candidates
-    draw_device = generator.device if generator is not None else device
-    uniform = torch.rand((*group_shape, stop - start), generator=generator, device=draw_device)
+    of a random permutation, taken as the stable argsort of ``random_uniforms``."""
+    uniform = random_uniforms(group_shape, candidates, generator, device)
     ranks = uniform.sort(dim=-1, stable=True).indices[..., :top_k]
-    return (ranks + start).to(device=device, dtype=torch.int64)
+    return ranks + candidates[0]
 
 
 def ranked(score: Tensor, top_k: int, select: str, control: str, window: tuple[int, int]) -> Tensor:

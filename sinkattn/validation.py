@@ -1,5 +1,12 @@
 """Argument checking for the public op: every bad input becomes a ValueError or TypeError
-that names the argument, before anything reaches a kernel."""
+that names the argument, before anything reaches a kernel.
+
+A call is checked once per (shapes, strides, dtypes, devices, options): the checked call is
+cached by that key, so a model's thousands of calls with the same layout pay a dictionary
+lookup (issue 15). Calls with explicit ``sinks`` are checked every time (their values are
+data: the range check reads them, one host synchronisation), except while a CUDA graph is
+being captured, where reading device values is not allowed and the check is skipped.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .reference import ETA_MODES, PATHS, SELECTS, VALUE_TARGETS, as_generator, resolve_range
+from .reference import ETA_MODES, PATHS, SELECTS, VALUE_TARGETS, resolve_range
 from .selection import CONTROLS, control_of
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -29,7 +36,6 @@ class SinkCall:
     apply_rows: tuple[int, int]
     sinks: Tensor | None
     scale: float
-    generator: torch.Generator | None
     want_mass: bool
     eta_mode: str = "logit"
     value_target: str = "zero"
@@ -66,9 +72,11 @@ def _check_mask(attn_mask, q: Tensor, k: Tensor) -> None:
 def _removes_a_whole_row(sinks: Tensor | None, n_k: int) -> bool:
     """True when some row of the intervened set holds all n_k keys: always for selection
     (top_k >= n_k distinct keys), for explicit sinks only if a row's distinct indices do
-    (repeats count once)."""
+    (repeats count once; not read while a CUDA graph is captured)."""
     if sinks is None:
         return True
+    if _capturing(sinks):
+        return False
     ordered = sinks.sort(dim=-1).values
     distinct = 1 + (ordered[..., 1:] != ordered[..., :-1]).sum(dim=-1)
     return bool((distinct >= n_k).any())
@@ -80,9 +88,69 @@ def _check_choice(name: str, value, choices) -> str:
     return value
 
 
+def _capturing(t: Tensor) -> bool:
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+_CHECKED: dict = {}
+_CHECKED_MAX = 4096
+
+
+def _range_key(rng):
+    """A hashable stand-in for a range argument, or a TypeError for one not worth caching
+    (0-d tensor bounds, odd types: those are checked every call)."""
+    if rng is None:
+        return None
+    if type(rng) is tuple and len(rng) == 2 and type(rng[0]) is int and type(rng[1]) is int:
+        return rng
+    if type(rng) is slice and all(x is None or type(x) is int for x in (rng.start, rng.stop, rng.step)):
+        return ("slice", rng.start, rng.stop, rng.step)
+    raise TypeError
+
+
+def _call_key(q, k, v, top_k, path, select, control, eta, mass_queries, candidates, apply_queries, scale,
+              return_mass, eta_mode, value_target):
+    """What a checked call depends on, or None when the call is checked every time. The
+    types of the scalars are part of it (True == 1, but top_k=True is refused)."""
+    if not (type(q) is Tensor and type(k) is Tensor and type(v) is Tensor) or torch.compiler.is_compiling():
+        return None
+    try:
+        key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype,
+               q.device, k.device, v.device, top_k, type(top_k), path, select, control, eta, type(eta),
+               _range_key(mass_queries), _range_key(candidates), _range_key(apply_queries), scale, type(scale),
+               return_mass, eta_mode, value_target)
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
 def check_call(
     q, k, v, top_k, path, select, control, eta, mass_queries, candidates, apply_queries,
-    sinks, scale, generator, return_mass, eta_mode="logit", value_target="zero", attn_mask=None,
+    sinks, scale, return_mass, eta_mode="logit", value_target="zero", attn_mask=None,
+) -> SinkCall:
+    """The checked call (ranges resolved, top_k and scale resolved), or a ValueError or
+    TypeError naming the argument. Cached by layout and options unless ``sinks`` or
+    ``attn_mask`` is given."""
+    key = None
+    if sinks is None and attn_mask is None:
+        key = _call_key(q, k, v, top_k, path, select, control, eta, mass_queries, candidates, apply_queries,
+                        scale, return_mass, eta_mode, value_target)
+        checked = _CHECKED.get(key) if key is not None else None
+        if checked is not None:
+            return checked
+    call = _check(q, k, v, top_k, path, select, control, eta, mass_queries, candidates, apply_queries,
+                  sinks, scale, return_mass, eta_mode, value_target, attn_mask)
+    if key is not None:
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.clear()
+        _CHECKED[key] = call
+    return call
+
+
+def _check(
+    q, k, v, top_k, path, select, control, eta, mass_queries, candidates, apply_queries,
+    sinks, scale, return_mass, eta_mode, value_target, attn_mask,
 ) -> SinkCall:
     for name, t in (("q", q), ("k", k), ("v", v)):
         _check_tensor(name, t)
@@ -128,11 +196,13 @@ def check_call(
             select = "shared"
         else:
             raise ValueError(f"sinks must have shape (B, H, top_k) = ({batch}, {heads}, t) or (B, top_k), got {tuple(sinks.shape)}")
-        if sinks.numel() and (int(sinks.min()) < 0 or int(sinks.max()) >= n_k):
-            raise ValueError(f"sinks holds indices outside [0, {n_k})")
-        if candidates is not None and sinks.numel() and (int(sinks.min()) < cand[0] or int(sinks.max()) >= cand[1]):
-            raise ValueError(f"sinks holds keys outside candidates {cand}: explicit sinks skip selection, so "
-                             "give candidates only to check them, and then hold every sink inside")
+        if sinks.numel() and not _capturing(sinks):
+            low, high = (int(x) for x in torch.stack([sinks.min(), sinks.max()]).tolist())
+            if low < 0 or high >= n_k:
+                raise ValueError(f"sinks holds indices outside [0, {n_k})")
+            if candidates is not None and (low < cand[0] or high >= cand[1]):
+                raise ValueError(f"sinks holds keys outside candidates {cand}: explicit sinks skip selection, so "
+                                 "give candidates only to check them, and then hold every sink inside")
         if top_k is not None and top_k != sinks.shape[-1]:
             raise ValueError(f"top_k={top_k} does not match sinks.shape[-1]={sinks.shape[-1]}")
         top_k = sinks.shape[-1]
@@ -158,6 +228,6 @@ def check_call(
     return SinkCall(
         top_k=top_k, path=path, select=select, control=control, eta=float(eta),
         mass_rows=mass_rows, candidates=cand, apply_rows=apply_rows, sinks=sinks,
-        scale=scale, generator=as_generator(generator), want_mass=want_mass,
+        scale=scale, want_mass=want_mass,
         eta_mode=eta_mode, value_target=value_target,
     )

@@ -46,6 +46,19 @@ def use_settings():
         yield lambda **fields: stack.enter_context(settings.override(**fields))
 
 
+# The two ways keys are walked: all keys in one tile (Nk <= 256: launch.short_mass and
+# short_attention, two launches) and tiles with the online softmax, the key-mass pass and the
+# correction route ("tiled": settings.short_keys = 0 forces it on short sequences too).
+KEYS = pytest.mark.parametrize("keys", ["one-tile", "tiled"])
+
+
+def use_keys(keys, n_k, use_settings):
+    if keys == "tiled":
+        use_settings(short_keys=0)
+    elif n_k > settings.current().short_keys:
+        pytest.skip("keys longer than one tile")
+
+
 @pytest.fixture
 def poisoned(monkeypatch):
     """Every kernel output buffer starts as NaN (float) or 1 (int8 flags), so an unwritten
@@ -142,12 +155,14 @@ def _resolve(mode, n_q, n_k):
     return out
 
 
+@KEYS
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape,dtype", SHAPES)
-def test_kernels_match_reference(shape, dtype, mode, poisoned):
+def test_kernels_match_reference(shape, dtype, mode, keys, use_settings, poisoned):
     from sinkattn import sink_attention
 
     B, H, Nq, Nk, D, Dv = shape
+    use_keys(keys, Nk, use_settings)
     q, k, v = diffusers_layout(B, H, Nq, Nk, D, Dv, dtype)
     kw = _resolve(mode, Nq, Nk)
     res = sink_attention(q, k, v, **kw)
@@ -171,7 +186,7 @@ def test_masked_route_matches_reference(shape, dtype, mode, use_settings, poison
     selected keys compared with each key tile inside the kernel."""
     from sinkattn import sink_attention
 
-    use_settings(route="masked")
+    use_settings(route="masked", short_keys=0)
     B, H, Nq, Nk, D, Dv = shape
     q, k, v = diffusers_layout(B, H, Nq, Nk, D, Dv, dtype)
     kw = _resolve(mode, Nq, Nk)
@@ -179,7 +194,7 @@ def test_masked_route_matches_reference(shape, dtype, mode, use_settings, poison
     check_against_reference(q, k, v, res, **kw)
 
 
-@pytest.mark.parametrize("route", ["correction", "masked"])
+@pytest.mark.parametrize("route", ["correction", "masked", "one-tile"])
 @pytest.mark.parametrize("path", ["score", "value"])
 @pytest.mark.parametrize("scale", [0.4, 0.0, -3.0])
 def test_any_scale_matches_reference(scale, path, route, use_settings, poisoned):
@@ -188,7 +203,7 @@ def test_any_scale_matches_reference(scale, path, route, use_settings, poisoned)
     forms, with the intervention inside the masked pass too (log2(eta) / scale)."""
     from sinkattn import sink_attention
 
-    use_settings(route=route)
+    use_settings(**(dict(route=route, short_keys=0) if route != "one-tile" else {}))
     q, k, v = diffusers_layout(2, 2, 70, 77, 64, 64, torch.bfloat16)
     for eta in (0.0, 0.3):
         kw = dict(top_k=1, path=path, eta=eta, scale=scale, apply_queries=(10, 70))
@@ -196,28 +211,35 @@ def test_any_scale_matches_reference(scale, path, route, use_settings, poisoned)
         check_against_reference(q, k, v, res, **kw)
 
 
+@KEYS
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("select", ["head", "shared"])
 @pytest.mark.parametrize("path", ["score", "value"])
-def test_planted_sinks_are_selected_exactly(dtype, select, path, plant_sink, poisoned):
+def test_planted_sinks_are_selected_exactly(dtype, select, path, keys, plant_sink, use_settings, poisoned):
     from sinkattn import sink_attention
 
     B, H, Nq, Nk, D = (2, 4, 4429, 4429, 64) if CUDA else (2, 2, 70, 90, 64)
+    if CUDA and keys == "one-tile":
+        B, H, Nq, Nk, D = 2, 4, 4096, 200, 64
+    use_keys(keys, Nk, use_settings)
     q, k, v = (t.contiguous() for t in diffusers_layout(B, H, Nq, Nk, D, D, dtype))
     for key in (3, Nk - 2):  # two sinks, one in the masked tail tile
         plant_sink(q, k, key, strength=4.0 if key == 3 else 3.0)
-    res = sink_attention(q, k, v, top_k=2, path=path, select=select)
-    exact = check_against_reference(q, k, v, res, top_k=2, path=path, select=select)
     from sinkattn.reference import sink_attention as reference
 
-    independent = reference(q.double(), k.double(), v.double(), top_k=2, path=path, select=select)
-    assert torch.equal(res.sinks.cpu(), independent.sinks.cpu())
-    assert exact.sinks is not None
+    for top_k in (2, 1):  # k = 1: picked inside the mass kernel (the key-mass epilogue, or the short pass)
+        res = sink_attention(q, k, v, top_k=top_k, path=path, select=select)
+        exact = check_against_reference(q, k, v, res, top_k=top_k, path=path, select=select)
+        independent = reference(q.double(), k.double(), v.double(), top_k=top_k, path=path, select=select)
+        assert torch.equal(res.sinks.cpu(), independent.sinks.cpu())
+        assert exact.sinks is not None
 
 
-def test_explicit_sinks_with_repeats_count_once(poisoned):
+@KEYS
+def test_explicit_sinks_with_repeats_count_once(keys, use_settings, poisoned):
     from sinkattn import sink_attention
 
+    use_keys(keys, 50, use_settings)
     q, k, v = diffusers_layout(1, 2, 40, 50, 64, 64, torch.float16)
     sinks = torch.tensor([[[4, 4, 9], [0, 49, 0]]], device=DEVICE)
     res = sink_attention(q, k, v, sinks=sinks, path="score")
@@ -236,8 +258,11 @@ def test_correction_falls_back_where_it_would_lose_accuracy(plant_sink, poisoned
     plant_sink(q, k, 7, heads=[0], strength=12.0)
     res = sink_attention(q, k, v, top_k=1, path="score")
     check_against_reference(q, k, v, res, top_k=1, path="score")
-    out32, lse = launch.attention(q, k, v, 64**-0.5, torch.float32)
-    _, slots, count = launch.correct(q, k, v, out32, lse, res.sinks, 0.0, "score", (0, 64), 64**-0.5, q.dtype)
+    counters = launch.counters(q)
+    out32, lse = launch.attention(q, k, v, 64**-0.5, torch.float32, counters=counters)
+    assert (counters == 0).all()  # zeroed by the forward (launch._output poisons them)
+    _, slots = launch.correct(q, k, v, out32, lse, res.sinks, 0.0, "score", (0, 64), 64**-0.5, q.dtype, counters)
+    count = counters[0]
     assert (slots[0] >= 0).any().item() and (slots[1] == -1).all().item()
     assert count.item() == (slots >= 0).sum().item()
     assert sorted(slots[slots >= 0].tolist()) == list(range(count.item()))  # distinct slots
@@ -270,9 +295,11 @@ def test_flagged_pass_computes_exactly_the_flagged_tiles(path, split, removed, m
     flagged = [(0, 0, 0), (0, 0, N - 1), (B - 1, H - 1, N // 2)]
     for slot, (b, h, row) in enumerate(flagged):
         slots[b * H + h, row // block_m] = slot
-    count = torch.tensor([len(flagged)], dtype=torch.int32, device=DEVICE)
     if not split:
         use_settings(flagged_max_split_tiles=len(flagged) - 1)
+    # As the call's forward and correction leave them: slots handed out, no arrivals yet.
+    counters = torch.zeros(launch.counter_layout(B, H, settings.current()).size, dtype=torch.int32, device=DEVICE)
+    counters[0] = len(flagged)
     allocated = []
     poisoned_output = launch._output
 
@@ -282,7 +309,7 @@ def test_flagged_pass_computes_exactly_the_flagged_tiles(path, split, removed, m
 
     monkeypatch.setattr(launch, "_output", recorded_output)
     out = torch.full((B, H, N, 64), float("nan"), dtype=torch.bfloat16, device=DEVICE)
-    launch.recompute_flagged(q, k, v, scale, sinks, 0.0, path, (0, N), slots, count, out)
+    launch.recompute_flagged(q, k, v, scale, sinks, 0.0, path, (0, N), slots, counters, out)
     if split and removed == "a-whole-key-range" and path == "score":
         # The first key range (64 keys on the GPU, 32 under the interpreter) holds only
         # removed keys for the rows of the sequence, the last one none: each range was
@@ -299,36 +326,70 @@ def test_flagged_pass_computes_exactly_the_flagged_tiles(path, split, removed, m
         expected[b, h, tile * block_m:(tile + 1) * block_m] = True
     assert torch.equal(~out.isnan().any(-1), expected)
     assert rel(out[expected], masked[expected]) < 1e-2
+    if split:  # every range of every flagged tile arrived once
+        splits = allocated[-1].shape[1]
+        assert counters[1:1 + len(flagged)].tolist() == [splits] * len(flagged)
 
 
-@pytest.mark.parametrize("largest", [True, False], ids=["sink", "bottom"])
-def test_top1_selection_matches_torch(largest, poisoned):
-    """The one-launch selection of the default call: ties to the lower index, a NaN mass
-    counts as the extreme (as torch.argmax / argmin), candidate windows anywhere, rows
-    longer than one block."""
+def _rows_with_ties_and_nans(shape, largest):
+    """Rows of float32 scores with a tie of the extreme, NaNs (the extreme, as torch.argmax),
+    a constant row, and rows longer than one block of the selection (1024)."""
+    rank = torch.rand(*shape, device=DEVICE)
+    n = shape[-1]
+    rank.view(-1, n)[0, [min(10, n - 1), max(n - 5, 0)]] = 2.0 if largest else -1.0
+    rank.view(-1, n)[1, [n // 2, max(n - 3, 0)]] = float("nan")
+    rank.view(-1, n)[2, :] = 0.5
+    return rank
+
+
+@pytest.mark.parametrize("where", ["key-mass-epilogue", "one-tile-pass"])
+@pytest.mark.parametrize("largest", [True, False], ids=["largest", "smallest"])
+def test_top1_selection_matches_torch(largest, where, poisoned):
+    """The top-1 made inside the kernels (the key-mass pass's last program per head or per
+    batch, the short-key pass's programs): ties to the lower index, a NaN counts as the
+    extreme (as torch.argmax / argmin), candidate windows anywhere. Ranked here on given
+    scores (the ``rank`` input that carries the random control's draws)."""
     from sinkattn import launch
 
-    mass = torch.rand(3, 4, 5000, device=DEVICE)
-    mass[0, 0, 10] = mass[0, 0, 4000] = 2.0 if largest else -1.0
-    mass[0, 1, 4500] = mass[0, 1, 4700] = float("nan")
-    mass[1, 2, :] = 0.5
-    for candidates in [(0, 5000), (7, 4600), (4096, 5000), (100, 101)]:
-        window = mass[..., candidates[0]:candidates[1]]
-        want = (window.argmax(-1) if largest else window.argmin(-1)) + candidates[0]
-        got = launch.top1(mass, candidates, largest)
-        assert got.shape == (3, 4, 1) and torch.equal(got[..., 0], want), candidates
+    B, H, n_k = (3, 4, 2100) if where == "key-mass-epilogue" else (3, 4, 200)
+    q, k, v = diffusers_layout(B, H, 40, n_k, 64, 64, torch.float16)
+    windows = [(0, n_k), (7, n_k - 150), (n_k - 60, n_k), (100, 101)]
+    if where == "key-mass-epilogue":
+        windows.append((1024, n_k))
+    for shared in (False, True):
+        for window in windows:
+            groups = (B,) if shared else (B, H)
+            rank = _rows_with_ties_and_nans((*groups, window[1] - window[0]), largest)
+            want = (rank.argmax(-1) if largest else rank.argmin(-1)) + window[0]
+            selection = launch.Selection(shared, window, largest, rank)
+            if where == "key-mass-epilogue":
+                counters = launch.counters(q)
+                _, lse = launch.attention(q, k, v, 0.125, torch.float16, counters=counters)
+                _, got = launch.key_mass(q, k, lse, 0.125, (0, 40), counters, selection)
+            elif shared:
+                continue  # the short pass selects per head only (shared goes through torch)
+            else:
+                partial, _ = launch.short_mass(q, k, v, 0.125, (0, 40))
+                _, _, got = launch.short_attention(q, k, v, 0.125, torch.float16, partial, selection=selection)
+            expected = want[:, None].expand(B, H) if shared else want
+            assert got.shape == (B, H, 1) and torch.equal(got[..., 0], expected), (shared, window)
 
 
-def test_mass_over_query_shares(poisoned):
+@pytest.mark.parametrize("select", ["head", "shared"])
+def test_mass_over_query_shares(select, use_settings, poisoned):
     """Few keys give too few key-parallel programs, so the mass queries are cut into shares
-    whose partial sums are added afterwards; a range that starts off a tile boundary and
-    ends in a partial tile."""
+    whose partial sums the last program of each head adds (and then selects from); a range
+    that starts off a tile boundary and ends in a partial tile."""
     from sinkattn import launch, sink_attention
 
+    use_settings(short_keys=0)
     q, k, v = diffusers_layout(1, 2, 1100, 77, 64, 64, torch.bfloat16)
     assert launch.mass_shares(q, 77, 1100 - 13) > 1
-    res = sink_attention(q, k, v, top_k=1, path="score", mass_queries=(13, 1100))
-    check_against_reference(q, k, v, res, top_k=1, path="score", mass_queries=(13, 1100))
+    for top_k in (1, 2):
+        kw = dict(top_k=top_k, path="score", mass_queries=(13, 1100), select=select)
+        res = sink_attention(q, k, v, **kw)
+        exact = check_against_reference(q, k, v, res, **kw)
+        check_selection(res, exact.mass, top_k, select)
 
 
 @pytest.mark.parametrize("paired", [False, True], ids=["one_tile", "paired"])
@@ -348,47 +409,65 @@ def test_key_mass_loops_match_reference(paired, use_settings, poisoned):
         assert rel(launch.key_mass(q, k, lse, 64 ** -0.5, rows), want) < 1e-5, rows
 
 
-def test_mass_is_deterministic():
+@KEYS
+def test_mass_is_deterministic(keys, use_settings):
     from sinkattn import sink_attention
 
     B, H, N = (2, 24, 4429) if CUDA else (1, 2, 150)
+    if CUDA and keys == "one-tile":
+        B, H, N = 2, 10, 200
+    use_keys(keys, N, use_settings)
     q, k, v = diffusers_layout(B, H, N, N, 64, 64, torch.bfloat16)
     first = sink_attention(q, k, v, top_k=0, path="none").mass
     second = sink_attention(q, k, v, top_k=0, path="none").mass
     assert torch.equal(first, second)
 
 
-def test_single_key_and_single_query():
+@KEYS
+def test_single_key_and_single_query(keys, use_settings):
     from sinkattn import sink_attention
 
+    use_keys(keys, 1, use_settings)
     q, k, v = diffusers_layout(1, 1, 1, 1, 64, 64, torch.float32)
     res = sink_attention(q, k, v, top_k=1, path="value")
     torch.testing.assert_close(res.out, torch.zeros_like(res.out))
     torch.testing.assert_close(res.mass, torch.ones_like(res.mass))
 
 
-def test_nan_in_a_query_row_stays_in_that_row():
+@KEYS
+def test_nan_in_a_query_row_stays_in_that_row(keys, use_settings):
     from sinkattn import sink_attention
 
+    use_keys(keys, 30, use_settings)
     q, k, v = diffusers_layout(1, 1, 20, 30, 64, 64, torch.float16)
     q = q.clone()
     q[0, 0, 5, 0] = float("nan")
-    out = sink_attention(q, k, v, top_k=0).out
-    assert out[0, 0, 5].isnan().all() and not out[0, 0, :5].isnan().any() and not out[0, 0, 6:].isnan().any()
+    for kw in (dict(top_k=0), dict(top_k=0, path="none"), dict(sinks=torch.tensor([[[3]]], device=DEVICE))):
+        out = sink_attention(q, k, v, **kw).out
+        assert out[0, 0, 5].isnan().all() and not out[0, 0, :5].isnan().any() and not out[0, 0, 6:].isnan().any()
 
 
-def test_torch_compile_fullgraph_traces_the_op():
+@KEYS
+def test_torch_compile_fullgraph_traces_the_op(keys, use_settings):
     from sinkattn import sink_attention
+
+    use_keys(keys, 50, use_settings)
 
     def f(q, k, v):
         res = sink_attention(q, k, v, top_k=2, path="score", mass_queries=(0, 30))
         return res.out * 2, res.mass
 
+    def random_top1(q, k, v):  # the draw (global generator) and its top-1 inside the op
+        return sink_attention(q, k, v, top_k=1, path="value", control="random")
+
     q, k, v = diffusers_layout(1, 2, 40, 50, 64, 64, torch.float16)
     compiled = torch.compile(f, fullgraph=True, backend="inductor" if CUDA else "aot_eager")
     got, want = compiled(q, k, v), f(q, k, v)
-    torch.testing.assert_close(got[0], want[0])
-    torch.testing.assert_close(got[1], want[1])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    drawn = torch.compile(random_top1, fullgraph=True, backend="inductor" if CUDA else "aot_eager")(q, k, v)
+    assert drawn.sinks.shape == (1, 2, 1)
+    check_against_reference(q, k, v, drawn, path="value")
 
 
 @GPU_ONLY
@@ -423,7 +502,7 @@ def _removed_leading_keys(n_removed, surviving_logit, dtype):
     return (t.to(DEVICE, dtype) for t in (q, k, v))
 
 
-@pytest.mark.parametrize("route", ["correction-key-split", "correction-whole-tiles", "masked"])
+@pytest.mark.parametrize("route", ["correction-key-split", "correction-whole-tiles", "masked", "one-tile"])
 @pytest.mark.parametrize("surviving_logit", [-10.0, -20.0, -100.0, -200.0])
 @pytest.mark.parametrize("tiles", [1, 2, 3])
 def test_removed_leading_key_tiles(tiles, surviving_logit, route, use_settings, poisoned):
@@ -435,10 +514,13 @@ def test_removed_leading_key_tiles(tiles, surviving_logit, route, use_settings, 
     route runs the forward with the keys masked."""
     from sinkattn import sink_attention
 
-    use_settings(route="masked" if route == "masked" else "correction")
+    n_removed = tiles * MAX_BLOCK_N
+    if route == "one-tile":
+        use_keys("one-tile", n_removed + 40, use_settings)
+    else:
+        use_settings(route="masked" if route == "masked" else "correction", short_keys=0)
     if route == "correction-whole-tiles":
         use_settings(flagged_max_split_tiles=0)
-    n_removed = tiles * MAX_BLOCK_N
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
         q, k, v = _removed_leading_keys(n_removed, surviving_logit, dtype)
         res = sink_attention(q, k, v, top_k=n_removed, path="score")
@@ -451,12 +533,14 @@ def test_removed_leading_key_tiles(tiles, surviving_logit, route, use_settings, 
                                 top_k=n_removed, path="score")
 
 
-def test_correction_flags_rows_whose_kept_mass_vanishes(poisoned):
+@KEYS
+def test_correction_flags_rows_whose_kept_mass_vanishes(keys, use_settings, poisoned):
     """Removed keys with zero value vectors hold nearly all the mass: the numerator of the
     score-path correction loses nothing (the removed keys add nothing to O), but its
     denominator 1 - sum_J p_j is pure rounding. Such rows must be recomputed, not divided."""
     from sinkattn import sink_attention
 
+    use_keys(keys, 48, use_settings)
     q, k, v = _removed_leading_keys(8, -30.0, torch.float32)
     k[:, :, :8] += 25 * torch.nn.functional.normalize(q[0, 0, 0], dim=0)  # sinks at logit -30 + 5 + 25 = 0
     v[:, :, :8] = 0
@@ -508,7 +592,7 @@ def test_every_intervention_matches_reference(kw, route, use_settings, plant_sin
     O_rest must come from the masked fallback) and with diffuse attention (shared keys)."""
     from sinkattn import sink_attention
 
-    use_settings(route=route)
+    use_settings(route=route, short_keys=0)
     # The blend recomputes the selected keys' probabilities outside the kernel, whose lse
     # came from other roundings of the same logits: a relative error of ~|s| * 2^-24 in P,
     # 1e-5 with a sink logit of ~50 (log2 units). float32 is held to SPEC's 1e-4 for it.
