@@ -39,30 +39,81 @@ class StepClock:
     step: index of the current step within the generation, from 0 (-1 before the first).
     timestep: the timestep value of the current forward (float).
     grid: (rows, cols) of the image tokens at full resolution (after patching), or None.
+
+    The hook reads nothing from the device: a timestep given as a tensor (diffusers' are on
+    the GPU) is kept, and read when one of the four values is first asked for (the gate, when
+    it gates by step or timestep; a tracer): forwards nobody asks about cost no host
+    synchronisation, so a denoiser forward with the hook installed can be captured in a CUDA
+    graph. Reading resolves every forward seen so far at once (one synchronisation).
     """
 
+    _PENDING_MAX = 256  # forwards kept unread at most; then they are read (one synchronisation)
+
     def __init__(self):
-        self.generation = -1
-        self.step = -1
-        self.timestep: float | None = None
-        self.grid: tuple[int, int] | None = None
+        self._generation = -1
+        self._step = -1
+        self._timestep: float | None = None
+        self._grid: tuple[int, int] | None = None
         self._last: float | None = None
+        self._pending: list = []  # ("tick", timestep, grid) and ("new",) events, in order
+
+    @property
+    def generation(self) -> int:
+        self._resolve()
+        return self._generation
+
+    @property
+    def step(self) -> int:
+        self._resolve()
+        return self._step
+
+    @property
+    def timestep(self) -> float | None:
+        self._resolve()
+        return self._timestep
+
+    @property
+    def grid(self) -> tuple[int, int] | None:
+        self._resolve()
+        return self._grid
 
     def new_generation(self) -> None:
-        self.generation += 1
-        self.step = -1
-        self._last = None
+        self._pending.append(("new",))
 
     def tick(self, timestep, grid=None) -> None:
-        """Called once per denoiser forward (one host sync for the timestep value)."""
-        t = float(timestep.flatten()[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
-        if self.generation < 0 or (self._last is not None and t > self._last):
-            self.new_generation()
-        if self._last is None or t != self._last:
-            self.step += 1
-        self._last = t
-        self.timestep = t
-        self.grid = grid
+        """Called once per denoiser forward. ``timestep``: a number or a tensor (its first
+        element counts; a tensor is copied on its device, not read); ``grid``: (rows, cols),
+        or a function returning them, called when the grid is read."""
+        if isinstance(timestep, torch.Tensor):
+            timestep = timestep.detach().flatten()[:1].clone()
+        self._pending.append(("tick", timestep, grid))
+        if len(self._pending) > self._PENDING_MAX:
+            self._resolve()
+
+    def _resolve(self) -> None:
+        if not self._pending:
+            return
+        events, self._pending = self._pending, []
+        tensors = [e[1] for e in events if e[0] == "tick" and isinstance(e[1], torch.Tensor)]
+        values = iter(torch.cat([t.float().to(tensors[0].device) for t in tensors]).tolist() if tensors else [])
+        for event in events:
+            if event[0] == "new":
+                self._new_generation()
+                continue
+            _, timestep, grid = event
+            t = next(values) if isinstance(timestep, torch.Tensor) else float(timestep)
+            if self._generation < 0 or (self._last is not None and t > self._last):
+                self._new_generation()
+            if self._last is None or t != self._last:
+                self._step += 1
+            self._last = t
+            self._timestep = t
+            self._grid = grid() if callable(grid) else grid
+
+    def _new_generation(self) -> None:
+        self._generation += 1
+        self._step = -1
+        self._last = None
 
     def pre_hook(self, model):
         signature = inspect.signature(model.forward)
@@ -78,12 +129,18 @@ class StepClock:
             if isinstance(sample, torch.Tensor) and sample.dim() == 4:
                 grid = (sample.shape[-2] // patch, sample.shape[-1] // patch)
             elif isinstance(bound.get("img_ids"), torch.Tensor):  # Flux: packed tokens with (0, row, col) ids
-                ids = bound["img_ids"].reshape(-1, bound["img_ids"].shape[-1])
-                grid = (int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1)
+                grid = functools.partial(_grid_of_ids, bound["img_ids"])
             self.tick(timestep, grid)
             return None
 
         return hook
+
+
+def _grid_of_ids(ids: torch.Tensor) -> tuple[int, int]:
+    """(rows, cols) of Flux's image ids (0, row, col): read when asked for, one synchronisation."""
+    ids = ids.reshape(-1, ids.shape[-1])
+    rows, cols = torch.stack([ids[:, 1].max(), ids[:, 2].max()]).tolist()
+    return int(rows) + 1, int(cols) + 1
 
 
 def denoiser_of(target) -> torch.nn.Module:
@@ -162,7 +219,9 @@ def intervene(target, processor, layers=None, steps=None, timesteps=None):
         timesteps: (lo, hi), intervene where lo <= timestep <= hi. None: every timestep.
 
     Layers and steps outside the gate run the stock math (plain SDPA); a tracer on the
-    processor still records them.
+    processor still records them. Gating by ``steps`` or ``timesteps`` reads the forward's
+    timestep on the host once per forward (the first attention call asks the clock); gating
+    by layers alone reads nothing from the device.
     """
     model = denoiser_of(target)
     allowed = _select_layers(model, layers)

@@ -205,7 +205,7 @@ def _run_kernels(
         return _short_keys(q, k, v, sinks, uniform, top_k, path, select, control, eta, mass_rows, candidates,
                            apply_rows, scale, need_mass, intervene, selection)
 
-    counters = launch.counters(q, settings) if intervene or selection is not None else None
+    counters = launch.counters(q, settings) if intervene or need_mass else None
     # Keep O in float32 while a correction may still be applied to it.
     row_peak = launch.row_buffer(q) if on_queries and top_k > 0 else None
     out, lse = launch.attention(q, k, v, scale, out_dtype=torch.float32 if intervene else q.dtype,
@@ -251,7 +251,7 @@ def _chosen_keys(q, sinks, uniform, top_k, select, control, score, window) -> Te
         return sinks.clone()
     if top_k == 0:
         groups = q.shape[:2] if select == "head" else q.shape[:1]
-        return torch.zeros((*groups, 0), dtype=torch.int64, device=q.device)
+        return torch.empty((*groups, 0), dtype=torch.int64, device=q.device)
     if uniform is not None:
         return uniform.argmin(dim=-1, keepdim=True) + window[0]
     return ranked(score, top_k, select, control, window)

@@ -120,3 +120,50 @@ def test_layer_blocks_and_bad_layers():
     with pytest.raises(ValueError, match="timesteps"):
         with intervene(flux, proc, timesteps=(10, 1)):
             pass
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_step_hook_reads_no_device_value(family, monkeypatch):
+    """The denoiser's pre-hook keeps the timestep (and Flux's image ids) without reading them
+    on the host, so a forward with the hook installed can be captured in a CUDA graph; the
+    clock reads them when asked."""
+    if family == "flux":
+        model = tiny.tiny_flux_transformer(num_layers=1, num_single_layers=1)
+    else:
+        model = tiny.tiny_sd3_transformer()
+    inputs = tiny.tiny_inputs(model, batch=1, size=8, timestep=700.0)
+    clock = StepClock()
+    hook = clock.pre_hook(model)
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a tensor value was read on the host")
+
+    with monkeypatch.context() as patched:
+        for name in ("item", "tolist", "numpy", "cpu", "__int__", "__float__", "__bool__", "__index__"):
+            patched.setattr(torch.Tensor, name, refuse)
+        hook(model, (), inputs)
+        hook(model, (), inputs)
+    if family == "flux":
+        ids = inputs["img_ids"].reshape(-1, 3)
+        grid = (int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1)
+    else:
+        grid = (inputs["hidden_states"].shape[-2] // 2, inputs["hidden_states"].shape[-1] // 2)
+    assert (clock.generation, clock.step, clock.grid) == (0, 0, grid)
+    assert clock.timestep == pytest.approx(float(inputs["timestep"].flatten()[0]))
+
+
+def test_clock_read_late_counts_every_forward():
+    """Forwards nobody asked about are counted when the clock is read: equal timesteps are one
+    step, a rising one or new_generation() starts a generation."""
+    eager, late = StepClock(), StepClock()
+    seen = []
+    for event in (1000.0, 1000.0, 700.0, "new", 900.0, 300.0, 1000.0, 500.0):
+        for clock in (eager, late):
+            if event == "new":
+                clock.new_generation()
+            else:
+                clock.tick(torch.tensor([event]))
+        seen.append((eager.generation, eager.step, eager.timestep))
+    assert seen[-1] == (late.generation, late.step, late.timestep) == (2, 1, 500.0)
+    assert seen == [(0, 0, 1000.0), (0, 0, 1000.0), (0, 1, 700.0), (1, -1, 700.0), (1, 0, 900.0), (1, 1, 300.0),
+                    (2, 0, 1000.0), (2, 1, 500.0)]
