@@ -15,10 +15,11 @@ on the value path w scales the probabilities that multiply V but not the normali
 loaded once per program and compared with each key tile (no (B, H, Nk) weight tensor).
 
 ``flagged_tiles_kernel`` is the correction route's fallback: it recomputes with the masked
-pass only the query tiles that the correction kernel gave a slot (tiles holding a row whose
-correction would lose accuracy), decided on the device with no host synchronisation. A few
-programs per head stride over its tiles, so with nothing flagged it costs little more than a
-launch. One flagged tile alone would be one program's serial walk over every key tile
+pass only the query tiles that the correction kernel listed (tiles holding a row whose
+correction would lose accuracy), decided on the device with no host synchronisation. Each
+program reads the count and, if it has an entry, the entry's tile number (two dependent
+loads; the walk over every tile's slot it replaced cost ~20 us at SD3), so with nothing
+flagged it costs little more than a launch. One flagged tile alone would be one program's serial walk over every key tile
 (latency-bound, ~75 us at SD3 on an H200), so when few tiles are flagged (at most
 MAX_SPLIT_TILES in all) each one's keys are cut into KEY_SPLITS ranges computed by different
 programs, each writing its (O, lse) partial into the tile's slot; the last range of a tile to
@@ -188,15 +189,9 @@ def attention_forward_kernel(
     _store_rows(O + b * stride_ob + h * stride_oh, offs_m, mask_m, stride_om, acc, l_i, DV, BLOCK_DV)
 
 
-@triton.jit
-def _split_mode(SLOT_COUNT, MAX_SPLIT_TILES):
-    """True when few enough tiles were flagged that each one's keys are split."""
-    return tl.load(SLOT_COUNT) <= MAX_SPLIT_TILES
-
-
 @triton.jit(do_not_specialize=["N_Q", "N_K", "APPLY_START", "APPLY_STOP", "TOP_K", "KEY_SPLITS"])
 def flagged_tiles_kernel(
-    Q, K, V, OUT, SINKS, TILE_SLOTS, COUNTERS, PART_O, PART_LSE,
+    Q, K, V, OUT, SINKS, TILE_LIST, COUNTERS, PART_O, PART_LSE,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -206,60 +201,74 @@ def flagged_tiles_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
     WEIGHT_ON_VALUE: tl.constexpr, FOLD_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """The masked pass over the query tiles of TILE_SLOTS (B*H, cdiv(N_Q, BLOCK_M)) int32 >= 0
-    (-1: not flagged). COUNTERS: the number of slots handed out (written by the correction
-    kernel), then one arrival count per slot (zeroed by the forward of the same call).
-    Grid: (programs per head, B*H, KEY_SPLITS). In split mode program (p, bh, s) computes key
-    range s of the head's tiles p, p + P, ... into PART_O (MAX_SPLIT_TILES, KEY_SPLITS,
-    BLOCK_M, DV) float32 and PART_LSE (..., BLOCK_M) at the tile's slot, and the last range
-    of a tile to arrive merges the tile's partials in range order into OUT (flash-decoding's
-    merge, deterministic: the order is the ranges', whoever merges); otherwise the programs
-    (p, s) of a head stride over its tiles together, each tile whole into OUT."""
-    bh = tl.program_id(1).to(tl.int64)
-    split = tl.program_id(2)
+    """The masked pass over the query tiles of TILE_LIST (int32 tile numbers, bh * tiles per
+    head + tile, in slot order). COUNTERS: how many slots the correction kernel handed out,
+    then one arrival count per slot (zeroed by the forward of the same call).
+    Grid: (P >= MAX_SPLIT_TILES, KEY_SPLITS). When at most MAX_SPLIT_TILES tiles are flagged
+    (split mode) program (i, s) computes key range s of slot i's tile into PART_O
+    (MAX_SPLIT_TILES, KEY_SPLITS, BLOCK_M, DV) float32 and PART_LSE (..., BLOCK_M), and the
+    last range of a tile to arrive merges the tile's partials in range order into OUT
+    (flash-decoding's merge, deterministic: the order is the ranges', whoever merges);
+    otherwise the programs stride over the list, each tile whole into OUT."""
+    count = tl.load(COUNTERS)
+    entry = tl.program_id(0)
+    split = tl.program_id(1)
+    n_tiles = tl.cdiv(N_Q, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    if count <= MAX_SPLIT_TILES:
+        if entry < count:
+            keys_per_split = tl.cdiv(tl.cdiv(N_K, BLOCK_N), KEY_SPLITS) * BLOCK_N
+            n_lo = split * keys_per_split
+            acc, l_i, m_i, offs_m, mask_m, out = _flagged_tile(
+                Q, K, V, OUT, SINKS, tl.load(TILE_LIST + entry), n_tiles, n_lo, tl.minimum(n_lo + keys_per_split, N_K),
+                stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+                stride_ob, stride_oh, H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale, TOP_K, eta,
+                D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, BLOCK_T, WEIGHT_ON_VALUE, FOLD_SCALE, DOT_PRECISION)
+            # A range whose keys are all removed for a row leaves l = 0: lse2 = -inf there,
+            # and the merge gives that partial no weight.
+            base = entry.to(tl.int64) * KEY_SPLITS * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM], range 0
+            part = base + split * BLOCK_M
+            tl.store(PART_LSE + part, m_i + tl.math.log2(l_i))
+            tl.store(PART_O + part[:, None] * DV + offs_dv[None, :], acc / l_i[:, None], mask=offs_dv[None, :] < DV)
+            tl.debug_barrier()
+            arrived = tl.atomic_add(COUNTERS + 1 + entry, 1, sem="acq_rel")
+            tl.debug_barrier()
+            if arrived == KEY_SPLITS - 1:
+                _merge_splits(out, PART_O, PART_LSE, base, offs_m, mask_m, stride_om, KEY_SPLITS,
+                              DV, BLOCK_DV, BLOCK_M)
+    else:
+        for index in range(entry * KEY_SPLITS + split, count, tl.num_programs(0) * KEY_SPLITS):
+            acc, l_i, m_i, offs_m, mask_m, out = _flagged_tile(
+                Q, K, V, OUT, SINKS, tl.load(TILE_LIST + index), n_tiles, 0, N_K,
+                stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+                stride_ob, stride_oh, H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale, TOP_K, eta,
+                D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, BLOCK_T, WEIGHT_ON_VALUE, FOLD_SCALE, DOT_PRECISION)
+            _store_rows(out, offs_m, mask_m, stride_om, acc, l_i, DV, BLOCK_DV)
+
+
+@triton.jit
+def _flagged_tile(
+    Q, K, V, OUT, SINKS, tile, n_tiles, n_lo, n_hi,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, H, N_Q, N_K, APPLY_START, APPLY_STOP, qk_scale, TOP_K, eta,
+    D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    WEIGHT_ON_VALUE: tl.constexpr, FOLD_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """The masked attention of flagged tile number ``tile`` over the keys [n_lo, n_hi):
+    (acc, l, m, its rows, their mask, OUT at its head)."""
+    bh = (tile // n_tiles).to(tl.int64)
     b = bh // H
     h = bh % H
-    Q += b * stride_qb + h * stride_qh
-    K += b * stride_kb + h * stride_kh
-    V += b * stride_vb + h * stride_vh
-    OUT += b * stride_ob + h * stride_oh
-    b_sinks = _head_sinks(SINKS, bh, TOP_K, BLOCK_T, True)
-    n_tiles = tl.cdiv(N_Q, BLOCK_M)
-    split_mode = _split_mode(COUNTERS, MAX_SPLIT_TILES)
-    # Split mode: the head's tiles p, p + P, ..., keys of range `split`. Otherwise: tiles
-    # p * KEY_SPLITS + split, with stride P * KEY_SPLITS, all keys.
-    first = tl.where(split_mode, tl.program_id(0), tl.program_id(0) * KEY_SPLITS + split)
-    step = tl.where(split_mode, tl.num_programs(0), tl.num_programs(0) * KEY_SPLITS)
-    keys_per_split = tl.cdiv(tl.cdiv(N_K, BLOCK_N), tl.where(split_mode, KEY_SPLITS, 1)) * BLOCK_N
-    n_lo = tl.where(split_mode, split, 0) * keys_per_split
-    n_hi = tl.minimum(n_lo + keys_per_split, N_K)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    for pid_m in range(first, n_tiles, step):
-        slot = tl.load(TILE_SLOTS + bh * n_tiles + pid_m)
-        if slot >= 0:
-            offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
-            mask_m = offs_m < N_Q
-            row_applied = (offs_m >= APPLY_START) & (offs_m < APPLY_STOP)
-            acc, l_i, m_i = _attend_rows(
-                Q, K, V, b_sinks, offs_m, mask_m, row_applied, n_lo, n_hi,
-                stride_qm, stride_kn, stride_vn, N_K, qk_scale, eta,
-                D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, True, WEIGHT_ON_VALUE, FOLD_SCALE, DOT_PRECISION)
-            if split_mode:
-                # A range whose keys are all removed for a row leaves l = 0: lse2 = -inf there,
-                # and the merge gives that partial no weight.
-                base = slot.to(tl.int64) * KEY_SPLITS * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM], range 0
-                part = base + split * BLOCK_M
-                tl.store(PART_LSE + part, m_i + tl.math.log2(l_i))
-                tl.store(PART_O + part[:, None] * DV + offs_dv[None, :], acc / l_i[:, None],
-                         mask=offs_dv[None, :] < DV)
-                tl.debug_barrier()
-                arrived = tl.atomic_add(COUNTERS + 1 + slot, 1, sem="acq_rel")
-                tl.debug_barrier()
-                if arrived == KEY_SPLITS - 1:
-                    _merge_splits(OUT, PART_O, PART_LSE, base, offs_m, mask_m, stride_om, KEY_SPLITS,
-                                  DV, BLOCK_DV, BLOCK_M)
-            else:
-                _store_rows(OUT, offs_m, mask_m, stride_om, acc, l_i, DV, BLOCK_DV)
+    offs_m = (tile % n_tiles) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+    mask_m = offs_m < N_Q
+    row_applied = (offs_m >= APPLY_START) & (offs_m < APPLY_STOP)
+    acc, l_i, m_i = _attend_rows(
+        Q + b * stride_qb + h * stride_qh, K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh,
+        _head_sinks(SINKS, bh, TOP_K, BLOCK_T, True), offs_m, mask_m, row_applied, n_lo, n_hi,
+        stride_qm, stride_kn, stride_vn, N_K, qk_scale, eta,
+        D, DV, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, True, WEIGHT_ON_VALUE, FOLD_SCALE, DOT_PRECISION)
+    return acc, l_i, m_i, offs_m, mask_m, OUT + b * stride_ob + h * stride_oh
 
 
 @triton.jit

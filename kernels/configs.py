@@ -46,7 +46,7 @@ INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32}
 # best or near it whether 2 rows, 1% or 10% of the rows, or one whole head were flagged;
 # BM 16 won only for a couple of rows (67 against 78 us, both a lone program's walk over all
 # keys) and lost 3x when many were. With at most settings.flagged_max_split_tiles (64) tiles
-# flagged in all, each one's keys are cut into up to settings.flagged_key_splits (8) ranges
+# flagged in all, each one's keys are cut into up to settings.flagged_key_splits (16) ranges
 # computed by separate programs. (BLOCK_N, num_warps, num_stages), the first that fits runs:
 FLAGGED_TILES = [(64, 4, 3), (64, 4, 2), (32, 4, 2)]
 

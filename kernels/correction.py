@@ -10,10 +10,11 @@ about eps * f * sum_J p_j |v_j| in the row; FLAG marks rows where that exceeds
 max_amplification * eps * |O - f sum_J p_j v_j| (the row would lose accuracy), and on the
 score path rows whose kept mass 1 - f sum_J p_j is below MIN_KEPT_MASS. A program
 (one query tile) holding such a row takes the next slot from SLOT_COUNT (the first of the
-call's counters, zeroed by its forward pass) and writes it to
-TILE_SLOTS (-1 otherwise); kernels/attention.py's flagged_tiles_kernel then recomputes
-those tiles with the masked pass. Slot numbers follow the programs' order of arrival, but
-nothing computed depends on them, only on how many there are.
+call's counters, zeroed by its forward pass) and writes its tile's number
+(bh * tiles per head + tile) there in TILE_LIST; kernels/attention.py's flagged_tiles_kernel
+then recomputes those tiles with the masked pass, reading the list (two dependent loads per
+program instead of a walk over every tile's slot). Slots follow the programs' order of
+arrival, but nothing computed depends on them, only on how many there are.
 Indices < 0 in SINKS are skipped (duplicates are marked so by the launcher).
 """
 
@@ -23,7 +24,7 @@ import triton.language as tl
 
 @triton.jit(do_not_specialize=["N_Q", "TOP_K", "APPLY_START", "APPLY_STOP"])
 def correction_kernel(
-    Q, K, V, O32, LSE, SINKS, OUT, TILE_SLOTS, SLOT_COUNT,
+    Q, K, V, O32, LSE, SINKS, OUT, TILE_LIST, SLOT_COUNT,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -91,4 +92,4 @@ def correction_kernel(
         ill = ill | (applied & (1.0 - removal * b_mass < MIN_KEPT_MASS))
     any_ill = tl.max(ill.to(tl.int32), 0) > 0
     slot = tl.atomic_add(SLOT_COUNT, 1, mask=any_ill)
-    tl.store(TILE_SLOTS + bh * tl.num_programs(0) + pid_m, tl.where(any_ill, slot, -1))
+    tl.store(TILE_LIST + slot, (bh * tl.num_programs(0) + pid_m).to(tl.int32), mask=any_ill)

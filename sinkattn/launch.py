@@ -258,9 +258,10 @@ def correct(q: Tensor, k: Tensor, v: Tensor, out32: Tensor, lse: Tensor, sinks: 
             counters: Tensor, may_repeat: bool = True) -> tuple[Tensor, Tensor]:
     """The intervened output from the unintervened float32 one and the selected keys
     (B, H, t), in ``_stored(out_dtype)`` (``recompute_flagged`` still writes into it; the
-    caller rounds it to ``out_dtype``), and the slots (B*H, cdiv(Nq, block)) int32 of the
-    query tiles holding a row whose correction would lose accuracy (-1 for the others; their
-    count goes to ``counters``, which the call's forward zeroed): the input of
+    caller rounds it to ``out_dtype``), and the list (B*H*tiles,) int32 of the query tiles
+    holding a row whose correction would lose accuracy (tile numbers bh * tiles + tile, of
+    cdiv(Nq, block) tiles per head; the first ``counters[0]`` entries are set, the count the
+    correction adds to the counters that the call's forward zeroed): the input of
     ``recompute_flagged``. ``may_repeat=False`` promises distinct indices per row (selection
     gives those)."""
     batch, n_heads, n_q, _ = q.shape
@@ -269,24 +270,23 @@ def correct(q: Tensor, k: Tensor, v: Tensor, out32: Tensor, lse: Tensor, sinks: 
     block_m = configs.correction_block_m(settings.interpret)
     out = _output((batch, n_heads, n_q, v.shape[-1]), _stored(out_dtype, settings), q.device)
     n_tiles = triton.cdiv(n_q, block_m)
-    tile_slots = _output((batch * n_heads, n_tiles), torch.int32, q.device)
+    tile_list = _output((batch * n_heads * n_tiles,), torch.int32, q.device)
     unique = _without_duplicates(sinks) if may_repeat else sinks.contiguous()
     _fixed(
         "correction", correction_kernel, settings, (n_tiles, batch * n_heads),
-        q, k, v, out32, lse, unique, out, tile_slots, counters,
+        q, k, v, out32, lse, unique, out, tile_list, counters,
         *_strides(q, k, v, out32), out.stride(0), out.stride(1), out.stride(2),
         n_heads, n_q, unique.shape[-1], apply_rows[0], apply_rows[1], scale * LOG2E,
         1.0 - eta, _MAX_AMPLIFICATION[q.dtype], SCORE_PATH=path == "score", BLOCK_M=block_m, num_warps=4, **dims,
     )
-    return out, tile_slots
+    return out, tile_list
 
 
 class _FlaggedPlan(NamedTuple):
     config: dict
-    n_tiles: int
     splits: int
     max_split_tiles: int
-    per_head: int
+    programs: int  # along the list (the grid's first dimension)
 
 
 @functools.lru_cache(maxsize=256)
@@ -295,23 +295,22 @@ def _flagged_plan(batch: int, heads: int, n_q: int, n_k: int, dim: int, dim_v: i
     dims = _head_dims(dim, dim_v)
     config = settings.kernel_configs.get("flagged_tiles") or configs.flagged_config(
         n_q, n_k, dims["BLOCK_D"], dims["BLOCK_DV"], size, shared_memory, settings.interpret)
-    block_m = config["BLOCK_M"]  # the correction kernel's tiles, which tile_slots index
-    n_tiles = triton.cdiv(n_q, block_m)
+    block_m = config["BLOCK_M"]  # the correction kernel's tiles, which the list numbers
     key_tiles = triton.cdiv(n_k, config["BLOCK_N"])
     # Up to flagged_key_splits ranges of whole key tiles, none of them empty.
     splits = triton.cdiv(key_tiles, triton.cdiv(key_tiles, settings.flagged_key_splits))
     # The partials never take more memory than the output does.
     max_split_tiles = min(settings.flagged_max_split_tiles, batch * heads * n_q // (splits * block_m))
-    programs = settings.flagged_programs_per_sm * processors
-    per_head = min(triton.cdiv(programs, batch * heads * splits), n_tiles)
-    return _FlaggedPlan(config, n_tiles, splits, max_split_tiles, per_head)
+    # One program per split slot; when more tiles are flagged, the programs stride over them.
+    programs = max(max_split_tiles, triton.cdiv(settings.flagged_programs_per_sm * processors, splits), 1)
+    return _FlaggedPlan(config, splits, max_split_tiles, programs)
 
 
 def recompute_flagged(q: Tensor, k: Tensor, v: Tensor, scale: float, sinks: Tensor, eta: float, path: str,
-                      apply_rows: tuple[int, int], tile_slots: Tensor, counters: Tensor, out: Tensor) -> None:
-    """The masked pass for the query tiles that ``correct`` gave a slot, into ``out``; the
-    keys of each tile are split over programs when few tiles are flagged, and each tile's
-    ranges merged by the last of them to finish (one launch)."""
+                      apply_rows: tuple[int, int], tile_list: Tensor, counters: Tensor, out: Tensor) -> None:
+    """The masked pass for the query tiles that ``correct`` listed, into ``out``; the keys of
+    each tile are split over programs when few tiles are flagged, and each tile's ranges
+    merged by the last of them to finish (one launch)."""
     batch, n_heads, n_q, _ = q.shape
     n_k = k.shape[2]
     dims = _head_dims(q.shape[-1], v.shape[-1])
@@ -323,8 +322,8 @@ def recompute_flagged(q: Tensor, k: Tensor, v: Tensor, scale: float, sinks: Tens
     part_lse = _output((plan.max_split_tiles, plan.splits, block_m), torch.float32, q.device)
     qo, ko, vo = _operand(q, settings), _operand(k, settings), _operand(v, settings)
     sinks = sinks.contiguous()
-    flagged_tiles_kernel[(plan.per_head, batch * n_heads, plan.splits)](
-        qo, ko, vo, out, sinks, tile_slots, counters, part_o, part_lse, *_strides(qo, ko, vo, out),
+    flagged_tiles_kernel[(plan.programs, plan.splits)](
+        qo, ko, vo, out, sinks, tile_list, counters, part_o, part_lse, *_strides(qo, ko, vo, out),
         n_heads, n_q, n_k, apply_rows[0], apply_rows[1], scale * LOG2E, sinks.shape[-1], eta, plan.splits,
         plan.max_split_tiles, **_masked_pass_flags(q, sinks.shape[-1], path, scale, settings), **dims, **plan.config)
 

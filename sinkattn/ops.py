@@ -231,10 +231,10 @@ def _run_kernels(
         corrected, _ = launch.attention(q, k, v, scale, out_dtype=q.dtype, sinks=heads_sinks, eta=eta, path=path,
                                         apply_rows=apply_rows)
         return corrected, mass, chosen
-    corrected, tile_slots = launch.correct(q, k, v, out, lse, heads_sinks, eta, path, apply_rows, scale, q.dtype,
+    corrected, tile_list = launch.correct(q, k, v, out, lse, heads_sinks, eta, path, apply_rows, scale, q.dtype,
                                            counters, may_repeat=sinks is not None)
     # Tiles holding a row whose correction would lose accuracy get the masked pass.
-    launch.recompute_flagged(q, k, v, scale, heads_sinks, eta, path, apply_rows, tile_slots, counters, corrected)
+    launch.recompute_flagged(q, k, v, scale, heads_sinks, eta, path, apply_rows, tile_list, counters, corrected)
     # Written in float32 under the interpreter for bfloat16 (launch._stored); no copy otherwise.
     return corrected.to(q.dtype), mass, chosen
 
@@ -354,9 +354,9 @@ def _without_selected(q, k, v, out32, lse, sinks, apply_rows, scale, counters):
     if current_settings().route == "masked":
         return launch.attention(q, k, v, scale, out_dtype=torch.float32, sinks=sinks, eta=0.0, path="score",
                                 apply_rows=apply_rows)[0]
-    o_rest, tile_slots = launch.correct(q, k, v, out32, lse, sinks, 0.0, "score", apply_rows, scale,
+    o_rest, tile_list = launch.correct(q, k, v, out32, lse, sinks, 0.0, "score", apply_rows, scale,
                                         torch.float32, counters, may_repeat=False)
-    launch.recompute_flagged(q, k, v, scale, sinks, 0.0, "score", apply_rows, tile_slots, counters, o_rest)
+    launch.recompute_flagged(q, k, v, scale, sinks, 0.0, "score", apply_rows, tile_list, counters, o_rest)
     return o_rest
 
 

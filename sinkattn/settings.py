@@ -61,7 +61,7 @@ class Settings:
     allow_tf32: bool = False
     interpret: bool = False
     short_keys: int = 256
-    flagged_key_splits: int = 8
+    flagged_key_splits: int = 16
     flagged_max_split_tiles: int = 64
     flagged_programs_per_sm: int = 16
     kernel_configs: Mapping[str, Mapping] = field(default_factory=dict)

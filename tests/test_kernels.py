@@ -261,23 +261,24 @@ def test_correction_falls_back_where_it_would_lose_accuracy(plant_sink, poisoned
     counters = launch.counters(q)
     out32, lse = launch.attention(q, k, v, 64**-0.5, torch.float32, counters=counters)
     assert (counters == 0).all()  # zeroed by the forward (launch._output poisons them)
-    _, slots = launch.correct(q, k, v, out32, lse, res.sinks, 0.0, "score", (0, 64), 64**-0.5, q.dtype, counters)
-    count = counters[0]
-    assert (slots[0] >= 0).any().item() and (slots[1] == -1).all().item()
-    assert count.item() == (slots >= 0).sum().item()
-    assert sorted(slots[slots >= 0].tolist()) == list(range(count.item()))  # distinct slots
+    _, tiles = launch.correct(q, k, v, out32, lse, res.sinks, 0.0, "score", (0, 64), 64**-0.5, q.dtype, counters)
+    count = counters[0].item()
+    listed = tiles[:count].tolist()
+    tiles_per_head = tiles.shape[0] // 2
+    assert count > 0 and len(set(listed)) == count  # distinct tiles, each listed once
+    assert all(t < tiles_per_head for t in listed)  # head 0 only
 
 
 @pytest.mark.parametrize("removed", ["one-key", "a-whole-key-range"])
 @pytest.mark.parametrize("split", [True, False], ids=["key-split", "whole-tiles"])
 @pytest.mark.parametrize("path", ["score", "value"])
 def test_flagged_pass_computes_exactly_the_flagged_tiles(path, split, removed, monkeypatch, use_settings, poisoned):
-    """The correction route's fallback: a few programs per head stride over its query tiles
-    (more tiles than programs here) and give the tiles that hold a slot the masked attention.
+    """The correction route's fallback gives the listed query tiles the masked attention.
     With few tiles flagged each tile's keys are split over programs and the partials merged
-    (key-split); with more, each tile is computed whole (whole-tiles). Removing 64 keys
-    empties the first key range of every row on the score path (its partial must get no
-    weight). Tiles without a slot are not written."""
+    by the last range to arrive (key-split); with more, the programs stride over the list and
+    compute each tile whole (whole-tiles; here a whole head more: more tiles than programs).
+    Removing 64 keys empties the first key range of every row on the score path (its partial
+    must get no weight). Tiles not listed are not written."""
     from sinkattn import launch
     from sinkattn.kernels import configs
 
@@ -291,12 +292,12 @@ def test_flagged_pass_computes_exactly_the_flagged_tiles(path, split, removed, m
     masked, _ = launch.attention(q, k, v, scale, torch.bfloat16, sinks=sinks, path=path)
     block_m = configs.correction_block_m(not CUDA)
     n_tiles = -(-N // block_m)
-    slots = torch.full((B * H, n_tiles), -1, dtype=torch.int32, device=DEVICE)
     flagged = [(0, 0, 0), (0, 0, N - 1), (B - 1, H - 1, N // 2)]
-    for slot, (b, h, row) in enumerate(flagged):
-        slots[b * H + h, row // block_m] = slot
-    if not split:
+    if not split:  # and every tile of head (0, 1)
         use_settings(flagged_max_split_tiles=len(flagged) - 1)
+        flagged += [(0, 1, tile * block_m) for tile in range(n_tiles)]
+    tile_list = torch.full((B * H * n_tiles,), -7, dtype=torch.int32, device=DEVICE)
+    tile_list[:len(flagged)] = torch.tensor([(b * H + h) * n_tiles + row // block_m for b, h, row in flagged])
     # As the call's forward and correction leave them: slots handed out, no arrivals yet.
     counters = torch.zeros(launch.counter_layout(B, H, settings.current()).size, dtype=torch.int32, device=DEVICE)
     counters[0] = len(flagged)
@@ -309,7 +310,7 @@ def test_flagged_pass_computes_exactly_the_flagged_tiles(path, split, removed, m
 
     monkeypatch.setattr(launch, "_output", recorded_output)
     out = torch.full((B, H, N, 64), float("nan"), dtype=torch.bfloat16, device=DEVICE)
-    launch.recompute_flagged(q, k, v, scale, sinks, 0.0, path, (0, N), slots, counters, out)
+    launch.recompute_flagged(q, k, v, scale, sinks, 0.0, path, (0, N), tile_list, counters, out)
     if split and removed == "a-whole-key-range" and path == "score":
         # The first key range (64 keys on the GPU, 32 under the interpreter) holds only
         # removed keys for the rows of the sequence, the last one none: each range was

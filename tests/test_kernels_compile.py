@@ -106,8 +106,8 @@ def _short_variants():
 
 def _fallback_variants():
     yield "correction", dict(Q="bf16", K="bf16", V="bf16", O32="fp32", LSE="fp32", SINKS="i64", OUT="bf16",
-                             TILE_SLOTS="i32", SLOT_COUNT="i32"), dict(BLOCK_M=64, SCORE_PATH=True, **_dims())
-    yield "flagged-tiles", dict(Q="bf16", K="bf16", V="bf16", OUT="bf16", SINKS="i64", TILE_SLOTS="i32",
+                             TILE_LIST="i32", SLOT_COUNT="i32"), dict(BLOCK_M=64, SCORE_PATH=True, **_dims())
+    yield "flagged-tiles", dict(Q="bf16", K="bf16", V="bf16", OUT="bf16", SINKS="i64", TILE_LIST="i32",
                                 COUNTERS="i32", PART_O="fp32", PART_LSE="fp32"), dict(
         BLOCK_M=64, BLOCK_N=64, BLOCK_T=16, WEIGHT_ON_VALUE=False, FOLD_SCALE=True, DOT_PRECISION="tf32", **_dims())
 
