@@ -1,5 +1,6 @@
 """Turn a benchmark JSON (benchmarks/run.py) into RESULTS.md and a plot of the ratio to
-cuDNN SDPA by shape and mode.
+cuDNN SDPA by shape and mode; with results/whole_model_h200.json (benchmarks/whole_model.py)
+also the whole-model section and its plot.
 
     python benchmarks/report.py [benchmarks/results/h200.json]
 """
@@ -102,6 +103,93 @@ def mass_floor_section(path: Path) -> list[str]:
     return lines + [""]
 
 
+# Issue 15's whole-model bars on the ratio to the stock processor of the same shape and run:
+# (eager, graphed) for the sink modes; trace-only <= 1.10; random and shared within 5% of
+# sink_score (k = 1) in the same way (eager or graphed).
+WHOLE_MODEL_BARS = {"sd3m_transformer_1024": (1.15, 1.15), "flux_transformer_1024": (1.15, 1.10),
+                    "sdxl_unet_1024": (1.30, 1.12), "sd3m_denoise_28": (1.15, 1.15)}
+TRACE_ONLY_BAR = 1.10
+CONTROL_SPREAD = 1.05
+WHOLE_MODEL_MODES = ["sink_score", "sink_value", "random", "shared", "trace_only"]
+
+
+def _whole_model_verdict(row, by) -> str:
+    graphed = row["mode"].endswith("_graph")
+    mode = row["mode"].removesuffix("_graph")
+    ratio = row.get("ratio")
+    bars = WHOLE_MODEL_BARS.get(row["shape"])
+    if ratio is None or ratio != ratio or bars is None or mode == "stock":
+        return ""
+    if mode in ("sink_score", "sink_value"):
+        bar = bars[1] if graphed else bars[0]
+        return f"<= {bar}: {'met' if ratio <= bar else 'missed'}"
+    if mode == "trace_only":
+        return f"<= {TRACE_ONLY_BAR}: {'met' if ratio <= TRACE_ONLY_BAR else 'missed'}"
+    sink = by.get((row["shape"], "sink_score_graph" if graphed else "sink_score"))
+    if sink and sink.get("ratio"):
+        spread = ratio / sink["ratio"]
+        return f"{spread:.3f}x sink_score (<= {CONTROL_SPREAD}): {'met' if spread <= CONTROL_SPREAD else 'missed'}"
+    return ""
+
+
+def whole_model_section(path: Path) -> list[str]:
+    """The whole-model rows (benchmarks/whole_model.py): a table with issue 15's bars and a
+    plot of the ratio to the stock processor, eager and graphed, by model and mode."""
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    meta, rows = data["meta"], data["rows"]
+    by = {(r["shape"], r["mode"]): r for r in rows}
+    png = path.with_suffix(".png")
+    _whole_model_plot(rows, png)
+    lines = ["## Whole models", "",
+             f"`python benchmarks/whole_model.py` ({meta['gpu']}, torch {meta['torch']}, triton {meta.get('triton')}, "
+             f"diffusers {meta.get('diffusers')}, {meta['date']}, commit {meta.get('commit')}): random-weight models "
+             "built from their configs, bf16, 1024px, sinkattn in every attention layer; median of "
+             f"{rows[0].get('reps', '?') if rows else '?'} forwards (CUDA events). `_graph`: one forward captured in a "
+             "CUDA graph, replays timed; the ratio is to `stock` or `stock_graph` of the same model in the same run.",
+             *(["", "**Tiny configs on a CPU (`--tiny`): a smoke run of the script, not a measurement.**"]
+               if meta.get("tiny") else []),
+             "", f"![whole-model ratio to the stock processor]({png.relative_to(path.parent.parent)})", "",
+             "| model | mode | ms | ratio to stock | bar | peak extra MiB |", "|---|---|---:|---:|---|---:|"]
+    for r in rows:
+        note = f" ({r['error']})" if r.get("error") else ""
+        lines.append(f"| {r['shape']} | {r['mode']}{note} | {_fmt(r['ms'], '.3f')} | {_fmt(r.get('ratio'), '.2f')} | "
+                     f"{_whole_model_verdict(r, by)} | {_fmt(r.get('peak_extra_mb'), '.0f')} |")
+    return lines + [""]
+
+
+def _whole_model_plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    by = {(r["shape"], r["mode"]): r.get("ratio") for r in rows}
+    fig, ax = plt.subplots(figsize=(12, 5))
+    width = 0.8 / (2 * len(WHOLE_MODEL_MODES))
+    for i, mode in enumerate(WHOLE_MODEL_MODES):
+        for j, suffix in enumerate(("", "_graph")):
+            ys = [by.get((s, mode + suffix)) for s in shapes]
+            ys = [y if y is not None and y == y else 0.0 for y in ys]
+            offset = (2 * i + j) * width
+            ax.bar([k + offset for k in range(len(shapes))], ys, width, label=mode + suffix,
+                   color=f"C{i}", hatch="//" if suffix else None, alpha=0.6 if suffix else 1.0)
+    for k, shape in enumerate(shapes):
+        if shape in WHOLE_MODEL_BARS:
+            for bar, style in zip(WHOLE_MODEL_BARS[shape], ("--", ":")):
+                ax.hlines(bar, k - width / 2, k + 0.8 - width / 2, colors="r", linestyles=style, lw=0.8)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(shapes))], shapes)
+    ax.set_ylabel("time / stock processor time")
+    ax.set_title("Whole models: ratio to the stock processor (hatched: CUDA graph; red: issue 15 bars, eager --, graphed :)")
+    ax.legend(ncol=5, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def pytest_benchmark_section(path: Path) -> list[str]:
     """Medians of the pytest-benchmark suite (wall clock per call with a synchronisation)."""
     if not path.exists():
@@ -173,6 +261,7 @@ def main(argv=None):
         table(data["rows"]),
         "",
         *rerun_sections(src.parent, meta.get("commit")),
+        *whole_model_section(src.parent / "whole_model_h200.json"),
         *mass_floor_section(src.parent / "mass_floor_h200.json"),
         *pytest_benchmark_section(src.parent / "pytest_benchmark_h200.json"),
     ]

@@ -1,0 +1,404 @@
+"""Whole-model benchmark (issue 15): real-size diffusion denoisers with random weights built
+from their diffusers configs (no download), bf16, 1024px, with sinkattn in every attention
+layer, against the stock processor in the same process.
+
+    python3 benchmarks/whole_model.py --out benchmarks/results/whole_model_h200.json
+    python3 benchmarks/whole_model.py --shapes sdxl_unet_1024 --modes stock,sink_score --out ...
+    python3 benchmarks/whole_model.py --tiny --out /tmp/whole_model_tiny.json   # CPU smoke run
+
+Shapes: ``sd3m_transformer_1024`` (SD3-medium: 24 joint blocks, 24 heads x 64, batch 2, 4096
+image + 333 text tokens), ``flux_transformer_1024`` (Flux at full width, 24 heads x 128, but
+4 double + 8 single blocks; batch 1, 4096 image + 512 text tokens), ``sdxl_unet_1024`` (the
+SDXL base UNet, batch 2: self-attention over 4096 and 1024 tokens, cross-attention to 77),
+``sd3m_denoise_28`` (a whole 28-step SD3-medium-sized denoising loop with classifier-free
+guidance: the transformer above, tiny text encoders of the right widths, latents out).
+
+Modes: ``stock`` (AttnProcessor2_0 / JointAttnProcessor2_0 / FluxAttnProcessor),
+``sink_score`` (SinkSuppressProcessor(k=1)), ``sink_value`` (path="value"), ``random``
+(k=1, control="random", the default device generator), ``shared`` (k=1, select="shared"),
+``trace_only`` (k=0 with a SinkTracer: path "none", the key mass of every call recorded), and
+each as ``<mode>_graph``: one forward captured in a CUDA graph after an eager warm-up, the
+replay timed. Times are the median of ``--reps`` forwards (CUDA events); ``ratio`` is to
+``stock`` (eager modes) or ``stock_graph`` (graphed modes) of the same shape in the same run.
+The denoising loop runs eager only (its graph capture belongs to the study runner).
+
+The JSON records the GPU, torch / triton / diffusers versions, the commit (SINKATTN_COMMIT or
+git), the date, the settings and the autotuner's choices; benchmarks/report.py renders it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SHAPES = ("sd3m_transformer_1024", "flux_transformer_1024", "sdxl_unet_1024", "sd3m_denoise_28")
+MODES = ("stock", "sink_score", "sink_value", "random", "shared", "trace_only")
+
+SD3_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
+                  num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+                  pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192)
+FLUX_FULL_WIDTH = dict(patch_size=1, in_channels=64, num_layers=4, num_single_layers=8, attention_head_dim=128,
+                       num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                       guidance_embeds=False, axes_dims_rope=(16, 56, 56))
+SDXL_BASE = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+                 block_out_channels=(320, 640, 1280), attention_head_dim=(5, 10, 20),
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                 transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048, use_linear_projection=True,
+                 addition_embed_type="text_time", addition_time_embed_dim=256,
+                 projection_class_embeddings_input_dim=2816, norm_num_groups=32)
+
+
+# -- models and their inputs -------------------------------------------------------------------
+
+def _built(cls, config: dict, device, dtype):
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = cls(**config)
+    return model.to(dtype).eval().requires_grad_(False)
+
+
+def sd3_medium(device, dtype, tiny: bool):
+    """(model, inputs, stock processor): batch 2 (classifier-free guidance), 1024px."""
+    from diffusers import SD3Transformer2DModel
+    from diffusers.models.attention_processor import JointAttnProcessor2_0
+
+    from sinkattn import tiny as tiny_models
+
+    if tiny:
+        model = tiny_models.tiny_sd3_transformer().to(device, dtype)
+        inputs = tiny_models.tiny_inputs(model, batch=2, size=16)
+    else:
+        model = _built(SD3Transformer2DModel, SD3_MEDIUM, device, dtype)
+        inputs = dict(hidden_states=torch.randn(2, 16, 128, 128), encoder_hidden_states=torch.randn(2, 333, 4096),
+                      pooled_projections=torch.randn(2, 2048), timestep=torch.full((2,), 500.0))
+    return model, _on(inputs, device, dtype), JointAttnProcessor2_0()
+
+
+def flux_full_width(device, dtype, tiny: bool):
+    """(model, inputs, stock processor): batch 1, 1024px (64 x 64 packed tokens), 512 text tokens."""
+    from diffusers import FluxTransformer2DModel
+    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+    from sinkattn import tiny as tiny_models
+
+    if tiny:
+        model = tiny_models.tiny_flux_transformer().to(device, dtype)
+        inputs = tiny_models.tiny_inputs(model, batch=1, size=16)
+    else:
+        model = _built(FluxTransformer2DModel, FLUX_FULL_WIDTH, device, dtype)
+        ids = torch.zeros(64, 64, 3)
+        ids[..., 1] = torch.arange(64)[:, None]
+        ids[..., 2] = torch.arange(64)[None, :]
+        inputs = dict(hidden_states=torch.randn(1, 4096, 64), encoder_hidden_states=torch.randn(1, 512, 4096),
+                      pooled_projections=torch.randn(1, 768), timestep=torch.full((1,), 0.5),
+                      img_ids=ids.reshape(-1, 3), txt_ids=torch.zeros(512, 3))
+    return model, _on(inputs, device, dtype), FluxAttnProcessor()
+
+
+def sdxl_base(device, dtype, tiny: bool):
+    """(model, inputs, stock processor): the SDXL base UNet, batch 2, 1024px (128 x 128 latents)."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from sinkattn import tiny as tiny_models
+
+    if tiny:
+        model = tiny_models.tiny_sdxl_unet().to(device, dtype)
+        inputs = tiny_models.tiny_inputs(model, batch=2, size=16)
+    else:
+        model = _built(UNet2DConditionModel, SDXL_BASE, device, dtype)
+        inputs = dict(sample=torch.randn(2, 4, 128, 128), timestep=torch.full((2,), 500.0),
+                      encoder_hidden_states=torch.randn(2, 77, 2048),
+                      added_cond_kwargs={"text_embeds": torch.randn(2, 1280), "time_ids": torch.randn(2, 6)})
+    return model, _on(inputs, device, dtype), AttnProcessor2_0()
+
+
+def _on(inputs, device, dtype):
+    def move(x):
+        if isinstance(x, dict):
+            return {k: move(v) for k, v in x.items()}
+        if isinstance(x, torch.Tensor):
+            return x.to(device, dtype if x.is_floating_point() else x.dtype)
+        return x
+    return move(inputs)
+
+
+def sd3_medium_pipeline(device, dtype, tiny: bool):
+    """A StableDiffusion3Pipeline around the SD3-medium-sized transformer, with one-layer text
+    encoders of the widths it expects (CLIP 768 and 1280, T5 4096) and a 4-level VAE of a
+    few channels (latent factor 8; never run: the loop returns latents)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from sinkattn import tiny as tiny_models
+
+    if tiny:
+        return tiny_models.tiny_sd3_pipeline().to(device)
+    tokenizer = tiny_models.tiny_tokenizer()
+    vocab = len(tokenizer)
+
+    def clip(hidden):
+        torch.manual_seed(hidden)
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=256, num_attention_heads=hidden // 64,
+            num_hidden_layers=1, projection_dim=hidden, max_position_embeddings=77, bos_token_id=2, eos_token_id=3,
+            pad_token_id=0)).eval()
+
+    torch.manual_seed(1)
+    t5 = T5EncoderModel(T5Config(vocab_size=vocab, d_model=4096, d_kv=64, d_ff=256, num_layers=1, num_heads=8,
+                                 relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=3)).eval()
+    torch.manual_seed(2)
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), in_channels=3, out_channels=3, latent_channels=16,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        norm_num_groups=8, shift_factor=0.0, scaling_factor=1.0).eval()
+    pipe = StableDiffusion3Pipeline(
+        transformer=_built(SD3Transformer2DModel, SD3_MEDIUM, device, dtype),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+        text_encoder=clip(768), tokenizer=tokenizer, text_encoder_2=clip(1280),
+        tokenizer_2=tiny_models.tiny_tokenizer(), text_encoder_3=t5,
+        tokenizer_3=tiny_models.tiny_tokenizer(model_max_length=256))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device, dtype)
+
+
+BUILDERS = {"sd3m_transformer_1024": sd3_medium, "flux_transformer_1024": flux_full_width,
+            "sdxl_unet_1024": sdxl_base}
+
+
+def processor(mode: str, stock):
+    """The attention processor of a mode (one instance for every layer)."""
+    from sinkattn.processors import SinkSuppressProcessor
+    from sinkattn.tracing import SinkTracer
+
+    if mode == "stock":
+        return stock
+    return {"sink_score": lambda: SinkSuppressProcessor(k=1),
+            "sink_value": lambda: SinkSuppressProcessor(k=1, path="value"),
+            "random": lambda: SinkSuppressProcessor(k=1, control="random"),
+            "shared": lambda: SinkSuppressProcessor(k=1, select="shared"),
+            "trace_only": lambda: SinkSuppressProcessor(k=0, tracer=SinkTracer())}[mode]()
+
+
+# -- timing ------------------------------------------------------------------------------------
+
+def _timed(fn, reps: int, cuda: bool) -> list[float]:
+    """ms of each of ``reps`` calls: CUDA events on a GPU, the wall clock elsewhere."""
+    times = []
+    for _ in range(reps):
+        if cuda:
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop))
+        else:
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _graphed(forward, warmup: int):
+    """``forward`` captured in a CUDA graph (warmed up on a side stream first, as
+    torch.cuda.graphs asks): returns (replay, graph)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            forward()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        forward()
+    return graph.replay, graph
+
+
+def bench_model(name: str, modes, reps: int, warmup: int, graphs: bool, device, dtype, tiny: bool) -> list[dict]:
+    model, inputs, stock = BUILDERS[name](device, dtype, tiny)
+    cuda = device.type == "cuda"
+    rows = []
+
+    def forward():
+        with torch.no_grad():
+            return model(**inputs, return_dict=False)[0]
+
+    for mode in modes:
+        model.set_attn_processor(processor(mode, stock))
+        tracer = getattr(model.attn_processors[next(iter(model.attn_processors))], "tracer", None)
+        for graphed in ([False, True] if graphs and cuda else [False]):
+            label = f"{mode}_graph" if graphed else mode
+            row = {"shape": name, "mode": label}
+            try:
+                for _ in range(warmup):
+                    forward()
+                if cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    before = torch.cuda.memory_allocated()
+                graph = None
+                if graphed:
+                    if tracer is not None:
+                        tracer.flush()
+                    replay, graph = _graphed(forward, warmup)
+                    for _ in range(warmup):
+                        replay()
+                    times = _timed(replay, reps, cuda)
+                else:
+                    times = _timed(forward, reps, cuda)
+                row.update(ms=statistics.median(times), times_ms=[round(t, 4) for t in times], reps=reps)
+                if cuda:
+                    row["peak_extra_mb"] = (torch.cuda.max_memory_allocated() - before) / 2**20
+                del graph
+            except Exception as error:  # noqa: BLE001 - a mode that cannot run is reported, not fatal
+                row.update(ms=float("nan"), error=f"{type(error).__name__}: {str(error).splitlines()[0][:300]}")
+            rows.append(row)
+            _say(row)
+            if cuda:
+                torch.cuda.empty_cache()
+    del model, inputs
+    _free(device)
+    return rows
+
+
+def bench_denoise(modes, reps: int, device, dtype, tiny: bool) -> list[dict]:
+    """The whole 28-step loop (classifier-free guidance: the transformer runs on batch 2),
+    eager, stock against the sink modes; latents out, no VAE decode."""
+    from diffusers.models.attention_processor import JointAttnProcessor2_0
+
+    pipe = sd3_medium_pipeline(device, dtype, tiny)
+    size = 32 if tiny else 1024
+    cuda = device.type == "cuda"
+    rows = []
+
+    def generate():
+        return pipe("a photo of a red cat", height=size, width=size, num_inference_steps=28, guidance_scale=7.0,
+                    output_type="latent", max_sequence_length=8 if tiny else 256,
+                    generator=torch.Generator(device).manual_seed(0))
+
+    for mode in modes:
+        if mode == "trace_only":
+            continue  # a 28-step trace is the runner's measurement, not this one's
+        row = {"shape": "sd3m_denoise_28", "mode": mode}
+        try:
+            pipe.transformer.set_attn_processor(processor(mode, JointAttnProcessor2_0()))
+            generate()
+            times = _timed(generate, reps, cuda)
+            row.update(ms=statistics.median(times), times_ms=[round(t, 3) for t in times], reps=reps)
+        except Exception as error:  # noqa: BLE001
+            row.update(ms=float("nan"), error=f"{type(error).__name__}: {str(error).splitlines()[0][:300]}")
+        rows.append(row)
+        _say(row)
+    del pipe
+    _free(device)
+    return rows
+
+
+def with_ratios(rows: list[dict]) -> list[dict]:
+    """ratio = ms / ms of ``stock`` (eager) or ``stock_graph`` (graphed) of the same shape."""
+    base = {(r["shape"], r["mode"]): r["ms"] for r in rows}
+    for r in rows:
+        stock = base.get((r["shape"], "stock_graph" if r["mode"].endswith("_graph") else "stock"))
+        r["baseline_ms"] = stock
+        r["ratio"] = r["ms"] / stock if stock and r["ms"] == r["ms"] else None
+    return rows
+
+
+def _say(row):
+    extra = f"  ({row['error']})" if row.get("error") else ""
+    print(f"{row['shape']:24s} {row['mode']:18s} {row['ms']:10.3f} ms{extra}", flush=True)
+
+
+def _free(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def meta(device, tiny: bool) -> dict:
+    import diffusers
+
+    from sinkattn import settings
+    from sinkattn.kernels import configs
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent).stdout.strip() or None
+    except OSError:
+        commit = None
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    s = settings.current()
+    return {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+            "torch": torch.__version__, "triton": triton_version, "diffusers": diffusers.__version__,
+            "cuda": torch.version.cuda, "tiny": tiny,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": os.environ.get("SINKATTN_COMMIT", commit),
+            "settings": {"route": s.route, "autotune": s.autotune, "short_keys": s.short_keys},
+            "configs": configs.chosen_configs() if triton_version else {}}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "whole_model_h200.json"))
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated, of: " + ", ".join(SHAPES))
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: " + ", ".join(MODES))
+    parser.add_argument("--reps", type=int, default=None, help="timed forwards per mode (default 10; --tiny 2)")
+    parser.add_argument("--denoise-reps", type=int, default=None, help="timed loops per mode (default 3; --tiny 1)")
+    parser.add_argument("--no-graphs", action="store_true", help="skip the CUDA graph rows")
+    parser.add_argument("--tiny", action="store_true", help="tiny configs from sinkattn.tiny, float32, on the CPU "
+                                                            "unless CUDA is there (a smoke run)")
+    args = parser.parse_args(argv)
+    shapes = [s for s in args.shapes.split(",") if s]
+    modes = [m for m in args.modes.split(",") if m]
+    for name, known in ((shapes, SHAPES), (modes, MODES)):
+        unknown = set(name) - set(known)
+        if unknown:
+            parser.error(f"unknown {', '.join(sorted(unknown))} (known: {', '.join(known)})")
+    if "stock" not in modes:
+        modes = ["stock", *modes]  # every ratio needs it
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cuda" and not args.tiny:
+        sys.exit("benchmarks/whole_model.py needs a CUDA device (or --tiny)")
+    dtype = torch.float32 if args.tiny and device.type != "cuda" else torch.bfloat16
+    reps = args.reps or (2 if args.tiny else 10)
+    denoise_reps = args.denoise_reps or (1 if args.tiny else 3)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+
+    def save():  # after every shape, so an interrupted run keeps what it measured
+        out.write_text(json.dumps({"meta": meta(device, args.tiny), "rows": with_ratios(rows)}, indent=1))
+
+    if device.type != "cuda":
+        import warnings
+
+        warnings.filterwarnings("ignore", message="sinkattn: no Triton kernels", category=RuntimeWarning)
+    for name in shapes:
+        if name == "sd3m_denoise_28":
+            rows += bench_denoise(modes, denoise_reps, device, dtype, args.tiny)
+        else:
+            rows += bench_model(name, modes, reps, 1 if args.tiny else 3, not args.no_graphs, device, dtype, args.tiny)
+        save()
+    for r in with_ratios(rows):
+        print(f"{r['shape']:24s} {r['mode']:18s} x{r['ratio'] if r['ratio'] is None else round(r['ratio'], 3)}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
