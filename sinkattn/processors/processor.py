@@ -135,10 +135,14 @@ class SinkSuppressProcessor:
         name, index = self.layer_of(attn)
         active = self.gate is None or self.gate(name)
         q_tokens, k_tokens = tokens_for(kind, call.q.shape[2], call.k.shape[2], call.n_text, call.cross)
-        plain = self._plain
-        if call.stock_mask is not None:  # the calls left alone get the stock form of the mask
-            def plain(q, k, v, attention_mask, scale, stock=call.stock_mask):
-                return self._plain(q, k, v, stock, scale)
+        # The calls left alone: torch's SDPA (sink_core's own, plain=None) unless a backend was
+        # chosen, and the stock form of the mask where the row gave the op another. No bound
+        # method is made here: torch 2.11's dynamo cannot take the truth value of one made
+        # inside a compiled region (sink_core tests `plain or ...`) and breaks the graph.
+        plain = None
+        if call.stock_mask is not None or self._attention_backend is not None or self._parallel_config is not None:
+            def plain(q, k, v, attention_mask, scale, stock=call.stock_mask, processor=self):
+                return processor._plain(q, k, v, attention_mask if stock is None else stock, scale)
         out, record = sink_core(call.q, call.k, call.v, self.settings, q_tokens, k_tokens, active=active,
                                 want_mass=self.tracer is not None, attention_mask=call.mask,
                                 generator=self.generator, plain=plain)
