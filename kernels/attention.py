@@ -145,9 +145,6 @@ def _head_sinks(SINKS, bh, TOP_K, BLOCK_T: tl.constexpr, HAS_SINKS: tl.constexpr
     return offs_t  # unused
 
 
-@triton.heuristics({"HAS_SINKS": lambda a: a["SINKS"] is not None,
-                    "HAS_ROW_PEAK": lambda a: a["ROW_PEAK"] is not None,
-                    "HAS_COUNTERS": lambda a: a["COUNTERS"] is not None})
 @triton.jit(do_not_specialize=["N_Q", "N_K", "APPLY_START", "APPLY_STOP", "TOP_K", "N_COUNTERS"])
 def attention_forward_kernel(
     Q, K, V, O, LSE, SINKS, ROW_PEAK, COUNTERS, N_COUNTERS,
@@ -163,7 +160,9 @@ def attention_forward_kernel(
 ):
     """O and lse2 of the query rows [pid_m * BLOCK_M, +BLOCK_M) of head bh; with ROW_PEAK
     (B, H, Nq) float32 also each row's largest probability, 2^(max - lse2) = 1 / l (the
-    query-side controls rank queries by it). With COUNTERS (N_COUNTERS int32) the first
+    query-side controls rank queries by it). HAS_* say which optional pointers are given (the
+    launcher passes them: Triton's heuristics wrapper rebuilt a dict of every argument per
+    flag and call, ~6 us of host time each). With COUNTERS (N_COUNTERS int32) the first
     program zeroes them: the arrival and slot counts that the later kernels of the same call
     (key mass, correction, flagged tiles) count with, so that no call needs a memset."""
     pid_m = tl.program_id(0)

@@ -121,8 +121,6 @@ def _arrive(COUNTER):
     return arrived
 
 
-@triton.heuristics({"HAS_SELECTION": lambda a: a["SINKS"] is not None,
-                    "RANK_IS_MASS": lambda a: a["RANK"] is None})
 @triton.jit(do_not_specialize=["N_K", "M_START", "M_STOP", "C_START", "C_STOP"])
 def key_mass_kernel(
     Q, K, LSE, MASS, PARTIAL, COUNTERS, RANK, SINKS,

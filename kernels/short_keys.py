@@ -27,7 +27,6 @@ from .attention import _attend_rows, _head_sinks, _store_rows
 from .selection import best_of_row, keep_best, ranked_values
 
 
-@triton.heuristics({"HAS_OUT": lambda a: a["OUT"] is not None})
 @triton.jit(do_not_specialize=["N_Q", "N_K", "M_START", "M_STOP"])
 def short_mass_kernel(
     Q, K, V, OUT, PARTIAL,
@@ -83,8 +82,6 @@ def _head_mass(PARTIAL, bh, n_bh, N_K, N_TILES, BLOCK_N: tl.constexpr, BLOCK_TIL
     return total
 
 
-@triton.heuristics({"HAS_SINKS": lambda a: a["SINKS"] is not None and not a["SELECT"],
-                    "RANK_IS_MASS": lambda a: a["RANK"] is None})
 @triton.jit(do_not_specialize=["N_Q", "N_K", "APPLY_START", "APPLY_STOP", "TOP_K", "N_TILES", "C_START", "C_STOP"])
 def short_attention_kernel(
     Q, K, V, OUT, PARTIAL, MASS, RANK, SINKS,

@@ -21,7 +21,6 @@ import math
 from typing import NamedTuple
 
 import torch
-import triton
 from torch import Tensor
 
 from .kernels import configs
@@ -49,6 +48,16 @@ class Selection(NamedTuple):
     candidates: tuple[int, int]
     largest: bool
     rank: Tensor | None = None
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n (n >= 1). Plain Python: triton.cdiv and
+    triton.next_power_of_2 are constexpr functions, ~4 us of host time per call from Python."""
+    return 1 << (n - 1).bit_length() if n > 1 else 1
 
 
 def _output(shape, dtype: torch.dtype, device) -> Tensor:
@@ -92,6 +101,8 @@ def _launch(name: str, settings: Settings, grid, *args, **kwargs):
     tuner = configs.tuner(name, settings.autotune)
     if forced is not None:
         return tuner.fn[_grid(grid, forced)](*args, **kwargs, **forced)
+    # tuner.fn is the @triton.jit function itself (no heuristics wrapper: the launchers pass
+    # every flag), launched with the tuner's choice after the first call.
     chosen = _chosen.setdefault((name, settings.autotune), {})
     call_key = (*(kwargs[k] for k in configs.TUNING_KEYS[name]), *(getattr(a, "dtype", None) for a in args))
     config = chosen.get(call_key)
@@ -118,17 +129,16 @@ def _fixed(name: str, kernel, settings: Settings, grid, *args, **kwargs):
 def _head_dims(dim: int, dim_v: int) -> dict:
     if max(dim, dim_v) > MAX_HEAD_DIM:
         raise ValueError(f"head dim {max(dim, dim_v)} is not supported by the kernels (max {MAX_HEAD_DIM})")
-    return {"D": dim, "DV": dim_v, "BLOCK_D": max(16, triton.next_power_of_2(dim)),
-            "BLOCK_DV": max(16, triton.next_power_of_2(dim_v))}
+    return {"D": dim, "DV": dim_v, "BLOCK_D": max(16, _pow2(dim)),
+            "BLOCK_DV": max(16, _pow2(dim_v))}
 
 
 def _strides(q: Tensor, k: Tensor, v: Tensor, out: Tensor) -> tuple[int, ...]:
-    return (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2))
+    return (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3])
 
 
 def _masked_pass_flags(q: Tensor, top_k: int, path: str, scale: float, settings: Settings) -> dict:
-    return dict(BLOCK_T=max(16, triton.next_power_of_2(top_k)), WEIGHT_ON_VALUE=path == "value",
+    return dict(BLOCK_T=max(16, _pow2(top_k)), WEIGHT_ON_VALUE=path == "value",
                 FOLD_SCALE=scale > 0, DOT_PRECISION=_dot_precision(q.dtype, settings))
 
 
@@ -189,18 +199,19 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: torch.dt
     qo, ko, vo = _operand(q, settings), _operand(k, settings), _operand(v, settings)
     top_k = 0 if sinks is None else sinks.shape[-1]
     _launch(
-        "attention_forward", settings, lambda meta: (triton.cdiv(n_q, meta["BLOCK_M"]), batch * n_heads),
+        "attention_forward", settings, lambda meta: (_cdiv(n_q, meta["BLOCK_M"]), batch * n_heads),
         qo, ko, vo, out, lse, sinks, row_peak, counters, 0 if counters is None else counters.shape[0],
         *_strides(qo, ko, vo, out),
         n_heads, n_q, n_k, apply_start, apply_stop, scale * LOG2E, top_k, eta,
+        HAS_SINKS=sinks is not None, HAS_ROW_PEAK=row_peak is not None, HAS_COUNTERS=counters is not None,
         **_masked_pass_flags(q, top_k, path, scale, settings), **dims)
     return (out if stored == out_dtype else out.to(out_dtype)), lse
 
 
 @functools.lru_cache(maxsize=256)
 def _mass_shares(batch: int, heads: int, n_k: int, n_rows: int, processors: int) -> int:
-    key_programs = triton.cdiv(n_k, 128) * batch * heads
-    return max(1, min(triton.cdiv(8 * processors, key_programs), n_rows // (4 * 64)))
+    key_programs = _cdiv(n_k, 128) * batch * heads
+    return max(1, min(_cdiv(8 * processors, key_programs), n_rows // (4 * 64)))
 
 
 def mass_shares(q: Tensor, n_k: int, n_rows: int) -> int:
@@ -231,14 +242,14 @@ def key_mass(q: Tensor, k: Tensor, lse: Tensor, scale: float, rows: tuple[int, i
     start, stop = selection.candidates if selection is not None else (0, n_k)
     qo, ko = _operand(q, settings), _operand(k, settings)
     _launch(
-        "key_mass", settings, lambda meta: (triton.cdiv(n_k, meta["BLOCK_N"]), batch * n_heads, shares),
+        "key_mass", settings, lambda meta: (_cdiv(n_k, meta["BLOCK_N"]), batch * n_heads, shares),
         qo, ko, lse, mass, partial, counters[layout.arrivals_at:],
         None if selection is None else selection.rank, sinks,
-        qo.stride(0), qo.stride(1), qo.stride(2),
-        ko.stride(0), ko.stride(1), ko.stride(2),
+        *qo.stride()[:3], *ko.stride()[:3],
         n_heads, n_q, n_k, rows[0], rows[1], scale * LOG2E, 1.0 / (rows[1] - rows[0]), start, stop,
         D=dims["D"], BLOCK_D=dims["BLOCK_D"], DOT_PRECISION=_dot_precision(q.dtype, settings),
         MANY_SHARES=shares > 1, SHARED=selection is not None and selection.shared,
+        HAS_SELECTION=selection is not None, RANK_IS_MASS=selection is None or selection.rank is None,
         LARGEST=selection is None or selection.largest,
     )
     return mass if selection is None else (mass, sinks)
@@ -269,7 +280,7 @@ def correct(q: Tensor, k: Tensor, v: Tensor, out32: Tensor, lse: Tensor, sinks: 
     settings = current()
     block_m = configs.correction_block_m(settings.interpret)
     out = _output((batch, n_heads, n_q, v.shape[-1]), _stored(out_dtype, settings), q.device)
-    n_tiles = triton.cdiv(n_q, block_m)
+    n_tiles = _cdiv(n_q, block_m)
     tile_list = _output((batch * n_heads * n_tiles,), torch.int32, q.device)
     unique = _without_duplicates(sinks) if may_repeat else sinks.contiguous()
     _fixed(
@@ -296,13 +307,13 @@ def _flagged_plan(batch: int, heads: int, n_q: int, n_k: int, dim: int, dim_v: i
     config = settings.kernel_configs.get("flagged_tiles") or configs.flagged_config(
         n_q, n_k, dims["BLOCK_D"], dims["BLOCK_DV"], size, shared_memory, settings.interpret)
     block_m = config["BLOCK_M"]  # the correction kernel's tiles, which the list numbers
-    key_tiles = triton.cdiv(n_k, config["BLOCK_N"])
+    key_tiles = _cdiv(n_k, config["BLOCK_N"])
     # Up to flagged_key_splits ranges of whole key tiles, none of them empty.
-    splits = triton.cdiv(key_tiles, triton.cdiv(key_tiles, settings.flagged_key_splits))
+    splits = _cdiv(key_tiles, _cdiv(key_tiles, settings.flagged_key_splits))
     # The partials never take more memory than the output does.
     max_split_tiles = min(settings.flagged_max_split_tiles, batch * heads * n_q // (splits * block_m))
     # One program per split slot; when more tiles are flagged, the programs stride over them.
-    programs = max(max_split_tiles, triton.cdiv(settings.flagged_programs_per_sm * processors, splits), 1)
+    programs = max(max_split_tiles, _cdiv(settings.flagged_programs_per_sm * processors, splits), 1)
     return _FlaggedPlan(config, splits, max_split_tiles, programs)
 
 
@@ -334,7 +345,7 @@ def recompute_flagged(q: Tensor, k: Tensor, v: Tensor, scale: float, sinks: Tens
 def short_config(n_k: int, dim: int, dim_v: int, settings: Settings) -> dict:
     """BLOCK_N holds every key; BLOCK_M shrinks as the key tile grows (the [BM, BN] scores
     and the [BN, D] key and value tiles live in registers)."""
-    block_n = max(16, triton.next_power_of_2(n_k))
+    block_n = max(16, _pow2(n_k))
     if settings.interpret:
         block_m = 32
     else:
@@ -351,7 +362,7 @@ def short_mass(q: Tensor, k: Tensor, v: Tensor, scale: float, rows: tuple[int, i
     dims = _head_dims(q.shape[-1], v.shape[-1])
     settings = current()
     config = short_config(n_k, q.shape[-1], v.shape[-1], settings)
-    n_tiles = triton.cdiv(n_q, config["BLOCK_M"])
+    n_tiles = _cdiv(n_q, config["BLOCK_M"])
     partial = _output((n_tiles, batch, n_heads, n_k), torch.float32, q.device)
     out = None
     if out_dtype is not None:
@@ -361,7 +372,7 @@ def short_mass(q: Tensor, k: Tensor, v: Tensor, scale: float, rows: tuple[int, i
     short_mass_kernel[(n_tiles, batch * n_heads)](
         qo, ko, vo, out, partial, *_strides(qo, ko, vo, target),
         n_heads, n_q, n_k, rows[0], rows[1], scale * LOG2E, 1.0 / (rows[1] - rows[0]),
-        DOT_PRECISION=_dot_precision(q.dtype, settings), **dims, **config)
+        DOT_PRECISION=_dot_precision(q.dtype, settings), HAS_OUT=out is not None, **dims, **config)
     if out is not None and out.dtype != out_dtype:
         out = out.to(out_dtype)
     return partial, out
@@ -390,11 +401,12 @@ def short_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: to
     apply_start, apply_stop = apply_rows if apply_rows is not None else (0, n_q)
     top_k = 1 if selection is not None else (0 if sinks is None else sinks.shape[-1])
     qo, ko, vo = _operand(q, settings), _operand(k, settings), _operand(v, settings)
-    short_attention_kernel[(triton.cdiv(n_q, config["BLOCK_M"]), batch * n_heads)](
+    short_attention_kernel[(_cdiv(n_q, config["BLOCK_M"]), batch * n_heads)](
         qo, ko, vo, out, partial, mass, None if selection is None else selection.rank, keys,
         *_strides(qo, ko, vo, out),
         n_heads, n_q, n_k, apply_start, apply_stop, scale * LOG2E, top_k, eta, partial.shape[0], start, stop,
-        SELECT=selection is not None, LARGEST=selection is None or selection.largest,
+        SELECT=selection is not None, HAS_SINKS=selection is None and sinks is not None,
+        RANK_IS_MASS=selection is None or selection.rank is None, LARGEST=selection is None or selection.largest,
         **_masked_pass_flags(q, top_k, path, scale, settings), **dims, **config)
     if stored != out_dtype:
         out = out.to(out_dtype)
