@@ -342,6 +342,19 @@ def recompute_flagged(q: Tensor, k: Tensor, v: Tensor, scale: float, sinks: Tens
 # -- the short-key path ----------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=256)
+def _fits_one_tile(n_k: int, dim: int, dim_v: int, element_size: int, short_keys: int) -> bool:
+    dims = _head_dims(dim, dim_v)
+    return n_k <= short_keys and max(16, _pow2(n_k)) * (dims["BLOCK_D"] + dims["BLOCK_DV"]) * element_size <= 96 * 1024
+
+
+def fits_one_tile(q: Tensor, k: Tensor, v: Tensor, settings: Settings) -> bool:
+    """The short-key path takes the call: at most ``settings.short_keys`` keys, and their key
+    and value tiles within 96 KiB (shared memory holds them beside the query and score
+    tiles: 77 keys at D 64 in bfloat16 take 32 KiB, 256 keys at D 128 would take 128)."""
+    return _fits_one_tile(k.shape[2], q.shape[-1], v.shape[-1], q.element_size(), settings.short_keys)
+
+
+@functools.lru_cache(maxsize=256)
 def short_config(n_k: int, dim: int, dim_v: int, settings: Settings) -> dict:
     """BLOCK_N holds every key; BLOCK_M shrinks as the key tile grows (the [BM, BN] scores
     and the [BN, D] key and value tiles live in registers)."""

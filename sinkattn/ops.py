@@ -201,7 +201,7 @@ def _run_kernels(
     selection = None
     if selecting and top_k == 1 and need_mass:
         selection = launch.Selection(select == "shared", candidates, rule.rank == "largest", uniform)
-    if (k.shape[2] <= settings.short_keys and not on_queries and not blend and (need_mass or intervene)):
+    if not on_queries and not blend and (need_mass or intervene) and launch.fits_one_tile(q, k, v, settings):
         return _short_keys(q, k, v, sinks, uniform, top_k, path, select, control, eta, mass_rows, candidates,
                            apply_rows, scale, need_mass, intervene, selection)
 
