@@ -5,6 +5,7 @@ layer, against the stock processor in the same process.
     python3 benchmarks/whole_model.py --out benchmarks/results/whole_model_h200.json
     python3 benchmarks/whole_model.py --shapes sdxl_unet_1024 --modes stock,sink_score --out ...
     python3 benchmarks/whole_model.py --tiny --out /tmp/whole_model_tiny.json   # CPU smoke run
+    python3 benchmarks/whole_model.py --merge sd3.json flux.json sdxl.json --out results/whole_model_h200.json
 
 Shapes: ``sd3m_transformer_1024`` (SD3-medium: 24 joint blocks, 24 heads x 64, batch 2, 4096
 image + 333 text tokens), ``flux_transformer_1024`` (Flux at full width, 24 heads x 128, but
@@ -353,8 +354,21 @@ def meta(device, tiny: bool) -> dict:
             "configs": configs.chosen_configs() if triton_version else {}}
 
 
+def merge(paths: list[Path], out: Path) -> None:
+    """Several runs' JSONs (one model per device call) into one: rows in the given order,
+    ratios as recorded (each run measured its own stock), the first run's meta with the
+    others' dates and commits listed."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    meta = dict(runs[0]["meta"])
+    meta["merged"] = [{"file": str(p), "date": r["meta"]["date"], "commit": r["meta"].get("commit"),
+                       "shapes": sorted({row["shape"] for row in r["rows"]})} for p, r in zip(paths, runs)]
+    out.write_text(json.dumps({"meta": meta, "rows": [row for r in runs for row in r["rows"]]}, indent=1))
+    print(f"wrote {out}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="merge these runs' JSONs into --out and exit")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "whole_model_h200.json"))
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated, of: " + ", ".join(SHAPES))
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: " + ", ".join(MODES))
@@ -364,6 +378,9 @@ def main(argv=None):
     parser.add_argument("--tiny", action="store_true", help="tiny configs from sinkattn.tiny, float32, on the CPU "
                                                             "unless CUDA is there (a smoke run)")
     args = parser.parse_args(argv)
+    if args.merge:
+        merge([Path(p) for p in args.merge], Path(args.out))
+        return
     shapes = [s for s in args.shapes.split(",") if s]
     modes = [m for m in args.modes.split(",") if m]
     for name, known in ((shapes, SHAPES), (modes, MODES)):
