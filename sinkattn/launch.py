@@ -236,8 +236,9 @@ def key_mass(q: Tensor, k: Tensor, lse: Tensor, scale: float, rows: tuple[int, i
     mass = _output((batch, n_heads, n_k), torch.float32, q.device)
     partial = _output((shares, batch, n_heads, n_k), torch.float32, q.device) if shares > 1 else mass
     layout = counter_layout(batch, n_heads, settings)
-    if counters is None:  # a standalone call (benchmarks, probes): one memset
-        counters = torch.zeros(layout.size, dtype=torch.int32, device=q.device)
+    if counters is None:  # a standalone call (benchmarks, probes): zeroed only if they count
+        counted = shares > 1 or selection is not None
+        counters = (torch.zeros if counted else torch.empty)(layout.size, dtype=torch.int32, device=q.device)
     sinks = _output((batch, n_heads, 1), torch.int64, q.device) if selection is not None else None
     start, stop = selection.candidates if selection is not None else (0, n_k)
     qo, ko = _operand(q, settings), _operand(k, settings)
