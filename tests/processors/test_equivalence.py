@@ -135,12 +135,17 @@ ROUTES = ["cuda-kernels"] if DEVICE == "cuda" else ["cpu-reference", "triton-int
 
 @pytest.fixture(params=ROUTES)
 def route(request, monkeypatch):
-    from sinkattn import kernels_available
+    from sinkattn import kernels_available, settings
 
+    settings.current()  # the environment is read once; the interpreter is then a settings field
     if request.param == "triton-interpreter":
         monkeypatch.setenv("TRITON_INTERPRET", "1")
+        with settings.override(interpret=True):
+            assert kernels_available(torch.device(DEVICE))
+            yield request.param
+        return
     assert kernels_available(torch.device(DEVICE)) == (request.param != "cpu-reference")
-    return request.param
+    yield request.param
 
 
 @pytest.mark.parametrize("family, kwargs", CASES)
