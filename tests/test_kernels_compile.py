@@ -142,7 +142,10 @@ def _main():
     for name, kernel, pointers, constexprs in _variants():
         try:
             compiled = _compile(kernel, pointers, constexprs)
-            results[name] = "ok" if compiled.asm.get("cubin") else "no cubin"
+            shared = compiled.metadata.shared
+            # An H200 block gets at most 232448 bytes: more is an OutOfResources at launch.
+            results[name] = ("no cubin" if not compiled.asm.get("cubin")
+                             else f"{shared} bytes of shared memory > 232448" if shared > 232448 else "ok")
         except Exception as error:  # noqa: BLE001 - reported per variant
             results[name] = f"{type(error).__name__}: {error}"[-3000:]
     print(json.dumps(results))
