@@ -53,3 +53,22 @@ def _plant_sink(q, k, key, heads=None, strength=4.0):
 @pytest.fixture
 def plant_sink():
     return _plant_sink
+
+
+@pytest.fixture(scope="module")
+def triton_interpreter():
+    """The kernels run under the Triton interpreter (CPU tensors) for the requesting module,
+    and the rest of the suite stays on the reference path. sinkattn.settings reads the
+    environment once, so the process's settings are read first and the interpreter is then
+    switched on through them; the variable is set too for Triton's own checks."""
+    from sinkattn import settings
+
+    settings.current()
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    with settings.override(interpret=True):
+        yield
+    if previous is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = previous

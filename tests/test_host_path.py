@@ -10,32 +10,19 @@ only the host's own torch ops.
 
 import collections
 import contextlib
-import os
 
 import pytest
 import torch
 
 from sinkattn import settings
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="counts launches through the Triton interpreter")
+pytestmark = [pytest.mark.skipif(torch.cuda.is_available(), reason="counts launches through the Triton interpreter"),
+              pytest.mark.usefixtures("triton_interpreter")]
 
 # Torch ops that allocate or make views: no kernel of their own on a GPU.
 NO_KERNEL = {"aten::empty", "aten::empty_strided", "aten::new_empty", "aten::slice", "aten::as_strided",
              "aten::select", "aten::view", "aten::alias", "aten::expand", "aten::detach", "aten::lift_fresh",
              "aten::to", "aten::unsqueeze", "aten::squeeze"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def interpreter():
-    settings.current()  # the process's settings, read before the variable changes
-    previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    with settings.override(interpret=True):
-        yield
-    if previous is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = previous
 
 
 @pytest.fixture

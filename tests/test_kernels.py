@@ -9,7 +9,6 @@ are planted clearly apart.
 """
 
 import contextlib
-import os
 
 import pytest
 import torch
@@ -22,21 +21,11 @@ GPU_ONLY = pytest.mark.skipif(not CUDA, reason="real model shapes need a GPU (th
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _triton_interpreter():
-    """Without a GPU, run these tests under the Triton interpreter and leave the rest of the
-    suite on the reference path."""
-    if CUDA:
-        yield
-        return
-    settings.current()  # the process's settings, read before the variable changes
-    previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    with settings.override(interpret=True):
-        yield
-    if previous is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = previous
+def _triton_interpreter(request):
+    """Without a GPU, run these tests under the Triton interpreter (conftest's fixture)."""
+    if not CUDA:
+        request.getfixturevalue("triton_interpreter")
+    yield
 
 
 @pytest.fixture
