@@ -342,16 +342,27 @@ def recompute_flagged(q: Tensor, k: Tensor, v: Tensor, scale: float, sinks: Tens
 
 # -- the short-key path ----------------------------------------------------------------------
 
+# Bytes of key and value tiles (BLOCK_N x (BLOCK_D + BLOCK_DV) x element size) the short-key
+# path takes, by element size. Shared memory holds them beside the query and score tiles; what
+# short_attention_kernel then asks for, compiled for sm_90 (triton 3.6, an H200 block gets at
+# most 232448 bytes): 16-bit operands 65536-114688 bytes at 96 KiB of tiles; float32 operands
+# (full-precision dots) 2.4x their tile bytes: 155776-180480 at 64 KiB, 229504-262400 at 96 KiB,
+# which failed at launch (OutOfResources). tests/test_kernels_compile.py compiles the largest
+# configuration each budget admits.
+ONE_TILE_BYTES = {2: 96 * 1024, 4: 64 * 1024}
+
+
 @functools.lru_cache(maxsize=256)
 def _fits_one_tile(n_k: int, dim: int, dim_v: int, element_size: int, short_keys: int) -> bool:
     dims = _head_dims(dim, dim_v)
-    return n_k <= short_keys and max(16, _pow2(n_k)) * (dims["BLOCK_D"] + dims["BLOCK_DV"]) * element_size <= 96 * 1024
+    tile_bytes = max(16, _pow2(n_k)) * (dims["BLOCK_D"] + dims["BLOCK_DV"]) * element_size
+    return n_k <= short_keys and tile_bytes <= ONE_TILE_BYTES.get(element_size, 0)
 
 
 def fits_one_tile(q: Tensor, k: Tensor, v: Tensor, settings: Settings) -> bool:
     """The short-key path takes the call: at most ``settings.short_keys`` keys, and their key
-    and value tiles within 96 KiB (shared memory holds them beside the query and score
-    tiles: 77 keys at D 64 in bfloat16 take 32 KiB, 256 keys at D 128 would take 128)."""
+    and value tiles within ``ONE_TILE_BYTES`` (77 keys at D 64 in bfloat16 take 32 KiB; 256
+    keys at D 128 would take 128 KiB and go to the tiled kernels)."""
     return _fits_one_tile(k.shape[2], q.shape[-1], v.shape[-1], q.element_size(), settings.short_keys)
 
 

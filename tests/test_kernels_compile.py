@@ -104,6 +104,34 @@ def _short_variants():
         **attend_flags, "SELECT": True, "RANK_IS_MASS": False, "LARGEST": False}
 
 
+# The largest key tile the short-key path admits (launch.fits_one_tile), per operand type and
+# head dims, with the block sizes launch.short_config picks: every such launch must fit the
+# H200's shared memory (float32 at D 128, DV 64, 65 keys did not before the budget per type).
+ONE_TILE_BOUNDARY = [(dtype, dim, dim_v) for dtype in ("bf16", "fp32")
+                     for dim, dim_v in ((64, 64), (128, 64), (128, 128), (256, 256))]
+
+
+def _one_tile_boundary_variants():
+    from sinkattn import launch
+    from sinkattn.settings import Settings
+
+    settings = Settings(interpret=False)
+    for dtype, dim, dim_v in ONE_TILE_BOUNDARY:
+        size = 4 if dtype == "fp32" else 2
+        admitted = [n for n in (16, 32, 64, 128, 256) if launch._fits_one_tile(n, dim, dim_v, size, 256)]
+        if not admitted:
+            continue
+        config = launch.short_config(admitted[-1], dim, dim_v, settings)
+        blocks = dict(BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], **_dims(dim, dim_v),
+                      DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
+        name = f"short-boundary-{dtype}-d{dim}-dv{dim_v}"
+        yield name + "-mass-out", dict(Q=dtype, K=dtype, V=dtype, OUT=dtype, PARTIAL="fp32"), {**blocks, "HAS_OUT": True}
+        yield name + "-top1", dict(Q=dtype, K=dtype, V=dtype, OUT=dtype, PARTIAL="fp32", MASS="fp32", RANK=None,
+                                   SINKS="i64"), {
+            **blocks, "BLOCK_T": 16, "WEIGHT_ON_VALUE": False, "FOLD_SCALE": True, "SELECT": True,
+            "HAS_SINKS": False, "RANK_IS_MASS": True, "LARGEST": True}
+
+
 def _fallback_variants():
     yield "correction", dict(Q="bf16", K="bf16", V="bf16", O32="fp32", LSE="fp32", SINKS="i64", OUT="bf16",
                              TILE_LIST="i32", SLOT_COUNT="i32"), dict(BLOCK_M=64, SCORE_PATH=True, **_dims())
@@ -120,10 +148,14 @@ def _variants():
 
     kernels = {"forward": attention_forward_kernel, "key-mass": key_mass_kernel, "short-mass": short_mass_kernel,
                "short": short_attention_kernel, "correction": correction_kernel, "flagged": flagged_tiles_kernel}
-    for group in (_forward_variants(), _key_mass_variants(), _short_variants(), _fallback_variants()):
+    for group in (_forward_variants(), _key_mass_variants(), _short_variants(), _one_tile_boundary_variants(),
+                  _fallback_variants()):
         for name, pointers, constexprs in group:
-            kernel = next(k for prefix, k in sorted(kernels.items(), key=lambda kv: -len(kv[0]))
-                          if name.startswith(prefix))
+            if name.startswith("short-boundary"):
+                kernel = short_mass_kernel if name.endswith("mass-out") else short_attention_kernel
+            else:
+                kernel = next(k for prefix, k in sorted(kernels.items(), key=lambda kv: -len(kv[0]))
+                              if name.startswith(prefix))
             yield name, kernel, pointers, constexprs
 
 
@@ -133,6 +165,8 @@ VARIANTS = [
     "key-mass-random-head", "key-mass-random-shared",
     "short-mass", "short-mass-out", "short-plain", "short-sinks-value", "short-top1", "short-random",
     "correction", "flagged-tiles",
+    *(f"short-boundary-{dtype}-d{dim}-dv{dim_v}-{kernel}" for dtype, dim, dim_v in ONE_TILE_BOUNDARY
+      for kernel in ("mass-out", "top1")),
 ]
 
 
