@@ -216,22 +216,27 @@ def history(results: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def rerun_sections(results: Path, commit) -> list[str]:
-    """Re-runs of some shapes on the same commit (``run.py --rerun --shapes ...``, lines of
-    ``results/history.jsonl`` with "rerun": true): the small shapes are host-bound and the
-    device machine's host state varies between and within runs, so a second measurement is
-    shown beside the run."""
+def rerun_sections(results: Path, meta: dict) -> list[str]:
+    """Other measurements of some shapes beside the main run: re-runs on the same commit
+    (``run.py --rerun --shapes ...``: the small shapes are host-bound and the device machine's
+    host state varies between and within runs) and later runs of some shapes on a later
+    commit (a session that re-measured what its kernel change touched), from
+    ``results/history.jsonl``."""
     lines = []
     runs: dict[str, list[dict]] = {}
     for line in history(results):
-        if line.get("rerun") and line.get("commit") == commit:
+        rerun = line.get("rerun") and line.get("commit") == meta.get("commit")
+        later = line.get("commit") != meta.get("commit") and line["date"] > meta["date"]
+        if rerun or later:
             runs.setdefault(line["run"], []).append(line)
     for run, shapes in sorted(runs.items(), key=lambda item: item[1][0]["date"]):
-        meta = shapes[0]
+        first = shapes[0]
         rows = [{"shape": line["shape"], **row} for line in shapes for row in line["rows"]]
-        lines += [f"## Re-run of {', '.join(sorted(line['shape'] for line in shapes))} (same commit)", "",
-                  f"`results/history.jsonl`, run `{run}`: {meta['gpu']}, torch {meta['torch']}, triton "
-                  f"{meta['triton']}, date {meta['date']}, commit {commit}.", "", table(rows), ""]
+        what = "Re-run" if first.get("commit") == meta.get("commit") else "Later run"
+        lines += [f"## {what} of {', '.join(sorted(line['shape'] for line in shapes))} "
+                  f"(commit {first.get('commit')})", "",
+                  f"`results/history.jsonl`, run `{run}`: {first['gpu']}, torch {first['torch']}, triton "
+                  f"{first['triton']}, date {first['date']}, commit {first.get('commit')}.", "", table(rows), ""]
     return lines
 
 
@@ -260,7 +265,7 @@ def main(argv=None):
         "",
         table(data["rows"]),
         "",
-        *rerun_sections(src.parent, meta.get("commit")),
+        *rerun_sections(src.parent, meta),
         *whole_model_section(src.parent / "whole_model_h200.json"),
         *mass_floor_section(src.parent / "mass_floor_h200.json"),
         *pytest_benchmark_section(src.parent / "pytest_benchmark_h200.json"),
