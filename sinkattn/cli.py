@@ -61,6 +61,7 @@ def _timesteps(text):
 
 def build_parser() -> argparse.ArgumentParser:
     from .experiment.config import PRESETS
+    from .processors.families import MODEL_FAMILIES
     from .reference import ETA_MODES, PATHS, VALUE_TARGETS
     from .selection import CONTROLS
 
@@ -75,14 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", default=S, help="JSON or YAML file of RunConfig fields")
     g = r.add_argument_group("model and generation")
     g.add_argument("--model", default=S, help='"tiny", a Hub id or a local diffusers folder')
-    g.add_argument("--family", choices=["sd3", "sdxl"], default=S)
+    g.add_argument("--family", choices=list(MODEL_FAMILIES), default=S,
+                   help="model family (sinkattn.processors.families.MODEL_FAMILIES)")
     g.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=S)
     g.add_argument("--device", default=S, help="default: cuda (cuda:LOCAL_RANK under torchrun) if available, else cpu")
     g.add_argument("--steps", type=int, default=S, help="denoising steps")
     g.add_argument("--guidance", type=float, default=S, help="classifier-free guidance scale")
     g.add_argument("--height", type=int, default=S)
     g.add_argument("--width", type=int, default=S)
-    g.add_argument("--max-sequence-length", type=int, default=S, help="T5 tokens (SD3)")
+    g.add_argument("--max-sequence-length", type=int, default=S,
+                   help="text tokens the pipeline pads to, for the families that take it (SD3/SD3.5 and Flux: "
+                        "T5; PixArt-Sigma; Wan)")
     g.add_argument("--scheduler", choices=["default", "euler", "dpm++"], default=S,
                    help="default: the model's; euler / dpm++: built from its config, as the original's E2 and "
                         "FID-calibration runs did")
@@ -91,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "torch.Generator on the pipeline's device handed to the pipeline, as the original study "
                         "(its latents on CUDA only)")
     g.add_argument("--tiny-blocks", type=int, default=S,
-                   help="--model tiny (SD3): joint blocks; 24 gives SD3-medium's layer indices")
+                   help="--model tiny (SD3, SD3.5): joint blocks; 24 gives SD3-medium's layer indices")
     g = r.add_argument_group("prompts and seeds")
     g.add_argument("--prompts", default=S, help='"builtin", "geneval" (cached or downloaded), "balanced100" or '
                                                 '"h1d" (the original study\'s lists), or a .jsonl/.txt path')

@@ -361,7 +361,7 @@ class RunConfig:
     out: str | None = None
     # model and generation
     model: str = "tiny"                 # "tiny", a Hub id or a local folder
-    family: str = "sd3"                 # sd3 | sdxl
+    family: str = "sd3"                 # a name of sinkattn.processors.families.MODEL_FAMILIES
     dtype: str = "float32"
     device: str | None = None           # default: cuda (cuda:LOCAL_RANK) if available, else cpu
     steps: int = 4
@@ -370,7 +370,7 @@ class RunConfig:
     width: int = 64
     max_sequence_length: int = 16
     scheduler: str | None = None        # None: the model's own; "euler" / "dpm++": as the original's E2/FID runs
-    tiny_blocks: int | None = None      # model "tiny", SD3: joint blocks (None: 2; 24 = SD3-medium's count)
+    tiny_blocks: int | None = None      # model "tiny", SD3/SD3.5: joint blocks (None: 2; 24 = SD3-medium's count)
     # prompts and seeds: prompt i (its index in the source) uses seed seed_base + i, and its
     # extra replicates seed_base + i + r * 1_000_000 (seed_scheme "prompt"); with
     # seed_scheme "shared" every prompt uses seed_base and prompt i starts from the i-th
@@ -409,6 +409,9 @@ class RunConfig:
                                      ("scheduler", self.scheduler, SCHEDULERS)):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        from ..processors.families import model_family
+
+        model_family(self.family)  # ValueError naming the families (sd3, sdxl, flux, ...)
         if self.tiny_blocks is not None and (isinstance(self.tiny_blocks, bool) or int(self.tiny_blocks) < 1):
             raise ValueError(f"tiny_blocks must be >= 1, got {self.tiny_blocks!r}")
 

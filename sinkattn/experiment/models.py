@@ -1,5 +1,11 @@
-"""Pipelines the runner drives: the tiny random SD3 pipeline (offline), SD3/SD3.5 and SDXL
-from a Hub id or a local folder, with a plain message when the weights are not there."""
+"""Pipelines the runner drives: every model family of
+:data:`sinkattn.processors.families.MODEL_FAMILIES` (SD3, SD3.5-medium/large, SDXL, Flux,
+PixArt-Sigma, Qwen-Image, Wan text-to-video), as the tiny random pipeline (offline), from a
+Hub id or from a local folder, with a plain message when the weights are not there.
+
+Every family-specific decision (pipeline class, denoiser attribute, default weights, tiny
+builder, latents' shape, call arguments, output attribute, token grid, text tokenizers) is
+read from the family's row of that table; this module holds no per-family branches."""
 
 from __future__ import annotations
 
@@ -10,13 +16,18 @@ import warnings
 import torch
 
 from ..metrics.weights import hub_endpoint, offline_reason
+from ..processors.families import Grid, ModelFamily, model_family
 
 __all__ = ["ModelUnavailable", "Generator", "load_pipeline", "download_instructions", "set_scheduler", "heads_of",
            "denoiser_skeleton"]
 
-DEFAULT_MODELS = {"sd3": "stabilityai/stable-diffusion-3-medium-diffusers",
-                  "sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+# The tiny pipelines whose denoiser ``tiny_blocks`` rebuilds with another number of joint
+# blocks (tiny pipeline builder -> its transformer builder, both in sinkattn.tiny): the
+# SD3-line transformers, whose block indices the paper presets' layers name.
+_TINY_BLOCKS = {"tiny_sd3_pipeline": "tiny_sd3_transformer", "tiny_sd35_pipeline": "tiny_sd35_transformer",
+                "tiny_sd35_large_pipeline": "tiny_sd35_large_transformer"}
 
 
 class ModelUnavailable(RuntimeError):
@@ -32,39 +43,44 @@ def download_instructions(repo: str) -> str:
             f"then copy {folder} here and pass --model {folder}.")
 
 
-def _tiny_pipeline(family: str, tiny_blocks: int | None):
-    """The tiny random pipeline; for SD3 with ``tiny_blocks`` joint blocks (default 2; 24
-    gives SD3-medium's block indices, so that the paper presets' layers 6/12/18 exist)."""
-    from ..tiny import tiny_sd3_pipeline, tiny_sd3_transformer, tiny_sdxl_pipeline
+def _family(family: str | ModelFamily) -> ModelFamily:
+    """The table row of ``family`` (a name of MODEL_FAMILIES; ValueError naming them otherwise)."""
+    return family if isinstance(family, ModelFamily) else model_family(family)
 
-    if family == "sdxl":
-        if tiny_blocks is not None:
-            raise ValueError("tiny_blocks applies to the tiny SD3 pipeline only (family sd3)")
-        return tiny_sdxl_pipeline()
-    if family != "sd3":
-        raise ValueError(f"family must be 'sd3' or 'sdxl', got {family!r}")
-    pipe = tiny_sd3_pipeline(t5_tokens=16)
+
+def _tiny_pipeline(family: ModelFamily, tiny_blocks: int | None):
+    """The family's tiny random pipeline (``sinkattn.tiny.<family.tiny>``); for the SD3-line
+    families with ``tiny_blocks`` joint blocks (default 2; 24 gives SD3-medium's block
+    indices, so that the paper presets' layers 6/12/18 exist)."""
+    from .. import tiny
+
+    if family.tiny is None:
+        raise ValueError(f"family {family.name!r} has no tiny pipeline; pass --model (default {family.hub_id})")
+    pipe = getattr(tiny, family.tiny)()
     if tiny_blocks is not None:
-        pipe = type(pipe)(**dict(pipe.components, transformer=tiny_sd3_transformer(num_layers=int(tiny_blocks))))
+        if family.tiny not in _TINY_BLOCKS:
+            raise ValueError(f"tiny_blocks applies to the tiny pipelines of the SD3-line families only, "
+                             f"not to family {family.name!r}")
+        denoiser = getattr(tiny, _TINY_BLOCKS[family.tiny])(num_layers=int(tiny_blocks))
+        pipe = type(pipe)(**dict(pipe.components, **{family.denoiser: denoiser}))
         pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def load_pipeline(model: str, family: str, dtype: str, device: str, tiny_blocks: int | None = None):
-    """A diffusers pipeline on ``device``: ``model`` is "tiny", a local folder or a Hub id."""
+    """A diffusers pipeline of ``family`` on ``device``: ``model`` is "tiny", a local folder
+    or a Hub id (the family's class, ``diffusers.<family.pipeline>``)."""
+    spec = _family(family)
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     if model == "tiny":
-        pipe = _tiny_pipeline(family, tiny_blocks).to(device)
+        pipe = _tiny_pipeline(spec, tiny_blocks).to(device)
         return pipe if dtype == "float32" else pipe.to(dtype=_DTYPES[dtype])  # built in float32
     if tiny_blocks is not None:
         raise ValueError("tiny_blocks applies to --model tiny only")
-    if family == "sd3":
-        from diffusers import StableDiffusion3Pipeline as cls
-    elif family == "sdxl":
-        from diffusers import StableDiffusionXLPipeline as cls
-    else:
-        raise ValueError(f"family must be 'sd3' or 'sdxl', got {family!r}")
+    import diffusers
+
+    cls = getattr(diffusers, spec.pipeline)
     local = os.path.isdir(os.path.expanduser(model))
     why = "" if local else offline_reason(hub_endpoint())  # offline: no Hub retries, the message at once
     try:
@@ -73,12 +89,12 @@ def load_pipeline(model: str, family: str, dtype: str, device: str, tiny_blocks:
                                    local_files_only=local or bool(why))
     except (OSError, ValueError, EnvironmentError) as err:
         cause = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        where = (f"the folder {model!r} does not hold a diffusers {family} pipeline (model_index.json, "
-                 f"transformer/ or unet/, vae/, text encoders, tokenizers; {cause})") if local else (
+        where = (f"the folder {model!r} does not hold a diffusers {spec.pipeline} (model_index.json, "
+                 f"{spec.denoiser}/, vae/, text encoders, tokenizers; {cause})") if local else (
                  f"{model!r} is not in the local Hugging Face cache and cannot be downloaded ({why or cause})")
         raise ModelUnavailable(
-            f"cannot load the {family.upper()} pipeline: {where}.\n"
-            + download_instructions(DEFAULT_MODELS[family] if local else model)
+            f"cannot load the {spec.name.upper()} pipeline ({spec.pipeline}; default weights {spec.hub_id}): {where}.\n"
+            + download_instructions(spec.hub_id if local else model)
             + "\nOffline, `sinkattn run --preset tiny` needs no download.") from err
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
@@ -120,15 +136,13 @@ def heads_of(denoiser, layers=None) -> int:
 
 def denoiser_skeleton(model: str, family: str, tiny_blocks: int | None = None):
     """(the denoiser's module tree without its weights, where its config came from), or
-    (None, why not): "tiny" is built (small); a local folder's or the Hub cache's
-    transformer/unet config.json is built on the meta device. Nothing is downloaded."""
+    (None, why not): "tiny" is the tiny pipeline's denoiser (small, built); a local folder's
+    or the Hub cache's ``<family.denoiser>/config.json`` is built on the meta device as the
+    diffusers class its ``_class_name`` names. Nothing is downloaded."""
+    spec = _family(family)
     if model == "tiny":
-        from ..tiny import tiny_sd3_transformer, tiny_sdxl_unet
-
-        if family == "sdxl":
-            return tiny_sdxl_unet(), "the tiny SDXL U-Net"
-        return tiny_sd3_transformer(num_layers=tiny_blocks or 2), "the tiny SD3 config"
-    sub = "transformer" if family == "sd3" else "unet"
+        return getattr(_tiny_pipeline(spec, tiny_blocks), spec.denoiser), f"the tiny {spec.name} config"
+    sub = spec.denoiser
     path = os.path.join(os.path.expanduser(model), sub, "config.json")
     where = path
     if not os.path.isdir(os.path.expanduser(model)):
@@ -145,36 +159,59 @@ def denoiser_skeleton(model: str, family: str, tiny_blocks: int | None = None):
         return None, f"{path} does not exist"
     with open(path, encoding="utf-8") as fh:
         config = json.load(fh)
-    if family == "sd3":
-        from diffusers import SD3Transformer2DModel as cls
-    else:
-        from diffusers import UNet2DConditionModel as cls
+    import diffusers
+
+    cls = getattr(diffusers, str(config.get("_class_name", "")), None)
+    if cls is None:
+        return None, f"{where} names no diffusers model class (_class_name {config.get('_class_name')!r})"
     with torch.device("meta"):
         return cls.from_config(config), where
 
 
+class _PromptTokenizer:
+    """A tokenizer that first turns the prompt into the text the pipeline tokenizes
+    (``family.prompt_text``: PixArt lower-cases, Wan cleans), for SinkTracer's token names;
+    everything else is the wrapped tokenizer's."""
+
+    def __init__(self, tokenizer, family: ModelFamily, pipe):
+        self._tokenizer, self._family, self._pipe = tokenizer, family, pipe
+
+    def __call__(self, text, *args, **kwargs):
+        return self._tokenizer(self._family.prompt_text(self._pipe, text), *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
 class Generator:
     """Calls one pipeline with paired inputs. latents="cpu": the initial latents of (prompt,
-    seed) are drawn once on the CPU from ``seed`` and handed to every condition as
-    ``latents=``. latents="original": every condition's call gets a fresh
+    seed) are drawn once on the CPU from ``seed``, at the shape the family's pipeline takes
+    as ``latents=`` (``family.latent_shape``: packed for Flux and Qwen-Image, 5-D for Wan),
+    and handed to every condition. latents="original": every condition's call gets a fresh
     ``torch.Generator(device).manual_seed(seed)`` and the pipeline draws the latents, as the
     original study did (on CUDA: its latents; on a CPU, a CPU draw, which cannot match
     them). ``draw`` > 0 skips that many latent draws of the generator first: the original's
-    score/value sweeps consumed one generator prompt after prompt."""
+    score/value sweeps consumed one generator prompt after prompt.
+
+    ``num_frames``: video families (those whose call options include num_frames, Wan) make
+    this many frames (None: 1, a single-frame video); the others ignore it. The image of a
+    video call is its FIRST frame, as a PIL image (what records, metrics and the report see).
+    """
 
     def __init__(self, pipe, family: str, steps: int, guidance: float, height: int, width: int,
-                 max_sequence_length: int, device: str, latents: str = "cpu"):
+                 max_sequence_length: int, device: str, latents: str = "cpu", num_frames: int | None = None):
         if latents not in ("cpu", "original"):
             raise ValueError(f"latents must be 'cpu' or 'original', got {latents!r}")
-        self.pipe, self.family = pipe, family
+        self.spec = _family(family)
+        self.pipe, self.family = pipe, self.spec.name
         self.steps, self.guidance, self.height, self.width = steps, guidance, height, width
         self.max_sequence_length = max_sequence_length
+        self.num_frames = 1 if num_frames is None else int(num_frames)
         self.device = device
         self.mode = latents
-        denoiser = pipe.transformer if family == "sd3" else pipe.unet
-        self.denoiser = denoiser
-        self.channels = denoiser.config.in_channels
-        self.dtype = denoiser.dtype
+        self.denoiser = getattr(pipe, self.spec.denoiser)
+        self.channels = self.denoiser.config.in_channels
+        self.dtype = self.denoiser.dtype
 
     def heads_for(self, layers=None) -> int:
         """Heads of the attention modules in ``layers`` (see :func:`heads_of`)."""
@@ -188,9 +225,15 @@ class Generator:
         except ValueError:
             return None
 
-    def _shape(self):
-        scale = self.pipe.vae_scale_factor
-        return (1, self.channels, self.height // scale, self.width // scale)
+    def _options(self) -> dict:
+        """The runner's settings a family may take as call arguments (family.call_options)."""
+        return {"max_sequence_length": self.max_sequence_length, "num_frames": self.num_frames}
+
+    def _shape(self) -> tuple[int, ...]:
+        """The shape of the pipeline's ``latents=`` (family.latent_shape). Flux and Qwen-Image
+        draw their latents unpacked and pack them: as many numbers, so skipping a draw of
+        this shape advances a generator as far as the pipeline's own draw does."""
+        return tuple(self.spec.latent_shape(self.pipe, self.height, self.width, num_frames=self.num_frames))
 
     def latents(self, seed: int, draw: int = 0) -> torch.Tensor | None:
         """The initial latents of ``seed`` (its ``draw``-th draw) for latents="cpu"; None for
@@ -212,17 +255,41 @@ class Generator:
             randn_tensor(self._shape(), generator=g, device=torch.device(self.device), dtype=self.dtype)
         return g
 
+    def grid(self) -> Grid:
+        """(frames, rows, cols) of the image tokens at full resolution (family.token_grid)."""
+        return self.spec.token_grid(self.pipe, self.height, self.width, num_frames=self.num_frames)
+
+    def token_grid(self) -> tuple[int, int]:
+        """(rows, cols) of the image tokens at full resolution, for the tracer's positions
+        (of one frame: a video's frames share the grid; see :meth:`grid`)."""
+        grid = self.grid()
+        return grid.rows, grid.cols
+
     def tracer_tokenizers(self):
-        if self.family == "sd3":
-            return [(self.pipe.tokenizer, 77), (self.pipe.tokenizer_3, self.max_sequence_length)]
-        return self.pipe.tokenizer
+        """SinkTracer's ``tokenizer=``: the family's text segments in key order as
+        [(tokenizer, padded length)], each tokenizing the text the pipeline tokenizes
+        (family.prompt_text). None (text keys named by index only) when a segment's text
+        cannot be given that way: unpadded text (its length is the prompt's) or a chat
+        template whose leading tokens the pipeline drops (Qwen-Image)."""
+        if self.spec.prompt_template is not None:
+            return None
+        options = self._options()
+        segments = []
+        for attribute, length in self.spec.tokenizers:
+            if isinstance(length, str):
+                length = options[length]
+            if length is None:
+                return None
+            segments.append((_PromptTokenizer(getattr(self.pipe, attribute), self.spec, self.pipe), int(length)))
+        return segments
 
     def __call__(self, prompt: str, seed: int, latents: torch.Tensor | None, draw: int = 0):
+        """One image (a video: its first frame), as a PIL image."""
         kwargs = dict(prompt=prompt, height=self.height, width=self.width, num_inference_steps=self.steps,
-                      guidance_scale=self.guidance, generator=self.generator(seed, draw if latents is None else 0))
+                      generator=self.generator(seed, draw if latents is None else 0), output_type="pil",
+                      **self.spec.call_arguments(self.guidance, **self._options()))
         if latents is not None:
             kwargs["latents"] = latents.clone()
-        if self.family == "sd3":
-            kwargs["max_sequence_length"] = self.max_sequence_length
         with torch.inference_mode():
-            return self.pipe(**kwargs).images[0]
+            first = getattr(self.pipe(**kwargs), self.spec.output)[0]
+        return first[0] if self.spec.output == "frames" else first
