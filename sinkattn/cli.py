@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import sys
 import warnings
 
@@ -131,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--apply-queries", choices=["image", "text", "all"], default=S)
     g.add_argument("--candidates", choices=["image", "text", "all"], default=S)
     g = r.add_argument_group("metrics")
-    g.add_argument("--metrics", default=S, help='comma list of clip_t,image_reward,hps_v21,lpips, or "none"')
+    g.add_argument("--metrics", default=S, help='comma list of clip_t,image_reward,hps_v21,lpips (per image), fid (per condition, '
+                        'computed by the report), or "none"')
     g.add_argument("--untrained-metrics", action=argparse.BooleanOptionalAction, default=S,
                    help="score with random-weight scorers (marked untrained in every output)")
     g.add_argument("--metric-weights", type=_pairs, action="append", default=S, metavar="NAME=PATH",
@@ -156,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--bootstrap", type=int, default=None)
     p.add_argument("--stats-seed", type=int, default=None)
+    p.add_argument("--fid", action=argparse.BooleanOptionalAction, default=None,
+                   help="FID of each condition's images against the baseline images (pytorch-fid's Inception "
+                        "weights; default: when the run's --metrics include fid)")
+    p.add_argument("--fid-calibration", metavar="DIR", default=None,
+                   help="another run folder (same prompts and settings, other seeds, or the setting to compare: "
+                        "the paper-t9-fid-* presets) whose baseline images give the calibration FID")
     return parser
 
 
@@ -302,7 +310,10 @@ def _main(args) -> int:
         if args.command == "report":
             from .experiment.report import write_report
 
-            summary = write_report(args.run_dir, bootstrap=args.bootstrap, seed=args.stats_seed)
+            if args.fid_calibration is not None and not os.path.isdir(args.fid_calibration):
+                raise ValueError(f"--fid-calibration {args.fid_calibration}: not a folder")
+            summary = write_report(args.run_dir, bootstrap=args.bootstrap, seed=args.stats_seed, fid=args.fid,
+                                   fid_calibration=args.fid_calibration)
             print(f"sinkattn report: {summary['records']} records -> {args.run_dir}/summary.md, "
                   f"{args.run_dir}/summary.json, {len(summary['plots'])} plots")
             return 0

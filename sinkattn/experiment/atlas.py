@@ -692,11 +692,14 @@ def overlay_figure(run_dir: str, prompt_id: int, seed: int, path: str, records: 
     plt = _plots()._plt()
     fig, axes = plt.subplots(2, max(1, len(mine)), figsize=(2.6 * max(1, len(mine)), 5.6), squeeze=False)
     for j, r in enumerate(mine):
-        path_img = os.path.realpath(os.path.join(root, str(r.get("image", ""))))
         im = None
-        if os.path.commonpath([root, path_img]) == root and os.path.isfile(path_img):
-            with Image.open(path_img) as fh:
-                im = fh.convert("RGB")
+        try:  # a record's image path stays inside the run folder; a bad one is an empty cell (the report warns)
+            path_img = os.path.realpath(os.path.join(root, str(r.get("image", ""))))
+            if os.path.commonpath([root, path_img]) == root and os.path.isfile(path_img):
+                with Image.open(path_img) as fh:
+                    im = fh.convert("RGB")
+        except Exception:  # noqa: BLE001 - ValueError (a NUL in the path), PIL's decoder errors
+            im = None
         for i in range(2):
             ax = axes[i][j]
             ax.set_xticks([])

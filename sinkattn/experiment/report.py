@@ -9,7 +9,8 @@ import time
 import warnings
 from collections import Counter
 
-from . import plots
+from . import atlas, plots
+from .html_report import write_html_report
 from .stats import E1_TAG_WORDS, paired_deltas, paired_test, random_control_deltas, series, summarize
 from .store import atomic_write_text, merged_records, record_key, results_files
 
@@ -17,7 +18,7 @@ __all__ = ["ReportWarning", "write_report", "dose_table"]
 
 METRIC_ORDER = ("clip_t", "image_reward", "hps_v21", "lpips")
 PLOT_NAMES = ("dose_response.png", "sink_minus_random.png", "lpips_sink_vs_random.png", "sink_atlas.png",
-              "qualitative_grid.png")
+              "qualitative_grid.png", "atlas_figure2.png", "atlas_sink_locations.png")
 RANDOM_MODELS = ("tiny",)  # model names whose pipeline is built with random weights (models.load_pipeline)
 BANNER = "random weights: numbers exercise the machinery, not the science"
 NO_METRICS = ("No metrics were computed (this run used `--metrics none`), so there are no paired statistics "
@@ -113,6 +114,7 @@ def write_report(run_dir: str, bootstrap: int | None = None, seed: int | None = 
     }
     atomic_write_text(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
     atomic_write_text(os.path.join(run_dir, "summary.md"), _markdown(summary))
+    write_html_report(run_dir)  # report.html: the summary, plots and images on one page
     return summary
 
 
@@ -161,6 +163,7 @@ def _plots(run_dir, records, specs, metrics, dose, stats, traces, untrained, ban
         made.append(plots.lpips_sink_vs_random(dose, os.path.join(plot_dir, "lpips_sink_vs_random.png"), note,
                                                banner=banner))
     made.append(plots.sink_atlas(traces, os.path.join(plot_dir, "sink_atlas.png"), banner=banner))
+    made += atlas.write_atlas_figures(run_dir, summaries=traces, banner=banner)
     made.append(_qualitative(run_dir, records, specs, os.path.join(plot_dir, "qualitative_grid.png"), problems,
                              banner=banner))
     for name in PLOT_NAMES:

@@ -175,21 +175,31 @@ def _png_bytes(image) -> bytes:
     return buf.getvalue()
 
 
+def image_metrics(cfg: RunConfig) -> list[str]:
+    """The metrics of ``cfg`` scored per image (records' "metrics"); the others are set metrics."""
+    from ..metrics import SET_METRIC_NAMES
+
+    return [m for m in cfg.metrics if m not in SET_METRIC_NAMES]
+
+
 class _Scorers:
     """The run's scorers, built once; failures at scoring time become missing values."""
 
     def __init__(self, cfg: RunConfig, device: str):
         from ..metrics import build_scorers
 
-        options = {name: dict(cfg.metric_options.get(name, {})) for name in cfg.metrics}
+        # per-image metrics only: a set metric (FID) is one number per condition, computed by
+        # the report from the stored images (report._fid)
+        names = image_metrics(cfg)
+        options = {name: dict(cfg.metric_options.get(name, {})) for name in names}
         for o in options.values():
             o.setdefault("batch_size", cfg.metric_batch_size)
         try:
             # every scorer is tried: one MetricWeightsUnavailable names every missing file
-            self.scorers = build_scorers(cfg.metrics, weights=cfg.metric_weights, device=device,
+            self.scorers = build_scorers(names, weights=cfg.metric_weights, device=device,
                                          untrained=cfg.untrained_metrics, options=options)
         except ImportError as err:
-            which = ", ".join(repr(m) for m in cfg.metrics)
+            which = ", ".join(repr(m) for m in names)
             raise ImportError(f"a metric of {which} needs a package that is not installed ({err}); "
                               "pip install 'sinkattn[metrics]', or leave it out with --metrics") from err
         self.info = {name: {"untrained": s.untrained, "weights": s.weights_source} for name, s in self.scorers.items()}
@@ -217,37 +227,6 @@ class _Scorers:
         return values, errors
 
 
-def _trace_summary(rows: list[dict], grid: tuple[int, int]) -> dict:
-    """Per image: mean largest key mass per (step, layer); where the top key of each head
-    lies (image keys on the latent grid, text keys by token)."""
-    cells: dict[tuple[int, int], list[float]] = {}
-    text_share: list[float] = []
-    image_pos: dict[str, int] = {}
-    tokens: dict[str, int] = {}
-    layers: dict[int, str] = {}
-    n_top = 0
-    for r in rows:
-        if r["role"] != "top" or r["rank"] != 0:
-            continue
-        n_top += 1
-        layers[r["layer_index"]] = r["layer"]
-        cells.setdefault((r["step"], r["layer_index"]), []).append(r["max_mass"])
-        text_share.append(r["text_share"])
-        if r["kind"] == "image" and r["row"] is not None:
-            pos = f"{r['row']},{r['col']}"
-            image_pos[pos] = image_pos.get(pos, 0) + 1
-        elif r["kind"] == "text":
-            tok = r["token"] if r["token"] is not None else f"#{r['key']}"
-            tokens[tok] = tokens.get(tok, 0) + 1
-    steps = sorted({s for s, _ in cells})
-    layer_ids = sorted(layers)
-    mass = [[(sum(cells[(s, lay)]) / len(cells[(s, lay)])) if (s, lay) in cells else None for lay in layer_ids]
-            for s in steps]
-    return {"steps": steps, "layers": [layers[i] for i in layer_ids], "layer_index": layer_ids,
-            "max_mass": mass, "text_share_mean": sum(text_share) / len(text_share) if text_share else None,
-            "grid": list(grid), "image_top_positions": image_pos, "text_top_tokens": tokens, "heads_counted": n_top}
-
-
 @dataclass
 class Plan:
     """A run, checked: everything a run checks before it makes anything (what --dry-run
@@ -267,11 +246,12 @@ def plan(cfg: RunConfig) -> Plan:
     folder's earlier settings), without loading a model or writing anything."""
     out = check_out(cfg.out)
     shard, device = resolve_execution(cfg)
-    from ..metrics import SCORER_NAMES
+    from ..metrics import SCORER_NAMES, SET_METRIC_NAMES
 
-    unknown = [m for m in cfg.metrics if m not in SCORER_NAMES]
+    known = (*SCORER_NAMES, *SET_METRIC_NAMES)
+    unknown = [m for m in cfg.metrics if m not in known]
     if unknown:
-        raise ValueError(f"metrics: unknown {unknown}; known: {', '.join(SCORER_NAMES)}")
+        raise ValueError(f"metrics: unknown {unknown}; known: {', '.join(known)}")
     prompts = load_prompts(cfg.prompts, cfg.limit)
     mine = [p for pos, p in enumerate(prompts) if pos % shard[1] == shard[0]]
     if any("shared" in g.select for g in cfg.conditions):
@@ -321,7 +301,7 @@ def _run(p: Plan, stores: dict) -> RunResult:
     if pending:
         if gen is None:
             _, gen = _load(cfg, device)
-        scorers = _Scorers(cfg, device) if cfg.metrics else None
+        scorers = _Scorers(cfg, device) if image_metrics(cfg) else None
     # the start went through (model and scorers are there): from here the folder is the run's
     atomic_write_text(os.path.join(out, "config.json"),
                       json.dumps(_merged_config(cfg, out), indent=2, sort_keys=True) + "\n")
@@ -351,13 +331,14 @@ def _finish(cfg: RunConfig, out: str, shard: tuple[int, int], records: int) -> b
 def _unscored(cfg: RunConfig, out: str, keys: list[tuple]) -> list[tuple[dict, list[str]]]:
     """(record, the metrics of this command it lacks) for this run's keys: what an earlier
     run into the folder, with other --metrics, did not compute."""
-    if not cfg.metrics:
+    names = image_metrics(cfg)
+    if not names:
         return []
     records = {record_key(r): r for r in merged_records(out)}
     todo = []
     for key in keys:
         record = records.get(key)
-        missing = [m for m in cfg.metrics if record is not None and m not in record["metrics"]]
+        missing = [m for m in names if record is not None and m not in record["metrics"]]
         if missing:
             todo.append((record, missing))
     return todo
@@ -435,6 +416,7 @@ def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device
     from ..gating import intervene
     from ..processors import SinkSuppressProcessor
     from ..tracing import SinkTracer
+    from .atlas import TraceStore, trace_summary
 
     warnings.filterwarnings("ignore", message="sinkattn: no Triton kernels")  # said once in the log instead
     if not device.startswith("cuda"):
@@ -445,10 +427,10 @@ def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device
     groups: dict[tuple, list] = {}
     for p, seed, c in pending:
         groups.setdefault((p.prompt_id, seed), []).append((p, c))
-    patch = getattr(gen.denoiser.config, "patch_size", None) or 1
-    grid = (cfg.height // gen.pipe.vae_scale_factor // patch, cfg.width // gen.pipe.vae_scale_factor // patch)
+    grid = gen.token_grid()
     bar = tqdm(total=len(pending), desc=f"images (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else "images",
                position=shard[0] if shard[1] > 1 else None, disable=not cfg.progress, unit="img", file=sys.stderr)
+    atlas = TraceStore(out, shard) if cfg.trace else None  # per-head traces: RUN/atlas/
     written = 0
     for (prompt_id, seed), items in groups.items():
         prompt = items[0][0]
@@ -462,11 +444,15 @@ def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device
             start = time.perf_counter()
             if c.control == "baseline":
                 if cfg.trace:
-                    tracer = SinkTracer(tokenizer=gen.tracer_tokenizers(), top=cfg.trace_top)
+                    tracer = SinkTracer(tokenizer=gen.tracer_tokenizers(), top=cfg.trace_top, grid=grid)
                     with intervene(gen.pipe, SinkSuppressProcessor(k=0, tracer=tracer)):
-                        tracer.begin(prompt_id=prompt_id, prompt=prompt.text, seed=seed)
+                        tracer.begin(prompt_id=prompt_id, prompt=prompt.text, seed=seed, negative_prompt="",
+                                     cfg=gen.guidance > 1)
                         image = gen(prompt.text, seed, latents, draw)
-                    trace = _trace_summary(tracer.rows(), grid)
+                    traced = tracer.finish_image()
+                    if traced is not None:
+                        trace = trace_summary(traced, grid)
+                        atlas.append(traced, prompt_id=prompt_id, seed=seed, condition="baseline", tag=prompt.tag)
                 else:
                     image = gen(prompt.text, seed, latents, draw)
                 baseline_image = image

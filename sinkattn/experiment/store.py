@@ -34,12 +34,15 @@ rescoring killed at any moment resumes to the same values, each once.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import glob
 import json
 import os
 import re
+import signal
 import socket
+import threading
 import time
 import warnings
 
@@ -161,6 +164,26 @@ def _set_aside(path: str, key=record_key) -> list[dict]:
     return [record for _, record in good]
 
 
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Hold SIGINT until the block ends, then deliver it to the handler that was there (in
+    the main thread; elsewhere signals cannot arrive and nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            if callable(previous):
+                previous(signal.SIGINT, caught[0])
+            elif previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
+
+
 def _append_bytes(path: str, data: bytes) -> None:
     """One write() (repeated if the OS writes less) then fsync: an append that a kill can only tear at the end."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -217,10 +240,12 @@ class RecordStore:
         key = self.key(record)
         if key in self._keys:
             return False
-        _append_bytes(self.path, (json.dumps(record, sort_keys=True, allow_nan=False) + "\n").encode("utf-8"))
-        self._keys.add(key)
-        self.records.append(record)
-        self.appended += 1
+        line = (json.dumps(record, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+        with _interrupts_deferred():  # a Ctrl-C lands after the line and its count, never between
+            _append_bytes(self.path, line)
+            self._keys.add(key)
+            self.records.append(record)
+            self.appended += 1
         return True
 
 

@@ -147,7 +147,7 @@ def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path):
 def test_dry_run_refuses_what_a_run_refuses(tmp_path, capsys):
     out = tmp_path / "dry"
     for flags, reason in ((["--k", "0"], "k must be >= 1"), (["--limit", "-3"], "limit must be >= 1"),
-                          (["--metrics", "clip_t,fid"], "metrics: unknown ['fid']"),
+                          (["--metrics", "clip_t,fdi"], "metrics: unknown ['fdi']"),
                           (["--select", "shared", "--eta", "2"], "eta must be in [0, 1]")):
         assert main(["run", "--out", str(out), "--dry-run", *flags]) == 2, flags
         cap = capsys.readouterr()

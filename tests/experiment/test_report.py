@@ -274,3 +274,44 @@ def test_fid_without_weights_is_a_warning_not_a_crash(scored_run, tmp_path, monk
     assert summary["statistics"]["vs_baseline"]  # the rest of the report is there
     md = (run / "summary.md").read_text()
     assert "**FID not computed:**" in md and "--metric-weights fid=" in md
+
+
+def test_fid_from_the_run_command_and_the_report_command(calibration_run, tmp_path):
+    """`--metrics clip_t,fid`: records carry the per-image metric only; the report the run
+    writes holds FID per condition; `sinkattn report --fid-calibration DIR` adds the
+    calibration, and `--no-fid` leaves FID out."""
+    out = tmp_path / "fid"
+    args = [*BASE, "--controls", "sink", "--metrics", "clip_t,fid"]
+    assert main(["run", "--out", str(out), *args]) == 0
+    records = read_records(str(out / "results.jsonl"))
+    assert records and all(set(r["metrics"]) == {"clip_t"} for r in records)
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["condition"] for r in summary["fid"]["rows"]] == ["sink_k1_score_head_Lall"]
+    assert summary["fid"]["rows"][0]["n"] == 4 and summary["fid"]["rows"][0]["fid"] >= 0
+    assert summary["fid"]["calibration"] is None
+    assert main(["report", str(out), "--fid-calibration", str(calibration_run)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["fid"]["calibration"]["fid"] > 0 and summary["fid"]["rows"][0]["shift"]["ratio"] is not None
+    assert main(["report", str(out), "--no-fid"]) == 0
+    assert json.loads((out / "summary.json").read_text())["fid"] is None
+    assert main(["report", str(out), "--fid-calibration", str(tmp_path / "nowhere")]) == 2
+
+
+def test_traced_run_writes_the_atlas_and_the_html_report(tmp_path):
+    """--trace: every baseline's per-head trace goes to RUN/atlas/ (Arrow), trace.jsonl holds
+    its summary, and the report draws the atlas figures and writes report.html."""
+    from sinkattn.experiment.atlas import atlas_entries, read_atlas
+
+    out = tmp_path / "traced"
+    assert main(["run", "--out", str(out), *BASE, "--controls", "sink", "--metrics", "none", "--trace"]) == 0
+    entries = atlas_entries(str(out))
+    assert sorted((e["prompt_id"], e["condition"]) for e in entries) == [(i, "baseline") for i in range(4)]
+    heads = read_atlas(str(out))
+    assert len(heads) > 0 and set(heads["prompt_id"].tolist()) == {0, 1, 2, 3}
+    traces = [json.loads(line) for line in (out / "trace.jsonl").read_text().splitlines()]
+    assert len(traces) == 4 and all(t["trace"]["heads_counted"] > 0 for t in traces)
+    plots_made = json.loads((out / "summary.json").read_text())["plots"]
+    for name in ("plots/atlas_figure2.png", "plots/atlas_sink_locations.png", "plots/overlay_p00000_s42.png"):
+        assert name in plots_made and (out / name).is_file(), name
+    html = (out / "report.html").read_text()
+    assert "atlas_figure2" in html
