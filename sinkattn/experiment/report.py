@@ -3,6 +3,8 @@ summary.json, summary.md and plots/*.png."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import time
@@ -59,8 +61,29 @@ def write_report(run_dir: str, bootstrap: int | None = None, seed: int | None = 
 
     fid: compute FID per condition against the baseline images (None: when the run's metrics,
     config.json's "metrics", include "fid"); fid_calibration: another run folder whose baseline
-    images (same prompts and settings, other seeds) give the calibration FID of the FID shift."""
+    images (same prompts and settings, other seeds) give the calibration FID of the FID shift.
+
+    One writer at a time per folder (a blocking flock on ``RUN/.lock.report``): shards that
+    end together, or a user's ``sinkattn report`` during a run's own, would otherwise remove
+    each other's temporary plot files; the later writer writes the report again."""
     run_dir = os.path.abspath(run_dir)
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"{run_dir}: no such run folder")
+    with _report_lock(run_dir):
+        return _write_report(run_dir, bootstrap, seed, progress, fid, fid_calibration)
+
+
+@contextlib.contextmanager
+def _report_lock(run_dir: str):
+    fd = os.open(os.path.join(run_dir, ".lock.report"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor drops the flock
+
+
+def _write_report(run_dir, bootstrap, seed, progress, fid, fid_calibration) -> dict:
     config = _config(run_dir)
     n_boot = int(bootstrap if bootstrap is not None else config.get("bootstrap", 10000))
     seed = int(seed if seed is not None else config.get("stats_seed", 0))

@@ -324,30 +324,8 @@ def _finish(cfg: RunConfig, out: str, shard: tuple[int, int], records: int) -> b
         return False
     from .report import write_report
 
-    with _report_lock(out, shard):
-        write_report(out, bootstrap=cfg.bootstrap, seed=cfg.stats_seed, progress=cfg.progress)
+    write_report(out, bootstrap=cfg.bootstrap, seed=cfg.stats_seed, progress=cfg.progress)
     return True
-
-
-@contextlib.contextmanager
-def _report_lock(out: str, shard: tuple[int, int]):
-    """One report writer at a time among the shards of a folder (a blocking flock on
-    ``.lock.report``). Why: shards that end together (or a rerun of a finished torchrun
-    command, where every done marker is already there) each write the report; two reports
-    at once in one folder crash, as one removes the other's temporary plot files
-    (tokens_p*.png.tmpPID.png). Serialised, the later writer simply writes it again from
-    the same records. A single-process run takes no lock."""
-    if shard[1] == 1:
-        yield
-        return
-    import fcntl
-
-    fd = os.open(os.path.join(out, ".lock.report"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor drops the flock
 
 
 def _unscored(cfg: RunConfig, out: str, keys: list[tuple]) -> list[tuple[dict, list[str]]]:
