@@ -224,9 +224,13 @@ def test_killed_rank_resumes_and_the_merge_still_matches(reference, tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("accelerate") is None or shutil.which("accelerate", path=BIN) is None,
                     reason="accelerate is not installed in this environment (pip install accelerate to run it)")
 def test_accelerate_launch_two_cpu_processes(reference, tmp_path):
+    """accelerate's --cpu always takes its one-process launcher (accelerate 1.16
+    launch_command: a CPU run with --num_processes 2 made one process and 8 records);
+    --multi_gpu is its torch.distributed.run launcher, which sets RANK and WORLD_SIZE, and
+    on a machine without CUDA the runner puts each rank on the CPU."""
     out = tmp_path / "accelerate"
     start = time.perf_counter()
-    text = _wait(_popen([shutil.which("accelerate", path=BIN), "launch", "--num_processes", "2", "--cpu",
+    text = _wait(_popen([shutil.which("accelerate", path=BIN), "launch", "--num_processes", "2", "--multi_gpu",
                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                          "-m", "sinkattn", "run", "--out", str(out), *ARGS], out, _env()))
     print(f"accelerate launch, 2 processes: {time.perf_counter() - start:.1f} s")
