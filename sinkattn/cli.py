@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu: drawn on the CPU from the seed (the same on every device); original: a "
                         "torch.Generator on the pipeline's device handed to the pipeline, as the original study "
                         "(its latents on CUDA only)")
+    g.add_argument("--num-frames", type=int, default=S,
+                   help="video families (wan-t2v): frames per video, saved as a GIF beside the first frame's PNG")
     g.add_argument("--tiny-blocks", type=int, default=S,
                    help="--model tiny (SD3, SD3.5): joint blocks; 24 gives SD3-medium's layer indices")
     g = r.add_argument_group("prompts and seeds")
@@ -205,6 +207,7 @@ def _preset_values() -> dict:
     values["fixed"] = "none" if group.fixed == [None] else group.fixed
     values["scheduler"] = "default"
     values["tiny_blocks"] = "2"
+    values["num_frames"] = "1"
     values["metric_arch"] = {name: o["arch"] for name, o in cfg.metric_options.items() if "arch" in o}
     return values
 
@@ -235,7 +238,7 @@ def config_from_args(args: argparse.Namespace):
     for name in ("out", "model", "family", "dtype", "device", "steps", "guidance", "height", "width",
                  "max_sequence_length", "prompts", "limit", "seed_base", "seeds_per_prompt", "metric_batch_size",
                  "untrained_metrics", "trace", "trace_top", "bootstrap", "stats_seed", "shard", "report", "progress",
-                 "latents", "seed_scheme", "tiny_blocks"):
+                 "latents", "seed_scheme", "tiny_blocks", "num_frames"):
         if name in given:
             overrides[name] = given[name]
     if "scheduler" in given:

@@ -45,7 +45,7 @@ SCHEDULERS = (None, "euler", "dpm++")
 # Fields of RunConfig that change what an image is: a run folder holds one value of each.
 GENERATION_FIELDS = ("model", "family", "dtype", "steps", "guidance", "height", "width",
                      "max_sequence_length", "seed_base", "prompts", "latents", "seed_scheme", "scheduler",
-                     "tiny_blocks")
+                     "tiny_blocks", "num_frames")
 
 
 def _fmt_num(x: float) -> str:
@@ -371,6 +371,7 @@ class RunConfig:
     max_sequence_length: int = 16
     scheduler: str | None = None        # None: the model's own; "euler" / "dpm++": as the original's E2/FID runs
     tiny_blocks: int | None = None      # model "tiny", SD3/SD3.5: joint blocks (None: 2; 24 = SD3-medium's count)
+    num_frames: int | None = None       # video families (wan-t2v): frames per video (None: 1); others ignore it
     # prompts and seeds: prompt i (its index in the source) uses seed seed_base + i, and its
     # extra replicates seed_base + i + r * 1_000_000 (seed_scheme "prompt"); with
     # seed_scheme "shared" every prompt uses seed_base and prompt i starts from the i-th
@@ -414,6 +415,8 @@ class RunConfig:
         model_family(self.family)  # ValueError naming the families (sd3, sdxl, flux, ...)
         if self.tiny_blocks is not None and (isinstance(self.tiny_blocks, bool) or int(self.tiny_blocks) < 1):
             raise ValueError(f"tiny_blocks must be >= 1, got {self.tiny_blocks!r}")
+        if self.num_frames is not None and (isinstance(self.num_frames, bool) or int(self.num_frames) < 1):
+            raise ValueError(f"num_frames must be >= 1, got {self.num_frames!r}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -284,7 +284,7 @@ class Generator:
         return segments
 
     def __call__(self, prompt: str, seed: int, latents: torch.Tensor | None, draw: int = 0):
-        """One image (a video: its first frame), as a PIL image."""
+        """One image (a video: its first frame; ``last_frames`` then holds every frame), as a PIL image."""
         kwargs = dict(prompt=prompt, height=self.height, width=self.width, num_inference_steps=self.steps,
                       generator=self.generator(seed, draw if latents is None else 0), output_type="pil",
                       **self.spec.call_arguments(self.guidance, **self._options()))
@@ -292,4 +292,8 @@ class Generator:
             kwargs["latents"] = latents.clone()
         with torch.inference_mode():
             first = getattr(self.pipe(**kwargs), self.spec.output)[0]
-        return first[0] if self.spec.output == "frames" else first
+        if self.spec.output != "frames":
+            self.last_frames = None
+            return first
+        self.last_frames = list(first)  # every frame of the video (the runner saves them as a GIF)
+        return self.last_frames[0]

@@ -169,6 +169,13 @@ def _processor_seed(seed: int, condition: str) -> int:
     return zlib.crc32(f"{seed}|{condition}".encode()) & 0x7FFFFFFF
 
 
+def _gif_bytes(frames, fps: int = 8) -> bytes:
+    """A video's frames as an animated GIF (Pillow: no video package needed)."""
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=1000 // fps, loop=0)
+    return buf.getvalue()
+
+
 def _png_bytes(image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -406,7 +413,7 @@ def _load(cfg: RunConfig, device: str):
     pipe = load_pipeline(cfg.model, cfg.family, cfg.dtype, device, tiny_blocks=cfg.tiny_blocks)
     set_scheduler(pipe, cfg.scheduler)
     return pipe, Generator(pipe, cfg.family, cfg.steps, cfg.guidance, cfg.height, cfg.width,
-                           cfg.max_sequence_length, device, latents=cfg.latents)
+                           cfg.max_sequence_length, device, latents=cfg.latents, num_frames=cfg.num_frames)
 
 
 def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device) -> int:
@@ -437,6 +444,7 @@ def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device
         draw = cfg.draw_index(prompt_id)
         latents = gen.latents(seed, draw)
         made = []  # (condition, image, seconds)
+        videos = {}  # condition name -> its GIF (video families)
         baseline_path = os.path.join(out, image_relpath("baseline", prompt_id, seed))
         trace = None
         baseline_image = None
@@ -469,6 +477,10 @@ def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device
             data = _png_bytes(image)
             rel = image_relpath(c.name, prompt_id, seed)
             atomic_write_bytes(os.path.join(out, rel), data)
+            frames = getattr(gen, "last_frames", None)
+            if frames and len(frames) > 1:  # a video: every frame beside the first frame's PNG (scored)
+                videos[c.name] = rel[:-len(".png")] + ".gif"
+                atomic_write_bytes(os.path.join(out, videos[c.name]), _gif_bytes(frames))
             made.append((c, image, seconds, rel, hashlib.sha256(data).hexdigest()))
             bar.update(1)
         if baseline_image is None:
@@ -491,6 +503,7 @@ def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device
                 "condition": c.name, "control": c.control, "k": c.k if c.control != "baseline" else 0,
                 "top_k": c.top_k, "condition_spec": c.spec(),
                 "image": rel, "image_sha256": digest, "width": image.width, "height": image.height,
+                "video": videos.get(c.name),
                 "metrics": {name: values[name][i] for name in values},
                 "metric_errors": {name: err for name, err in errors.items() if err is not None},
                 "untrained_metrics": bool(scorers.untrained) if scorers is not None else False,

@@ -69,3 +69,20 @@ def test_unknown_family_and_tiny_blocks_are_refused():
         load_pipeline("tiny", "flux", "float32", "cpu", tiny_blocks=4)
     pipe = load_pipeline("tiny", "sd35-medium", "float32", "cpu", tiny_blocks=3)
     assert len(pipe.transformer.transformer_blocks) == 3
+
+
+def test_video_family_saves_every_frame(tmp_path):
+    """--num-frames on a video family (wan-t2v): the first frame is the scored PNG, every
+    frame goes to a GIF beside it, named in the record; 5 frames are 2 latent frames."""
+    out = tmp_path / "video"
+    cfg = _config("wan-t2v", out).merged({"num_frames": 5, "trace": False})
+    assert run(cfg).written == 2
+    for r in read_records(str(out / "results.jsonl")):
+        assert r["video"] == r["image"][:-len(".png")] + ".gif"
+        with Image.open(out / r["video"]) as gif, Image.open(out / r["image"]) as png:
+            assert gif.n_frames == 5 and gif.size == png.size == (SIZE, SIZE)
+    with pytest.raises(ValueError, match="num_frames must be >= 1"):
+        _config("wan-t2v", out).merged({"num_frames": 0})
+    image_run = tmp_path / "image"
+    run(_config("sd3", image_run).merged({"num_frames": 5}))  # an image family ignores it
+    assert all(r["video"] is None for r in read_records(str(image_run / "results.jsonl")))
