@@ -188,6 +188,7 @@ class SinkTracer:
         self._prompt: str | None = None
         self._negative: str = ""
         self._cfg: bool | None = None
+        self._passes: tuple[str, ...] | None = None
         self._token_cache: dict = {}
         self._checked_text: set[int] = set()
         self._step_key = None
@@ -204,17 +205,20 @@ class SinkTracer:
 
     # -- the runner's side ----------------------------------------------------------------
     def begin(self, prompt_id=None, prompt: str | None = None, negative_prompt: str | None = None,
-              cfg: bool | None = None, **meta) -> None:
+              cfg: bool | None = None, passes: tuple[str, ...] | None = None, **meta) -> None:
         """Start a new prompt (call it before each generation): rows from now on carry
         ``prompt_id`` and ``meta``; ``prompt`` gives the text keys of the conditional rows
         their token strings and is required when the tracer has a tokenizer;
         ``negative_prompt`` (default "") names the unconditional rows' text keys; ``cfg``:
-        True/False whether the batch holds [uncond, cond] halves (None: when it is even)."""
+        True/False whether the batch holds [uncond, cond] halves (None: when it is even);
+        ``passes``: for pipelines that run the guidance branches as separate forwards of one
+        step (Wan, Qwen-Image: ("cond", "uncond")), the branch of each forward in order."""
         self.flush()
         self._meta = {"prompt_id": prompt_id, **meta}
         self._prompt = prompt
         self._negative = negative_prompt or ""
         self._cfg = cfg
+        self._passes = tuple(passes) if passes else None
         self._token_cache = {}
         self._seen_layers = set()
         self._forward = -1
@@ -388,7 +392,9 @@ class SinkTracer:
         self._images.append(self._image_of(calls, host))
         self._parts.append(self._image_no)
 
-    def _branches(self, batch: int) -> tuple[list[str], list[int]]:
+    def _branches(self, batch: int, forward: int = 0) -> tuple[list[str], list[int]]:
+        if self._passes is not None:  # one branch per forward of the step
+            return [self._passes[min(forward, len(self._passes) - 1)]] * batch, list(range(batch))
         cfg = self._cfg if self._cfg is not None else (batch % 2 == 0)
         if cfg and batch % 2 == 0:
             half = batch // 2
@@ -409,7 +415,7 @@ class SinkTracer:
             block = host[c.offset: c.offset + rows * c.width].reshape(rows, c.width)
             for j, name in enumerate(_COLUMNS):
                 cols[name].append(block[:, j])
-            labels, samples = self._branches(c.batch)
+            labels, samples = self._branches(c.batch, c.forward)
             ints["batch"].append(np.repeat(np.arange(c.batch, dtype=np.int16), c.heads + 1))
             ints["sample"].append(np.repeat(np.asarray(samples, dtype=np.int16), c.heads + 1))
             ints["head"].append(np.tile(np.r_[np.arange(c.heads), HEAD_MEAN].astype(np.int16), c.batch))

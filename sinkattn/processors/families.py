@@ -558,6 +558,9 @@ class ModelFamily:
     prompt_text(pipe, prompt): the text the pipeline tokenizes (PixArt lower-cases, Wan cleans).
     prompt_template: (pipeline attribute of the chat template, of the number of its leading
         tokens the pipeline drops) (Qwen-Image).
+    guidance_passes: the branch of each denoiser forward of one step when the pipeline runs
+        classifier-free guidance as separate forwards (Wan, Qwen-Image: cond, then uncond);
+        None when it batches [uncond, cond] in one forward.
     """
 
     name: str
@@ -573,6 +576,7 @@ class ModelFamily:
     layout: str = "patched"
     prompt_text: Callable[[Any, str], str] = _identity_prompt
     prompt_template: tuple[str, str] | None = None
+    guidance_passes: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -684,12 +688,14 @@ MODEL_FAMILIES = {
     "qwen-image": ModelFamily("qwen-image", "QwenImagePipeline", "transformer", "Qwen/Qwen-Image",
                               tokenizers=(("tokenizer", None),), tiny="tiny_qwenimage_pipeline",
                               call_kwargs=(("negative_prompt", " "),), guidance="true_cfg_scale", layout="packed",
-                              prompt_template=("prompt_template_encode", "prompt_template_encode_start_idx")),
+                              prompt_template=("prompt_template_encode", "prompt_template_encode_start_idx"),
+                              guidance_passes=("cond", "uncond")),
     # Text zero-padded to max_sequence_length (no mask); the token grid is (latent frames, rows, cols).
     "wan-t2v": ModelFamily("wan-t2v", "WanPipeline", "transformer", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
                            tokenizers=(("tokenizer", "max_sequence_length"),),
                            call_options=("max_sequence_length", "num_frames"), tiny="tiny_wan_pipeline",
-                           output="frames", layout="video", prompt_text=_wan_prompt),
+                           output="frames", layout="video", prompt_text=_wan_prompt,
+                           guidance_passes=("cond", "uncond")),
 }
 
 

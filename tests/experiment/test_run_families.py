@@ -86,3 +86,17 @@ def test_video_family_saves_every_frame(tmp_path):
     image_run = tmp_path / "image"
     run(_config("sd3", image_run).merged({"num_frames": 5}))  # an image family ignores it
     assert all(r["video"] is None for r in read_records(str(image_run / "results.jsonl")))
+
+
+@pytest.mark.parametrize("name", [n for n, f in MODEL_FAMILIES.items() if f.guidance_passes])
+def test_separate_guidance_forwards_are_labelled(tmp_path, name):
+    """Wan and Qwen-Image run the guidance branches as separate forwards of a step (cond,
+    then uncond): the atlas labels each forward's rows with its branch, not both "cond"."""
+    from sinkattn.experiment.atlas import read_atlas
+
+    out = tmp_path / "run"
+    run(_config(name, out))
+    heads = read_atlas(str(out))
+    by_branch = heads.groupby("branch")["forward"].unique()
+    assert set(by_branch.index) == {"cond", "uncond"}
+    assert list(by_branch["cond"]) == [0] and list(by_branch["uncond"]) == [1]
