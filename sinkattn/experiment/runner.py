@@ -306,6 +306,10 @@ def _run(p: Plan, stores: dict) -> RunResult:
               f"{len(pending)} to make")
     scorers = None
     if pending:
+        # an earlier run's done marker no longer holds: without this, another shard that
+        # finishes first would take this one as done and write the report without its records
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out, f"done{shard_suffix(shard)}"))
         if gen is None:
             _, gen = _load(cfg, device)
         scorers = _Scorers(cfg, device) if image_metrics(cfg) else None

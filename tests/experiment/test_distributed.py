@@ -236,3 +236,29 @@ def test_accelerate_launch_two_cpu_processes(reference, tmp_path):
     print(f"accelerate launch, 2 processes: {time.perf_counter() - start:.1f} s")
     assert text.count("new records, 0 already there") == 2, text
     _check_sharded(out, reference)
+
+
+def test_a_shard_with_work_to_do_withdraws_its_done_marker(tmp_path, monkeypatch):
+    """A rerun that adds conditions: a shard with new work removes its earlier done marker
+    before it generates, so a faster shard cannot take it as done and write the report
+    without its records; the marker is back when it finishes."""
+    from sinkattn.experiment import runner
+
+    out = tmp_path / "rerun"
+    base = {"out": str(out), "limit": 2, "steps": 2, "metrics": [], "trace": False, "progress": False,
+            "conditions": [{"label": "sink", "controls": ["sink"], "k": [1]}]}
+    for index in (0, 1):
+        runner.run(preset_config("tiny").merged(dict(base, shard=[index, 2])))
+    marker = out / "done.shard-1-of-2"
+    assert marker.exists() and (out / "summary.json").exists()
+    seen = []
+    generate = runner._generate
+
+    def watched(*args, **kwargs):
+        seen.append(marker.exists())
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_generate", watched)
+    more = dict(base, shard=[1, 2], conditions=[{"label": "sink", "controls": ["sink", "bottom"], "k": [1]}])
+    result = runner.run(preset_config("tiny").merged(more))
+    assert seen == [False] and result.written == 1 and marker.exists()
