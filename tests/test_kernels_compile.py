@@ -124,9 +124,9 @@ def _one_tile_boundary_variants():
         config = launch.short_config(admitted[-1], dim, dim_v, settings)
         blocks = dict(BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], **_dims(dim, dim_v),
                       DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
-        name = f"short-boundary-{dtype}-d{dim}-dv{dim_v}"
-        yield name + "-mass-out", dict(Q=dtype, K=dtype, V=dtype, OUT=dtype, PARTIAL="fp32"), {**blocks, "HAS_OUT": True}
-        yield name + "-top1", dict(Q=dtype, K=dtype, V=dtype, OUT=dtype, PARTIAL="fp32", MASS="fp32", RANK=None,
+        name = f"boundary-{dtype}-d{dim}-dv{dim_v}"
+        yield "short-mass-" + name, dict(Q=dtype, K=dtype, V=dtype, OUT=dtype, PARTIAL="fp32"), {**blocks, "HAS_OUT": True}
+        yield "short-top1-" + name, dict(Q=dtype, K=dtype, V=dtype, OUT=dtype, PARTIAL="fp32", MASS="fp32", RANK=None,
                                    SINKS="i64"), {
             **blocks, "BLOCK_T": 16, "WEIGHT_ON_VALUE": False, "FOLD_SCALE": True, "SELECT": True,
             "HAS_SINKS": False, "RANK_IS_MASS": True, "LARGEST": True}
@@ -151,11 +151,8 @@ def _variants():
     for group in (_forward_variants(), _key_mass_variants(), _short_variants(), _one_tile_boundary_variants(),
                   _fallback_variants()):
         for name, pointers, constexprs in group:
-            if name.startswith("short-boundary"):
-                kernel = short_mass_kernel if name.endswith("mass-out") else short_attention_kernel
-            else:
-                kernel = next(k for prefix, k in sorted(kernels.items(), key=lambda kv: -len(kv[0]))
-                              if name.startswith(prefix))
+            kernel = next(k for prefix, k in sorted(kernels.items(), key=lambda kv: -len(kv[0]))
+                          if name.startswith(prefix))
             yield name, kernel, pointers, constexprs
 
 
@@ -165,8 +162,8 @@ VARIANTS = [
     "key-mass-random-head", "key-mass-random-shared",
     "short-mass", "short-mass-out", "short-plain", "short-sinks-value", "short-top1", "short-random",
     "correction", "flagged-tiles",
-    *(f"short-boundary-{dtype}-d{dim}-dv{dim_v}-{kernel}" for dtype, dim, dim_v in ONE_TILE_BOUNDARY
-      for kernel in ("mass-out", "top1")),
+    *(f"{kernel}-boundary-{dtype}-d{dim}-dv{dim_v}" for dtype, dim, dim_v in ONE_TILE_BOUNDARY
+      for kernel in ("short-mass", "short-top1")),
 ]
 
 
