@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import os
 import sys
 import warnings
 
@@ -313,8 +312,6 @@ def _main(args) -> int:
         if args.command == "report":
             from .experiment.report import write_report
 
-            if args.fid_calibration is not None and not os.path.isdir(args.fid_calibration):
-                raise ValueError(f"--fid-calibration {args.fid_calibration}: not a folder")
             summary = write_report(args.run_dir, bootstrap=args.bootstrap, seed=args.stats_seed, fid=args.fid,
                                    fid_calibration=args.fid_calibration)
             print(f"sinkattn report: {summary['records']} records -> {args.run_dir}/summary.md, "

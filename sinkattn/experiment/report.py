@@ -3,8 +3,6 @@ summary.json, summary.md and plots/*.png."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import time
@@ -14,7 +12,7 @@ from collections import Counter
 from . import atlas, plots
 from .html_report import write_html_report
 from .stats import E1_TAG_WORDS, paired_deltas, paired_test, random_control_deltas, series, summarize
-from .store import atomic_write_text, merged_records, record_key, results_files
+from .store import FolderLock, atomic_write_text, merged_records, record_key, results_files
 
 __all__ = ["ReportWarning", "write_report", "dose_table"]
 
@@ -69,18 +67,10 @@ def write_report(run_dir: str, bootstrap: int | None = None, seed: int | None = 
     run_dir = os.path.abspath(run_dir)
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"{run_dir}: no such run folder")
-    with _report_lock(run_dir):
+    if fid_calibration is not None and not os.path.isdir(fid_calibration):
+        raise ValueError(f"--fid-calibration {fid_calibration}: not a folder")
+    with FolderLock(os.path.join(run_dir, ".lock.report"), blocking=True):
         return _write_report(run_dir, bootstrap, seed, progress, fid, fid_calibration)
-
-
-@contextlib.contextmanager
-def _report_lock(run_dir: str):
-    fd = os.open(os.path.join(run_dir, ".lock.report"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor drops the flock
 
 
 def _write_report(run_dir, bootstrap, seed, progress, fid, fid_calibration) -> dict:

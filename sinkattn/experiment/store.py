@@ -282,7 +282,7 @@ class FolderBusy(RuntimeError):
 
 
 class FolderLock:
-    """An exclusive, non-blocking flock on ``path``, held until :meth:`release` (or the
+    """An exclusive flock on ``path`` (non-blocking unless ``blocking``), held until :meth:`release` (or the
     process ends: the kernel drops a dead holder's lock, so a killed run never leaves a
     stale lock). Why: two processes appending to one results file would make every image
     twice; the second one must stop at once and say who holds the folder. The file keeps
@@ -290,14 +290,15 @@ class FolderLock:
     (removing it would let a third process lock a different file of the same name).
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, blocking: bool = False):
         self.path = path
+        self.blocking = blocking  # wait for the holder instead of raising FolderBusy
         self._fd = None
 
     def acquire(self) -> "FolderLock":
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if self.blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _holder(os.read(fd, 4096))
             os.close(fd)
