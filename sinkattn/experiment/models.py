@@ -210,7 +210,6 @@ class Generator:
         self.device = device
         self.mode = latents
         self.denoiser = getattr(pipe, self.spec.denoiser)
-        self.channels = self.denoiser.config.in_channels
         self.dtype = self.denoiser.dtype
 
     def heads_for(self, layers=None) -> int:
@@ -264,6 +263,14 @@ class Generator:
         (of one frame: a video's frames share the grid; see :meth:`grid`)."""
         grid = self.grid()
         return grid.rows, grid.cols
+
+    def guidance_branches(self) -> dict:
+        """SinkTracer.begin's description of the guidance branches of this family's calls: the
+        negative prompt the pipeline is given (the family's, else ""), whether classifier-free
+        guidance runs, and for pipelines that run its branches as separate forwards, their order."""
+        guided = self.guidance > 1
+        return {"negative_prompt": dict(self.spec.call_kwargs).get("negative_prompt", ""), "cfg": guided,
+                "passes": self.spec.guidance_passes if guided else None}
 
     def tracer_tokenizers(self):
         """SinkTracer's ``tokenizer=``: the family's text segments in key order as

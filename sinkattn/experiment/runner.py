@@ -458,10 +458,7 @@ def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device
                 if cfg.trace:
                     tracer = SinkTracer(tokenizer=gen.tracer_tokenizers(), top=cfg.trace_top, grid=grid)
                     with intervene(gen.pipe, SinkSuppressProcessor(k=0, tracer=tracer)):
-                        tracer.begin(prompt_id=prompt_id, prompt=prompt.text, seed=seed,
-                                     negative_prompt=dict(gen.spec.call_kwargs).get("negative_prompt", ""),
-                                     cfg=gen.guidance > 1,
-                                     passes=gen.spec.guidance_passes if gen.guidance > 1 else None)
+                        tracer.begin(prompt_id=prompt_id, prompt=prompt.text, seed=seed, **gen.guidance_branches())
                         image = gen(prompt.text, seed, latents, draw)
                     traced = tracer.finish_image()
                     if traced is not None:
