@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "probability by eta and renormalises the rest (the original's prob_scale)")
     g.add_argument("--value-target", type=_csv(str), default=S,
                    help=f"of {','.join(VALUE_TARGETS)}: value path v <- eta v + (1 - eta) target (mean with eta: "
-                        "the original's lerp)")
+                        "the original's lerp; noise: N(0, 0.1^2) per key and channel, seeded per image and condition)")
     g.add_argument("--fixed", default=S,
                    help='keys intervened instead of selected, "RANGE:INDEX" (e.g. text:0, the first text token; '
                         '"none"); sets separated by ";"')

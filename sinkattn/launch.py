@@ -256,13 +256,15 @@ def key_mass(q: Tensor, k: Tensor, lse: Tensor, scale: float, rows: tuple[int, i
     return mass if selection is None else (mass, sinks)
 
 
-def _without_duplicates(sinks: Tensor) -> Tensor:
-    """(B, H, t) int64, contiguous, with repeated indices of a row replaced by -1 (an
-    intervened set counts each key once)."""
-    ordered = sinks.sort(dim=-1).values
+def _without_duplicates(sinks: Tensor, return_order: bool = False):
+    """(B, H, t) int64, contiguous, sorted, with repeated indices of a row replaced by -1 (an
+    intervened set counts each key once; the first listed is the one kept). With
+    ``return_order``, also the (B, H, t) positions in ``sinks`` of the sorted entries."""
+    ordered, order = sinks.sort(dim=-1, stable=True)
     repeated = torch.zeros_like(ordered, dtype=torch.bool)
     repeated[..., 1:] = ordered[..., 1:] == ordered[..., :-1]
-    return ordered.masked_fill(repeated, -1).contiguous()
+    unique = ordered.masked_fill(repeated, -1).contiguous()
+    return (unique, order) if return_order else unique
 
 
 def correct(q: Tensor, k: Tensor, v: Tensor, out32: Tensor, lse: Tensor, sinks: Tensor, eta: float,

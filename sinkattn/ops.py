@@ -25,7 +25,7 @@ from torch import Tensor
 
 from . import reference
 from .reference import SinkAttentionResult, as_generator
-from .selection import control_of, per_head, random_keys, random_uniforms, ranked
+from .selection import control_of, per_head, random_keys, random_uniforms, ranked, value_noise
 from .settings import current as current_settings
 from .validation import check_call
 
@@ -89,8 +89,9 @@ def sink_attention(
     generator: torch.Generator | int | None = None,
     return_mass: bool | None = None,
     eta_mode: str = "logit",
-    value_target: str = "zero",
+    value_target: str | Tensor = "zero",
     attn_mask: Tensor | None = None,
+    value_noise_std: float = 0.1,
 ) -> SinkAttentionResult:
     """Attention that finds the keys with the most attention mass and suppresses them.
 
@@ -111,8 +112,14 @@ def sink_attention(
         eta_mode: "logit" (logits += log(eta): the row renormalised) or "prob" (the original
             study's prob_scale: p_j -> eta p_j, the other keys scaled by (1 - eta P_J) /
             (1 - P_J), P_J the row's selected mass). The two agree at eta 0 and 1.
-        value_target: "zero" or "mean" (the head's mean value vector over all keys): the
-            value path's v_j <- eta v_j + (1 - eta) target.
+        value_target: the value path's v_j <- eta v_j + (1 - eta) target_j, with target_j
+            "zero", "mean" (the head's mean value vector over all keys), "noise" (Gaussian,
+            std ``value_noise_std``, drawn per (b, h, selected key, channel) from
+            ``generator`` after the random control's draw: the original study's value noise,
+            seeded here), or a (B, H, top_k, Dv) tensor: one vector per selected key, in
+            selection order (a key listed twice takes its first). Noise and vectors need a
+            key control.
+        value_noise_std: the noise target's standard deviation (the original's 0.1).
         attn_mask: None, or a boolean (True = keep) or additive mask broadcastable to
             (B, H, Nq, Nk), as in SDPA. Probabilities, mass and selection are those of the
             masked attention; keys masked for every mass query are never selected. Masked
@@ -130,7 +137,7 @@ def sink_attention(
         of the unintervened attention or None, sinks int64 (B, H, top_k) or (B, top_k)).
     """
     call = check_call(q, k, v, top_k, path, select, control, eta, mass_queries, candidates,
-                      apply_queries, sinks, scale, return_mass, eta_mode, value_target, attn_mask)
+                      apply_queries, sinks, scale, return_mass, eta_mode, value_target, attn_mask, value_noise_std)
     generator = as_generator(generator)
     if q.dtype == torch.float64 or not kernels_available(q.device) or attn_mask is not None:
         if attn_mask is not None:
@@ -142,7 +149,7 @@ def sink_attention(
             eta=call.eta, mass_queries=call.mass_rows, candidates=call.candidates,
             apply_queries=call.apply_rows, sinks=call.sinks, scale=call.scale,
             generator=generator, return_mass=call.want_mass, eta_mode=call.eta_mode,
-            value_target=call.value_target, attn_mask=attn_mask,
+            value_target=call.value_target, attn_mask=attn_mask, value_noise_std=call.value_noise_std,
         )
     explicit, uniform = call.sinks, None
     if explicit is None and call.top_k > 0 and control_of(call.control).rank == "uniform":
@@ -151,6 +158,7 @@ def sink_attention(
             uniform = random_uniforms(groups, call.candidates, generator, q.device)
         else:
             explicit = random_keys(groups, call.top_k, call.candidates, generator, q.device)
+    value_target, vectors = _value_vectors(call, q, v, generator)
     # Eager calls skip the dispatcher: on the H200 machine's host a plain SDXL cross-attention
     # call took 364 us through the op and 115 us without it (probe1, in git: benchmarks/probes/README.md).
     # Anything that traces (torch.compile, export, fake or dispatch modes, tensor subclasses)
@@ -160,13 +168,28 @@ def sink_attention(
         out, mass, chosen = torch.ops.sinkattn.sink_attention(
             q, k, v, explicit, uniform, call.top_k, call.path, call.select, call.control, call.eta,
             list(call.mass_rows), list(call.candidates), list(call.apply_rows), call.scale, call.want_mass,
-            call.eta_mode, call.value_target)
+            call.eta_mode, value_target, vectors)
     else:
         out, mass, chosen = _run_kernels(
             q, k, v, explicit, uniform, call.top_k, call.path, call.select, call.control, call.eta,
             call.mass_rows, call.candidates, call.apply_rows, call.scale, call.want_mass,
-            call.eta_mode, call.value_target)
+            call.eta_mode, value_target, vectors)
     return SinkAttentionResult(out, mass if call.want_mass else None, chosen)
+
+
+def _value_vectors(call, q: Tensor, v: Tensor, generator) -> tuple[str, Tensor | None]:
+    """The value target as the kernels take it: "zero", "mean", or "vectors" with the
+    (B, H, top_k, Dv) replacement vectors (given, or the noise target drawn here: only when
+    the value path is on and keys are selected, as the reference draws it)."""
+    target = call.value_target
+    if isinstance(target, Tensor):
+        return "vectors", target
+    if target != "noise":
+        return target, None
+    if call.path not in ("value", "both") or call.top_k == 0:
+        return "zero", None
+    shape = (q.shape[0], q.shape[1], call.top_k, v.shape[-1])
+    return "vectors", value_noise(shape, call.value_noise_std, generator, q.device)
 
 
 def _needs_grad(*tensors: Tensor) -> bool:
@@ -181,10 +204,11 @@ def _traced(*tensors: Tensor) -> bool:
 def _run_kernels(
     q: Tensor, k: Tensor, v: Tensor, sinks: Tensor | None, uniform: Tensor | None, top_k: int, path: str,
     select: str, control: str, eta: float, mass_rows: list[int], candidates: list[int], apply_rows: list[int],
-    scale: float, want_mass: bool, eta_mode: str, value_target: str,
+    scale: float, want_mass: bool, eta_mode: str, value_target: str, vectors: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The kernel pipeline. ``sinks``: explicit keys; ``uniform`` (groups, candidates) float32:
-    the random control's draws for its top-1 (the smallest wins)."""
+    the random control's draws for its top-1 (the smallest wins); ``vectors``: the value
+    target's (B, H, top_k, Dv) replacement vectors when ``value_target`` is "vectors"."""
     from . import launch
 
     settings = current_settings()
@@ -225,7 +249,7 @@ def _run_kernels(
         return _query_effect(out, v, per_head(chosen, heads), rule.effect, eta, value_target, q.dtype), mass, chosen
     heads_sinks = heads_keys if heads_keys is not None else per_head(chosen, heads)
     if blend:
-        return _blend(q, k, v, out, lse, heads_sinks, path, eta, eta_mode, value_target, apply_rows,
+        return _blend(q, k, v, out, lse, heads_sinks, path, eta, eta_mode, value_target, vectors, apply_rows,
                       scale, counters, may_repeat=sinks is not None), mass, chosen
     if settings.route == "masked":
         corrected, _ = launch.attention(q, k, v, scale, out_dtype=q.dtype, sinks=heads_sinks, eta=eta, path=path,
@@ -300,29 +324,36 @@ def _query_effect(out32: Tensor, v: Tensor, rows: Tensor, effect: str, eta: floa
 
 def _needs_blend(path: str, eta: float, eta_mode: str, value_target: str) -> bool:
     """The interventions that the correction kernel and masked pass do not apply directly:
-    the prob rule, score and value together, and a mean value target (each with 0 < eta < 1,
+    the prob rule, score and value together, and a mean or per-key value target (each with 0 < eta < 1,
     or eta = 0 for the mean target on the value path; at eta = 0 the prob rule and "both"
     are the score path, at eta = 1 every rule is plain attention)."""
     if eta == 1.0:
         return False
     on_scores = path in ("score", "both")
     on_values = path in ("value", "both")
-    return ((on_values and value_target == "mean") or (eta > 0 and path == "both")
+    return ((on_values and value_target != "zero") or (eta > 0 and path == "both")
             or (eta > 0 and on_scores and eta_mode == "prob"))
 
 
-def _blend(q, k, v, out32, lse, sinks, path, eta, eta_mode, value_target, apply_rows, scale, counters, may_repeat):
+def _blend(q, k, v, out32, lse, sinks, path, eta, eta_mode, value_target, vectors, apply_rows, scale, counters,
+           may_repeat):
     """Every intervention from three exact pieces per row: O_rest, the attention over the keys
     that are not selected (the score path at eta 0, on the correction route with its masked
     fallback, so it stays exact when the selected keys hold nearly all the mass: no
     difference of two near-equal outputs is ever taken); P, the
     selected keys' unintervened mass; and R = sum_J p_j v_j (O(Nq * |J| * D)). With P' the
     selected keys' share after the score rule (P' = P without one),
-        O' = (1 - P') O_rest + (P' / P) (eta_v R + (1 - eta_v) P target),
-    eta_v = eta on the value path (1 without it), target 0 or the head's mean value."""
+        O' = (1 - P') O_rest + (P' / P) (eta_v R + (1 - eta_v) T),
+    eta_v = eta on the value path (1 without it), T = sum_J p_j target_j: 0, P times the
+    head's mean value, or p @ the per-key vectors (a repeated key's p is 0 after its first)."""
     from . import launch
 
-    unique = launch._without_duplicates(sinks) if may_repeat else sinks.contiguous()
+    if may_repeat:
+        unique, order = launch._without_duplicates(sinks, return_order=True)
+        if vectors is not None:  # follow the keys into their sorted places
+            vectors = vectors.gather(2, order[..., None].expand(-1, -1, -1, vectors.shape[-1]))
+    else:
+        unique = sinks.contiguous()
     valid = unique >= 0  # (B, H, t)
     index = unique.clamp_min(0)[..., None]
     k_sel = k.gather(2, index.expand(-1, -1, -1, k.shape[-1])).float()
@@ -338,9 +369,14 @@ def _blend(q, k, v, out32, lse, sinks, path, eta, eta_mode, value_target, apply_
     else:
         ratio = torch.full_like(p_sel, eta)
     eta_v = eta if path in ("value", "both") else 1.0
-    target = v.float().mean(dim=2, keepdim=True) if value_target == "mean" else 0.0
+    if value_target == "vectors":
+        target = p @ vectors.to(device=q.device, dtype=torch.float32)
+    elif value_target == "mean":
+        target = p_sel * v.float().mean(dim=2, keepdim=True)
+    else:
+        target = 0.0
     o_rest = _without_selected(q, k, v, out32, lse, unique, apply_rows, scale, counters)
-    new = (1 - ratio * p_sel) * o_rest + ratio * (eta_v * removed + (1 - eta_v) * p_sel * target)
+    new = (1 - ratio * p_sel) * o_rest + ratio * (eta_v * removed + (1 - eta_v) * target)
     rows = torch.arange(q.shape[2], device=q.device)[:, None]
     applied = (rows >= apply_rows[0]) & (rows < apply_rows[1])
     return torch.where(applied, new, out32).to(q.dtype)
@@ -365,7 +401,7 @@ _sink_attention_op = torch.library.custom_op("sinkattn::sink_attention", mutates
 
 @_sink_attention_op.register_fake
 def _(q, k, v, sinks, uniform, top_k, path, select, control, eta, mass_rows, candidates, apply_rows, scale, want_mass,
-      eta_mode, value_target):
+      eta_mode, value_target, vectors):
     batch, heads, n_q, _ = q.shape
     need_mass = want_mass or (sinks is None and uniform is None and top_k > 0 and control_of(control).side == "keys")
     out = q.new_empty((batch, heads, n_q, v.shape[-1]))
@@ -379,8 +415,8 @@ def _(q, k, v, sinks, uniform, top_k, path, select, control, eta, mass_rows, can
 
 
 def _setup_backward(ctx, inputs, output):
-    q, k, v, _, _, _, path, _, _, eta, _, _, apply_rows, scale, _, eta_mode, value_target = inputs
-    ctx.save_for_backward(q, k, v, output[2])
+    q, k, v, _, _, _, path, _, _, eta, _, _, apply_rows, scale, _, eta_mode, value_target, vectors = inputs
+    ctx.save_for_backward(q, k, v, output[2], vectors)
     ctx.intervention = dict(path=path, eta=eta, apply_queries=tuple(apply_rows), scale=scale, eta_mode=eta_mode,
                             value_target=value_target)
     ctx.mark_non_differentiable(output[1], output[2])
@@ -390,13 +426,14 @@ def _backward(ctx, grad_out, _grad_mass, _grad_sinks):
     """Gradients of ``out`` with the selected keys held fixed (a selection has no gradient),
     recomputed through the reference: exact, but it keeps a chunk_size x Nk probability
     block per query chunk for autograd, so it costs Nq x Nk memory (the forward never does)."""
-    q, k, v, chosen = ctx.saved_tensors
+    q, k, v, chosen, vectors = ctx.saved_tensors
+    intervention = dict(ctx.intervention, value_target=vectors if vectors is not None else ctx.intervention["value_target"])
     inputs = [t.detach().requires_grad_(need) for t, need in zip((q, k, v), ctx.needs_input_grad[:3])]
     with torch.enable_grad():
-        out = reference.sink_attention(*inputs, sinks=chosen, return_mass=False, **ctx.intervention).out
+        out = reference.sink_attention(*inputs, sinks=chosen, return_mass=False, **intervention).out
         wanted = [t for t in inputs if t.requires_grad]
         grads = iter(torch.autograd.grad(out, wanted, grad_out))
-    return (*(next(grads) if t.requires_grad else None for t in inputs),) + (None,) * 14
+    return (*(next(grads) if t.requires_grad else None for t in inputs),) + (None,) * 15
 
 
 _sink_attention_op.register_autograd(_backward, setup_context=_setup_backward)

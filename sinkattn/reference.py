@@ -11,6 +11,7 @@ that it never holds more than ``chunk_size * Nk`` scores per (batch, head).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -28,7 +29,10 @@ CONTROLS = ("sink", "random", "bottom", "high_outgoing_query", "high_outgoing_qu
 QUERY_CONTROLS = {"high_outgoing_query": "shift", "high_outgoing_query_ablate": "ablate"}
 QUERY_SHIFT = -65000.0
 ETA_MODES = ("logit", "prob")
-VALUE_TARGETS = ("zero", "mean")
+# The value path's replacement: 0, the head's mean value vector, or Gaussian noise of std
+# ``value_noise_std`` drawn per (b, h, selected key, channel); a tensor (B, H, top_k, Dv)
+# gives one replacement vector per selected key in selection order.
+VALUE_TARGETS = ("zero", "mean", "noise")
 
 
 class SinkAttentionResult(NamedTuple):
@@ -140,6 +144,22 @@ def _select(mass, shape, top_k, select, control, candidates, generator, device, 
     return (order[..., :top_k] + c0).to(device=device, dtype=torch.int64)
 
 
+def _per_key(vectors: Tensor, chosen: Tensor, vc: Tensor, path: str) -> Tensor:
+    """(B, H, Nk, Dv): the replacement vector of every selected key (B, H, top_k, Dv) at its
+    key, zero elsewhere; a key selected twice takes its first vector."""
+    batch, heads, n_k, dv = vc.shape
+    if tuple(vectors.shape) != (batch, heads, chosen.shape[-1], dv):
+        raise ValueError(f"value_target vectors must have shape (B, H, top_k, Dv) = "
+                         f"{(batch, heads, chosen.shape[-1], dv)}, got {tuple(vectors.shape)}")
+    full = torch.zeros_like(vc)
+    if path == "none" or chosen.shape[-1] == 0:
+        return full
+    idx = chosen if chosen.dim() == 3 else chosen[:, None, :].expand(batch, heads, -1)
+    for i in reversed(range(idx.shape[-1])):  # the first listed vector is written last
+        full.scatter_(2, idx[..., i:i + 1, None].expand(-1, -1, -1, dv), vectors[:, :, i:i + 1])
+    return full
+
+
 def _query_control(qc, kc, vc, scale, top_k, select, effect, eta, value_target, mass_rows, path, mass, chunk, dtype,
                    bias=None):
     """The query controls: the top_k mass-query rows by their largest probability (per head,
@@ -184,8 +204,9 @@ def sink_attention(
     chunk_size: int = 1024,
     compute_dtype: torch.dtype | None = None,
     eta_mode: str = "logit",
-    value_target: str = "zero",
+    value_target: str | Tensor = "zero",
     attn_mask: Tensor | None = None,
+    value_noise_std: float = 0.1,
 ) -> SinkAttentionResult:
     """Attention with the top_k keys of largest attention mass suppressed (SPEC section 2).
 
@@ -205,8 +226,11 @@ def sink_attention(
         raise ValueError(f"eta must be in [0, 1], got {eta!r}")
     if eta_mode not in ETA_MODES:
         raise ValueError(f"eta_mode must be one of {ETA_MODES}, got {eta_mode!r}")
-    if value_target not in VALUE_TARGETS:
-        raise ValueError(f"value_target must be one of {VALUE_TARGETS}, got {value_target!r}")
+    vectors = isinstance(value_target, Tensor)
+    if not vectors and value_target not in VALUE_TARGETS:
+        raise ValueError(f"value_target must be one of {VALUE_TARGETS} or a tensor, got {value_target!r}")
+    if not (math.isfinite(float(value_noise_std)) and float(value_noise_std) >= 0):
+        raise ValueError(f"value_noise_std must be a finite number >= 0, got {value_noise_std!r}")
     batch, heads, n_q, dim = q.shape
     n_k = k.shape[2]
     scale = dim**-0.5 if scale is None else float(scale)
@@ -220,6 +244,8 @@ def sink_attention(
             raise ValueError(f"top_k={top_k} does not match sinks.shape[-1]={sinks.shape[-1]}")
     top_k = 1 if top_k is None else int(top_k)
     query_effect = QUERY_CONTROLS.get(control) if sinks is None else None
+    if query_effect and (vectors or value_target == "noise"):
+        raise ValueError("value_target noise or vectors replace selected keys' values: they need a key control")
     pool = mass_rows if query_effect else cand  # query controls pick among the mass queries
     if top_k < 0 or top_k > pool[1] - pool[0]:
         raise ValueError(f"top_k={top_k} must be in [0, {pool[1] - pool[0]}] (the number of candidates)")
@@ -227,6 +253,7 @@ def sink_attention(
     if path in ("score", "both") and float(eta) == 0.0 and removed_per_row >= n_k and not query_effect:
         raise ValueError(f"top_k={top_k} on the score path with eta=0 would remove every key of a row")
 
+    gen = as_generator(generator)
     compute = compute_dtype or (torch.float64 if q.dtype == torch.float64 else torch.float32)
     qc, kc, vc = (t.to(compute) for t in (q, k, v))
     bias = _bias_of(attn_mask, q, k, compute)
@@ -243,7 +270,6 @@ def sink_attention(
         return _query_control(qc, kc, vc, scale, top_k, select, query_effect, float(eta), value_target, mass_rows,
                               path, mass, chunk_size, q.dtype, bias)
     else:
-        gen = as_generator(generator)
         sel_mass = mass if mass is not None else _key_mass(qc, kc, scale, mass_rows, chunk_size, bias)
         masked = _masked_keys(bias, (batch, heads, n_k), mass_rows, select)
         chosen = _select(sel_mass, group_shape, top_k, select, control, cand, gen, q.device, masked)
@@ -256,8 +282,18 @@ def sink_attention(
     on_scores = path in ("score", "both")
     on_values = path in ("value", "both")
     eta = float(eta)
-    # Value path: v_j <- eta v_j + (1 - eta) target, target 0 or the head's mean value vector.
-    target = vc.mean(dim=2, keepdim=True) if value_target == "mean" else torch.zeros_like(vc[:, :, :1])
+    # Value path: v_j <- eta v_j + (1 - eta) target_j, target_j 0, the head's mean value
+    # vector, or the j-th replacement vector (noise is drawn here, after the selection's draw).
+    if not vectors and value_target == "noise" and on_values and chosen.shape[-1] > 0:
+        draw_device = gen.device if gen is not None else q.device
+        value_target = float(value_noise_std) * torch.randn((batch, heads, chosen.shape[-1], v.shape[-1]),
+                                                            generator=gen, device=draw_device)
+    if isinstance(value_target, Tensor):
+        target = _per_key(value_target.to(device=q.device, dtype=compute), chosen, vc, path)
+    elif value_target == "mean":
+        target = vc.mean(dim=2, keepdim=True)
+    else:
+        target = torch.zeros_like(vc[:, :, :1])
     v_new = torch.where(selected[..., None] > 0, eta * vc + (1 - eta) * target, vc) if on_values else vc
     log_weight = torch.log(1 - (1 - eta) * selected)  # eta on the selected keys, 1 elsewhere; -inf at eta = 0
 

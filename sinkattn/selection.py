@@ -70,6 +70,19 @@ def random_uniforms(group_shape, candidates: tuple[int, int], generator, device)
     return uniform
 
 
+def value_noise(shape, std: float, generator, device) -> Tensor:
+    """The value path's noise target: ``std`` times standard normal numbers of ``shape``
+    (B, H, top_k, Dv), float32 on ``device``, drawn as the reference draws them (on the
+    generator's device, or on ``device`` with its default generator when there is none)."""
+    draw_device = generator.device if generator is not None else torch.device(device)
+    noise = torch.randn(shape, generator=generator, device=draw_device).mul_(std)
+    if noise.device != torch.device(device):
+        if noise.device.type == "cpu" and torch.device(device).type == "cuda":
+            noise = noise.pin_memory()
+        noise = noise.to(device, non_blocking=True)
+    return noise
+
+
 def random_keys(group_shape, top_k: int, candidates: tuple[int, int], generator, device) -> Tensor:
     """A uniform draw of top_k distinct candidate keys per group: the first top_k positions
     of a random permutation, taken as the stable argsort of ``random_uniforms``."""

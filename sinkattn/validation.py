@@ -38,7 +38,8 @@ class SinkCall:
     scale: float
     want_mass: bool
     eta_mode: str = "logit"
-    value_target: str = "zero"
+    value_target: str | Tensor = "zero"  # a name, or (B, H, top_k, Dv) replacement vectors
+    value_noise_std: float = 0.1
 
 
 def _check_tensor(name: str, t) -> None:
@@ -109,16 +110,17 @@ def _range_key(rng):
 
 
 def _call_key(q, k, v, top_k, path, select, control, eta, mass_queries, candidates, apply_queries, scale,
-              return_mass, eta_mode, value_target):
+              return_mass, eta_mode, value_target, value_noise_std):
     """What a checked call depends on, or None when the call is checked every time. The
     types of the scalars are part of it (True == 1, but top_k=True is refused)."""
-    if not (type(q) is Tensor and type(k) is Tensor and type(v) is Tensor) or torch.compiler.is_compiling():
+    if (not (type(q) is Tensor and type(k) is Tensor and type(v) is Tensor) or torch.compiler.is_compiling()
+            or isinstance(value_target, Tensor)):
         return None
     try:
         key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype,
                q.device, k.device, v.device, top_k, type(top_k), path, select, control, eta, type(eta),
                _range_key(mass_queries), _range_key(candidates), _range_key(apply_queries), scale, type(scale),
-               return_mass, eta_mode, value_target)
+               return_mass, eta_mode, value_target, value_noise_std, type(value_noise_std))
         hash(key)
     except TypeError:
         return None
@@ -127,7 +129,7 @@ def _call_key(q, k, v, top_k, path, select, control, eta, mass_queries, candidat
 
 def check_call(
     q, k, v, top_k, path, select, control, eta, mass_queries, candidates, apply_queries,
-    sinks, scale, return_mass, eta_mode="logit", value_target="zero", attn_mask=None,
+    sinks, scale, return_mass, eta_mode="logit", value_target="zero", attn_mask=None, value_noise_std=0.1,
 ) -> SinkCall:
     """The checked call (ranges resolved, top_k and scale resolved), or a ValueError or
     TypeError naming the argument. Cached by layout and options unless ``sinks`` or
@@ -135,12 +137,12 @@ def check_call(
     key = None
     if sinks is None and attn_mask is None:
         key = _call_key(q, k, v, top_k, path, select, control, eta, mass_queries, candidates, apply_queries,
-                        scale, return_mass, eta_mode, value_target)
+                        scale, return_mass, eta_mode, value_target, value_noise_std)
         checked = _CHECKED.get(key) if key is not None else None
         if checked is not None:
             return checked
     call = _check(q, k, v, top_k, path, select, control, eta, mass_queries, candidates, apply_queries,
-                  sinks, scale, return_mass, eta_mode, value_target, attn_mask)
+                  sinks, scale, return_mass, eta_mode, value_target, attn_mask, value_noise_std)
     if key is not None:
         if len(_CHECKED) >= _CHECKED_MAX:
             _CHECKED.clear()
@@ -150,7 +152,7 @@ def check_call(
 
 def _check(
     q, k, v, top_k, path, select, control, eta, mass_queries, candidates, apply_queries,
-    sinks, scale, return_mass, eta_mode, value_target, attn_mask,
+    sinks, scale, return_mass, eta_mode, value_target, attn_mask, value_noise_std,
 ) -> SinkCall:
     for name, t in (("q", q), ("k", k), ("v", v)):
         _check_tensor(name, t)
@@ -172,7 +174,12 @@ def _check(
     select = _check_choice("select", select, SELECTS)
     control = _check_choice("control", control, tuple(CONTROLS))
     eta_mode = _check_choice("eta_mode", eta_mode, ETA_MODES)
-    value_target = _check_choice("value_target", value_target, VALUE_TARGETS)
+    vectors = isinstance(value_target, Tensor)
+    if not vectors:
+        value_target = _check_choice("value_target", value_target, VALUE_TARGETS)
+    if (isinstance(value_noise_std, bool) or not isinstance(value_noise_std, (int, float))
+            or not (math.isfinite(value_noise_std) and value_noise_std >= 0)):
+        raise ValueError(f"value_noise_std must be a finite number >= 0, got {value_noise_std!r}")
     if isinstance(eta, bool) or not isinstance(eta, (int, float)):
         raise TypeError(f"eta must be a number in [0, 1], got {eta!r}")
     if not (math.isfinite(eta) and 0.0 <= eta <= 1.0):
@@ -221,6 +228,17 @@ def _check(
     if (path in ("score", "both") and eta == 0.0 and top_k >= n_k and not on_queries
             and _removes_a_whole_row(sinks, n_k)):
         raise ValueError(f"top_k={top_k} on the score path with eta=0 would remove every key of a row (Nk={n_k})")
+    if on_queries and (vectors or value_target == "noise"):
+        raise ValueError(f"value_target={'vectors' if vectors else 'noise'} replaces the selected keys' values: "
+                         f"it needs a key control, not {control!r}")
+    if vectors:
+        if value_target.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"value_target vectors must be floating point, got {value_target.dtype}")
+        want = (batch, heads, top_k, v.shape[-1])
+        if tuple(value_target.shape) != want:
+            raise ValueError(f"value_target vectors must have shape (B, H, top_k, Dv) = {want}, "
+                             f"got {tuple(value_target.shape)}")
+        value_target = value_target.to(device=q.device)
     if return_mass is not None and not isinstance(return_mass, bool):
         raise TypeError(f"return_mass must be a bool or None, got {return_mass!r}")
     plain = top_k == 0 and path != "none"
@@ -229,5 +247,5 @@ def _check(
         top_k=top_k, path=path, select=select, control=control, eta=float(eta),
         mass_rows=mass_rows, candidates=cand, apply_rows=apply_rows, sinks=sinks,
         scale=scale, want_mass=want_mass,
-        eta_mode=eta_mode, value_target=value_target,
+        eta_mode=eta_mode, value_target=value_target, value_noise_std=float(value_noise_std),
     )

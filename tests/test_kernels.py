@@ -553,6 +553,7 @@ def test_correction_flags_rows_whose_kept_mass_vanishes(keys, use_settings, pois
     pytest.param(dict(top_k=0), id="plain"),
     pytest.param(dict(top_k=2, path="score", apply_queries=(5, 30)), id="score-k2"),
     pytest.param(dict(top_k=1, path="value", select="shared", eta=0.3), id="value-shared"),
+    pytest.param(dict(top_k=2, path="value", value_target=torch.ones(1, 2, 2, 64)), id="value-vectors"),
 ])
 def test_gradients_flow_through_the_kernel_path(kw, poisoned):
     """With inputs that require grad, the output carries a grad_fn (issue 13, item 2): the
@@ -602,6 +603,56 @@ def test_every_intervention_matches_reference(kw, route, use_settings, plant_sin
         for extra in (dict(top_k=1), dict(top_k=3, select="shared")):
             res = sink_attention(q, k, v, **kw, **extra)
             check_against_reference(q, k, v, res, out_floor=1e-4 if dtype == torch.float32 else 1e-5, **kw, **extra)
+
+
+@pytest.mark.parametrize("route", ["correction", "masked"])
+@pytest.mark.parametrize("kw", [
+    pytest.param(dict(path="value", eta=0.0), id="value-replace"),
+    pytest.param(dict(path="value", eta=0.5, apply_queries=(10, 60)), id="value-lerp-rows"),
+    pytest.param(dict(path="both", eta=0.4, eta_mode="prob"), id="both-prob"),
+])
+def test_value_vectors_match_reference(kw, route, use_settings, plant_sink, poisoned):
+    """Per-key replacement vectors on the value path (the noise target's form): each selected
+    key's value becomes eta v_j + (1 - eta) target_j, target_j following its key through the
+    blend's sorting, a repeated explicit key taking its first vector; with a planted sink."""
+    from sinkattn import sink_attention
+
+    use_settings(route=route, short_keys=0)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float32):
+        q, k, v = (t.contiguous() for t in diffusers_layout(1, 2, 70, 90, 64, 64, dtype))
+        plant_sink(q, k, 5, heads=[0], strength=10.0)
+        repeats = torch.tensor([[[40, 5, 40], [7, 2, 5]]], device=DEVICE)
+        for extra in (dict(top_k=1), dict(top_k=3, select="shared"), dict(sinks=repeats)):
+            top_k = extra.get("top_k", 3)
+            vectors = torch.randn(1, 2, top_k, 64, generator=gen).to(DEVICE)
+            res = sink_attention(q, k, v, value_target=vectors, **kw, **extra)
+            check_against_reference(q, k, v, res, out_floor=1e-4 if dtype == torch.float32 else 1e-5,
+                                    value_target=vectors, **kw, **{n: x for n, x in extra.items() if n != "sinks"})
+
+
+@pytest.mark.parametrize("control", ["sink", "random"])
+def test_value_noise_is_the_seeded_draw(control, poisoned):
+    """value_target="noise" is std * N(0, 1) vectors drawn from the call's generator after the
+    random control's draw: the same output as passing that draw, and as the reference with
+    the same seed; a different seed gives a different output."""
+    from sinkattn import sink_attention
+    from sinkattn.reference import sink_attention as reference
+
+    q, k, v = (t.contiguous() for t in diffusers_layout(1, 2, 50, 60, 64, 64, torch.float32))
+    kw = dict(top_k=2, path="value", control=control)
+    res = sink_attention(q, k, v, value_target="noise", value_noise_std=0.3, generator=7, **kw)
+    gen = torch.Generator(device="cpu").manual_seed(7)
+    if control == "random":
+        torch.rand((1, 2, 60), generator=gen)  # the random control draws first
+    drawn = 0.3 * torch.randn((1, 2, 2, 64), generator=gen)
+    given = sink_attention(q, k, v, value_target=drawn.to(DEVICE), generator=7, **kw)
+    assert torch.equal(res.sinks, given.sinks)
+    assert torch.equal(res.out, given.out)
+    exact = reference(q, k, v, value_target="noise", value_noise_std=0.3, generator=7, **kw)
+    assert rel(res.out, exact.out) < 1e-5
+    other = sink_attention(q, k, v, value_target="noise", value_noise_std=0.3, generator=8, **kw)
+    assert rel(other.out, res.out) > 1e-3
 
 
 @pytest.mark.parametrize("control", ["high_outgoing_query", "high_outgoing_query_ablate"])

@@ -63,8 +63,12 @@ def brute_force(q, k, v, top_k, path, select, control, eta, mass_rows, cand, app
                         keep = (1 - eta * p_sel) / (1 - p_sel)
                         weights = [eta * p[j] if j in selected else keep * p[j] for j in range(Nk)]
                 if path in ("value", "both") and selected:
-                    target = sum(vals) / Nk if value_target == "mean" else 0.0 * vals[0]
-                    vals = [eta * vals[j] + (1 - eta) * target if j in selected else vals[j] for j in range(Nk)]
+                    keys = chosen[b, h]
+                    if isinstance(value_target, torch.Tensor):  # the first listed vector of each key
+                        targets = {j: value_target[b, h, keys.index(j)] for j in selected}
+                    else:
+                        targets = {j: sum(vals) / Nk if value_target == "mean" else 0.0 * vals[0] for j in selected}
+                    vals = [eta * vals[j] + (1 - eta) * targets[j] if j in selected else vals[j] for j in range(Nk)]
                 out[b, h, i] = sum(wt * val for wt, val in zip(weights, vals))
     return out, torch.tensor(mass, dtype=torch.float64), chosen
 
@@ -75,7 +79,7 @@ def calls(draw):
     Nq, Nk, D, Dv = draw(st.integers(1, 9)), draw(st.integers(2, 9)), draw(st.integers(1, 6)), draw(st.integers(1, 5))
     path = draw(st.sampled_from(["score", "value", "both", "none"]))
     eta_mode = draw(st.sampled_from(["logit", "prob"]))
-    value_target = draw(st.sampled_from(["zero", "mean"]))
+    value_target = draw(st.sampled_from(["zero", "mean", "vectors"]))
     select = draw(st.sampled_from(["head", "shared"]))
     control = draw(st.sampled_from(["sink", "bottom", "random"]))
     eta = draw(st.sampled_from([0.0, 0.3, 1.0]))
@@ -101,6 +105,8 @@ def test_reference_matches_brute_force(c):
     q = torch.randn(B, H, Nq, D, generator=gen, dtype=torch.float64) * 2
     k = torch.randn(B, H, Nk, D, generator=gen, dtype=torch.float64)
     v = torch.randn(B, H, Nk, Dv, generator=gen, dtype=torch.float64)
+    if c["value_target"] == "vectors":
+        c["value_target"] = torch.randn(B, H, c["top_k"], Dv, generator=gen, dtype=torch.float64)
     res = sink_attention(q, k, v, top_k=c["top_k"], path=c["path"], select=c["select"], control=c["control"],
                          eta=c["eta"], mass_queries=c["mass_rows"], candidates=c["cand"],
                          apply_queries=c["apply_rows"], scale=c["scale"], generator=c["seed"], return_mass=True,
@@ -286,3 +292,25 @@ def test_key_padding_mask_equals_truncated_keys(control, form):
     torch.testing.assert_close(res.out, short.out)
     torch.testing.assert_close(res.mass[..., :25], short.mass)
     assert (res.mass[..., 25:] == 0).all()
+
+
+def test_value_noise_is_drawn_from_the_generator_after_the_selection():
+    """value_target="noise": std * N(0, 1) per (b, h, selected key, channel), drawn from the
+    call's generator after the random control's draw: the same as passing that draw."""
+    q, k, v = _qkv(dtype=torch.float32)
+    kw = dict(top_k=2, path="both", eta=0.25, control="random", select="shared")
+    res = sink_attention(q, k, v, value_target="noise", value_noise_std=0.5, generator=11, **kw)
+    gen = torch.Generator().manual_seed(11)
+    torch.rand((2, 33), generator=gen)  # the shared random control's draw, (B, candidates)
+    drawn = 0.5 * torch.randn((2, 3, 2, 12), generator=gen)
+    given = sink_attention(q, k, v, value_target=drawn, generator=11, **kw)
+    assert torch.equal(res.sinks, given.sinks) and torch.equal(res.out, given.out)
+    assert not torch.equal(res.out, sink_attention(q, k, v, generator=11, **kw).out)
+
+
+def test_a_key_listed_twice_takes_its_first_vector():
+    q, k, v = _qkv()
+    vectors = torch.randn(2, 3, 2, 12, dtype=torch.float64)
+    twice = sink_attention(q, k, v, sinks=torch.full((2, 3, 2), 4), path="value", value_target=vectors)
+    once = sink_attention(q, k, v, sinks=torch.full((2, 3, 1), 4), path="value", value_target=vectors[:, :, :1])
+    torch.testing.assert_close(twice.out, once.out, rtol=0, atol=0)

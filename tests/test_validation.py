@@ -67,6 +67,17 @@ CASES = [
     pytest.param(dict(generator="seed"), TypeError, "generator must be", id="generator"),
     pytest.param(dict(scale=float("inf")), ValueError, "scale must be", id="scale-inf"),
     pytest.param(dict(return_mass="yes"), TypeError, "return_mass", id="return-mass"),
+    pytest.param(dict(value_target="lerp"), ValueError, "value_target must be one of", id="value-target-name"),
+    pytest.param(dict(path="value", value_target=torch.zeros(1, 2, 2, 3)), ValueError,
+                 "value_target vectors must have shape (B, H, top_k, Dv) = (1, 2, 1, 3)", id="value-vectors-shape"),
+    pytest.param(dict(path="value", value_target=torch.zeros(1, 2, 1, 3, dtype=torch.long)), TypeError,
+                 "value_target vectors must be floating point", id="value-vectors-int"),
+    pytest.param(dict(path="value", value_target="noise", value_noise_std=-1.0), ValueError, "value_noise_std",
+                 id="noise-std-negative"),
+    pytest.param(dict(path="value", value_target="noise", value_noise_std=float("nan")), ValueError,
+                 "value_noise_std", id="noise-std-nan"),
+    pytest.param(dict(path="value", value_target="noise", control="high_outgoing_query_ablate"), ValueError,
+                 "needs a key control", id="noise-query-control"),
 ]
 
 

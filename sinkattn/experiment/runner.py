@@ -472,7 +472,7 @@ def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device
                     k=c.top_k, path=c.path, select=c.select, control=c.control, eta=c.eta,
                     mass_queries=c.mass_queries, apply_queries=c.apply_queries, candidates=c.candidates,
                     eta_mode=c.eta_mode, value_target=c.value_target, fixed=c.fixed or (),
-                    seed=_processor_seed(seed, c.name) if c.control == "random" else None)
+                    seed=_processor_seed(seed, c.name) if c.control == "random" or c.value_target == "noise" else None)
                 with intervene(gen.pipe, processor, layers=list(c.layers) if c.layers is not None else None,
                                steps=list(c.steps) if c.steps is not None else None, timesteps=c.timesteps):
                     image = gen(prompt.text, seed, latents, draw)

@@ -9,6 +9,7 @@ Flux (text first), SDXL self-attention (all image) and cross-attention (text key
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,7 @@ class SinkSettings:
     candidates: str = "all"
     eta_mode: str = "logit"
     value_target: str = "zero"
+    value_noise_std: float = 0.1
     # Fixed keys instead of selection, as "range:index" ("text:0" is the first text token,
     # "image:0" the first image token, whatever the family's token order): the original
     # study's index-0 experiments. The same keys in every head; k is ignored.
@@ -53,6 +55,8 @@ class SinkSettings:
             raise ValueError(f"k must be an int >= 0, got {self.k!r}")
         if not 0.0 <= float(self.eta) <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {self.eta!r}")
+        if not (math.isfinite(float(self.value_noise_std)) and float(self.value_noise_std) >= 0):
+            raise ValueError(f"value_noise_std must be a finite number >= 0, got {self.value_noise_std!r}")
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,7 @@ def sink_core(
         candidates=None if explicit is not None else (candidates or (0, k.shape[2])),
         apply_queries=apply_rows, scale=scale, generator=generator, return_mass=want_mass or None,
         sinks=explicit, eta_mode=settings.eta_mode, value_target=settings.value_target, attn_mask=attention_mask,
+        value_noise_std=settings.value_noise_std,
     )
     record = None
     if want_mass:

@@ -32,7 +32,8 @@ class SinkSuppressProcessor:
 
     Args:
         k: keys suppressed per group (per (batch, head) for select="head"); 0 is stock attention.
-        path, select, control, eta, eta_mode, value_target: as in :func:`sinkattn.sink_attention`.
+        path, select, control, eta, eta_mode, value_target, value_noise_std: as in
+            :func:`sinkattn.sink_attention` (value_target "zero", "mean" or "noise").
         fixed: keys to intervene instead of selecting them, "RANGE:INDEX" per key ("text:0":
             the first text token, "image:0": the first image token, in any family's order);
             the same keys in every head, k ignored (k=0 still turns the processor off).
@@ -42,8 +43,9 @@ class SinkSuppressProcessor:
             (e.g. candidates="text" in an image-only layer) leaves that layer unintervened.
             Defaults follow the study: mass over the image queries, applied to all queries,
             any key a candidate.
-        seed: seeds this processor's torch.Generator (CPU) for control="random"; every call
-            draws afresh from it, so a run is reproducible; :meth:`reset` reseeds.
+        seed: seeds this processor's torch.Generator (CPU) for control="random" and
+            value_target="noise"; every call draws afresh from it, so a run is reproducible;
+            :meth:`reset` reseeds. Without it those draws use the device's global generator.
         tracer: a :class:`sinkattn.tracing.SinkTracer` (or anything with ``record(...)``).
         text_len: Flux single-stream blocks only, the number of text tokens at the front of
             the joined sequence, when it cannot be learned from the double-stream blocks
@@ -58,7 +60,7 @@ class SinkSuppressProcessor:
     def __init__(self, k: int = 1, path: str = "score", select: str = "head", control: str = "sink",
                  eta: float = 0.0, mass_queries: str = "image", apply_queries: str = "all",
                  candidates: str = "all", seed: int | None = None, tracer=None, text_len: int | None = None,
-                 eta_mode: str = "logit", value_target: str = "zero", fixed=()):
+                 eta_mode: str = "logit", value_target: str = "zero", fixed=(), value_noise_std: float = 0.1):
         from ..reference import ETA_MODES, PATHS, SELECTS, VALUE_TARGETS
         from ..selection import CONTROLS
 
@@ -68,7 +70,7 @@ class SinkSuppressProcessor:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
         self.settings = SinkSettings(k=k, path=path, select=select, control=control, eta=float(eta),
                                      mass_queries=mass_queries, apply_queries=apply_queries, candidates=candidates,
-                                     eta_mode=eta_mode, value_target=value_target,
+                                     eta_mode=eta_mode, value_target=value_target, value_noise_std=float(value_noise_std),
                                      fixed=(fixed,) if isinstance(fixed, str) else tuple(fixed))
         self.seed = seed
         self.generator = None if seed is None else torch.Generator(device="cpu").manual_seed(seed)
@@ -85,7 +87,7 @@ class SinkSuppressProcessor:
         return (f"SinkSuppressProcessor(k={s.k}, path={s.path!r}, select={s.select!r}, control={s.control!r}, "
                 f"eta={s.eta}, mass_queries={s.mass_queries!r}, apply_queries={s.apply_queries!r}, "
                 f"candidates={s.candidates!r}, eta_mode={s.eta_mode!r}, value_target={s.value_target!r}, "
-                f"fixed={s.fixed!r}, seed={self.seed})")
+                f"fixed={s.fixed!r}, value_noise_std={s.value_noise_std}, seed={self.seed})")
 
     # -- layers ---------------------------------------------------------------------------
     def bind(self, model: torch.nn.Module) -> "SinkSuppressProcessor":

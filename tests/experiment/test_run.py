@@ -232,3 +232,23 @@ def test_new_metrics_are_scored_on_the_stored_images(reference_run, tmp_path, ca
     assert main(["run", "--out", str(out), *ARGS, "--limit", "2", "--no-report"]) == 0
     assert "0 new records, 10 already there ->" in capsys.readouterr().out
     assert {f: (out / f).read_bytes() for f in files} == files
+
+
+def test_value_noise_condition_is_seeded_per_image(tmp_path):
+    """--value-target noise: the processor draws its noise from a generator seeded per (image
+    seed, condition), so two runs make the same images, and the noise images differ from the
+    zero-target ones."""
+    args = ["--preset", "tiny", "--limit", "2", "--steps", "2", "--k", "1", "--path", "value",
+            "--value-target", "zero,noise", "--metrics", "clip_t", "--no-report", "--no-progress"]
+    hashes = []
+    for name in ("a", "b"):
+        assert main(["run", "--out", str(tmp_path / name), *args]) == 0
+        records = read_records(str(tmp_path / name / "results.jsonl"))
+        hashes.append(_images(tmp_path / name, records))
+    assert hashes[0] == hashes[1]
+    records = read_records(str(tmp_path / "a" / "results.jsonl"))
+    zero = {r["prompt_id"]: r["image"] for r in records if r["condition"] == "sink_k1_value_head_Lall"}
+    noise = {r["prompt_id"]: r["image"] for r in records if r["condition"] == "sink_k1_value_head_Lall_vnoise"}
+    assert len(zero) == len(noise) == 2
+    for pid in zero:
+        assert open(tmp_path / "a" / zero[pid], "rb").read() != open(tmp_path / "a" / noise[pid], "rb").read()

@@ -103,11 +103,14 @@ CASES = [
     pytest.param("sd3", dict(k=2, select="shared", control="bottom", mass_queries="all", apply_queries="image"),
                  id="sd3-shared-bottom"),
     pytest.param("sd3", dict(k=2, control="random", seed=11, candidates="text"), id="sd3-random-text"),
+    pytest.param("sd3", dict(k=2, path="value", value_target="noise", value_noise_std=0.5, seed=3), id="sd3-value-noise"),
     pytest.param("sd35", {}, id="sd35-default"),
     pytest.param("sd35", dict(candidates="text", mass_queries="text", eta=0.5), id="sd35-text-attn2-unintervened"),
     pytest.param("flux", {}, id="flux-default"),
     pytest.param("flux", dict(k=2, candidates="image", apply_queries="text"), id="flux-image-cands-text-rows"),
     pytest.param("flux", dict(k=2, candidates="text", mass_queries="text", path="value"), id="flux-text-value"),
+    pytest.param("flux", dict(k=1, select="shared", path="both", eta=0.3, eta_mode="prob", value_target="noise", seed=4),
+                 id="flux-both-prob-noise-shared"),
     pytest.param("sdxl", {}, id="sdxl-default"),
     pytest.param("sdxl", dict(k=2, candidates="text"), id="sdxl-text-cands-cross-only"),
     pytest.param("sdxl", dict(k=1, candidates="image", select="shared", path="value", eta=0.0), id="sdxl-image-self-only"),
@@ -153,7 +156,8 @@ def test_matches_reference(family, kwargs, install_reference, route):
     model, inputs = on_device(BUILDERS[family]())
     kwargs = dict(kwargs)
     names = {n: kwargs.get(n, d) for n, d in (("mass_queries", "image"), ("candidates", "all"), ("apply_queries", "all"))}
-    op = {n: kwargs[n] for n in ("path", "select", "control", "eta") if n in kwargs}
+    op = {n: kwargs[n] for n in ("path", "select", "control", "eta", "eta_mode", "value_target", "value_noise_std")
+          if n in kwargs}
     k = kwargs.get("k", 1)
     stock = forward(model, inputs)
 
