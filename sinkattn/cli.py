@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shard", type=_shard, default=S, help="I/N: prompts i with i %% N == I (default: RANK/WORLD_SIZE)")
     g.add_argument("--report", action=argparse.BooleanOptionalAction, default=S, help="write the report at the end")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=S, help="progress bars and log lines")
+    g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=S,
+                   help="replay the denoiser's forward from CUDA graphs on CUDA (default on; traced, random and "
+                        "noise conditions run eagerly)")
     g.add_argument("--dry-run", action="store_true",
                    help="check everything a run checks, print the resolved config and conditions, make nothing")
     _show_preset_defaults(r)
@@ -237,7 +240,7 @@ def config_from_args(args: argparse.Namespace):
     for name in ("out", "model", "family", "dtype", "device", "steps", "guidance", "height", "width",
                  "max_sequence_length", "prompts", "limit", "seed_base", "seeds_per_prompt", "metric_batch_size",
                  "untrained_metrics", "trace", "trace_top", "bootstrap", "stats_seed", "shard", "report", "progress",
-                 "latents", "seed_scheme", "tiny_blocks", "num_frames"):
+                 "cuda_graphs", "latents", "seed_scheme", "tiny_blocks", "num_frames"):
         if name in given:
             overrides[name] = given[name]
     if "scheduler" in given:

@@ -194,12 +194,16 @@ def _select_layers(model, layers) -> set[str] | None:
 
 @dataclass
 class Intervention:
-    """What ``intervene`` yields: the model, the processor and the step clock."""
+    """What ``intervene`` yields: the model, the processor, the step clock, and
+    ``step_state()``: what the step gate says of the current forward (None when nothing is
+    gated by step or timestep; reading it reads the clock), the state a CUDA graph of the
+    forward depends on besides its inputs (sinkattn.graphs)."""
 
     model: torch.nn.Module
     processor: object
     clock: StepClock
     layers: set[str] | None = field(default=None)
+    step_state: object = None
 
 
 @contextlib.contextmanager
@@ -243,6 +247,12 @@ def intervene(target, processor, layers=None, steps=None, timesteps=None):
             return False
         return True
 
+    def step_state():
+        if step_set is None and timesteps is None:
+            return None
+        return ((step_set is None or clock.step in step_set),
+                (timesteps is None or (clock.timestep is not None and lo <= clock.timestep <= hi)))
+
     originals = dict(model.attn_processors)
     previous = (processor.gate, processor.clock)
     scheduler = getattr(target, "scheduler", None) if target is not model else None
@@ -263,7 +273,7 @@ def intervene(target, processor, layers=None, steps=None, timesteps=None):
         processor.bind(model)
         processor.gate, processor.clock = gate, clock
         model.set_attn_processor(processor)
-        yield Intervention(model=model, processor=processor, clock=clock, layers=allowed)
+        yield Intervention(model=model, processor=processor, clock=clock, layers=allowed, step_state=step_state)
     finally:
         handle.remove()
         if patched and had_own:

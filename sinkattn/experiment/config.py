@@ -403,6 +403,11 @@ class RunConfig:
     shard: tuple | None = None          # (index, count); None: from RANK/WORLD_SIZE or (0, 1)
     report: bool = True
     progress: bool = True
+    # Replay the denoiser's forward from CUDA graphs (sinkattn.graphs) on CUDA: the same
+    # kernels, launched from a graph instead of by the host. Traced conditions and those that
+    # draw on a CPU generator (random control, value noise) run eagerly. Not part of the
+    # generation fingerprint: it changes the launching, not the arithmetic.
+    cuda_graphs: bool = True
 
     def __post_init__(self):
         for name, value, choices in (("latents", self.latents, LATENTS),

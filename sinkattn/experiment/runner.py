@@ -421,10 +421,12 @@ def _load(cfg: RunConfig, device: str):
 
 
 def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device) -> int:
+    import torch
     from PIL import Image
     from tqdm.auto import tqdm
 
     from ..gating import intervene
+    from ..graphs import ForwardGraphs, replay_forward
     from ..processors import SinkSuppressProcessor
     from ..tracing import SinkTracer
     from .atlas import TraceStore, trace_summary
@@ -442,6 +444,17 @@ def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device
     bar = tqdm(total=len(pending), desc=f"images (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else "images",
                position=shard[0] if shard[1] > 1 else None, disable=not cfg.progress, unit="img", file=sys.stderr)
     atlas = TraceStore(out, shard) if cfg.trace else None  # per-head traces: RUN/atlas/
+    graphs: dict[str, ForwardGraphs] = {}  # condition -> its denoiser graphs, kept across images
+    pool = []  # one memory pool for all of them: they replay one at a time
+
+    def replayed(name, key=None):
+        """The denoiser's forward from CUDA graphs for this condition (cfg.cuda_graphs)."""
+        if not (cfg.cuda_graphs and device.startswith("cuda")):
+            return contextlib.nullcontext()
+        if not pool:
+            pool.append(torch.cuda.graph_pool_handle())
+        return replay_forward(gen.denoiser, graphs.setdefault(name, ForwardGraphs(pool=pool[0])), key=key)
+
     written = 0
     for (prompt_id, seed), items in groups.items():
         prompt = items[0][0]
@@ -465,7 +478,8 @@ def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device
                         trace = trace_summary(traced, grid)
                         atlas.append(traced, prompt_id=prompt_id, seed=seed, condition="baseline", tag=prompt.tag)
                 else:
-                    image = gen(prompt.text, seed, latents, draw)
+                    with replayed("baseline"):
+                        image = gen(prompt.text, seed, latents, draw)
                 baseline_image = image
             else:
                 processor = SinkSuppressProcessor(
@@ -474,8 +488,11 @@ def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device
                     eta_mode=c.eta_mode, value_target=c.value_target, fixed=c.fixed or (),
                     seed=_processor_seed(seed, c.name) if c.control == "random" or c.value_target == "noise" else None)
                 with intervene(gen.pipe, processor, layers=list(c.layers) if c.layers is not None else None,
-                               steps=list(c.steps) if c.steps is not None else None, timesteps=c.timesteps):
-                    image = gen(prompt.text, seed, latents, draw)
+                               steps=list(c.steps) if c.steps is not None else None, timesteps=c.timesteps) as iv:
+                    # Draws on the processor's CPU generator would replay as the same numbers: eager.
+                    draws = processor.generator is not None
+                    with contextlib.nullcontext() if draws else replayed(c.name, iv.step_state):
+                        image = gen(prompt.text, seed, latents, draw)
             seconds = time.perf_counter() - start
             data = _png_bytes(image)
             rel = image_relpath(c.name, prompt_id, seed)

@@ -122,6 +122,18 @@ class CallRecord:
     scale: float | None = None
 
 
+_FIXED_ON_DEVICE: dict = {}
+
+
+def _on_device(keys: tuple[int, ...], device) -> Tensor:
+    """The fixed keys as an int64 device tensor, made once per (keys, device): no
+    host-to-device copy per call (a copy of pageable memory cannot be captured in a CUDA graph)."""
+    found = _FIXED_ON_DEVICE.get((keys, device))
+    if found is None:
+        found = _FIXED_ON_DEVICE[(keys, device)] = torch.tensor(keys, dtype=torch.int64, device=device)
+    return found
+
+
 def _plain(q, k, v, attention_mask, scale):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0,
                                           is_causal=False, scale=scale)
@@ -167,7 +179,7 @@ def sink_core(
     path = settings.path if top_k > 0 else "none"
     explicit = None
     if fixed is not None and top_k > 0:
-        explicit = torch.tensor(fixed, dtype=torch.int64, device=q.device).expand(q.shape[0], -1)
+        explicit = _on_device(tuple(fixed), q.device).expand(q.shape[0], -1)
     out, mass, sinks = sink_attention(
         q, k, v, top_k=None if explicit is not None else top_k, path=path, select=settings.select,
         control=settings.control, eta=float(settings.eta), mass_queries=mass_rows,
