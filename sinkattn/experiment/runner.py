@@ -176,6 +176,26 @@ def _gif_bytes(frames, fps: int = 8) -> bytes:
     return buf.getvalue()
 
 
+def _mp4_bytes(frames, fps: int = 8) -> bytes | None:
+    """A video's frames as H.264 MP4 (yuv420p, sides cropped to even), or None when PyAV
+    (the "video" extra) is not installed."""
+    try:
+        import av
+        import numpy as np
+    except ImportError:
+        return None
+    width, height = frames[0].width // 2 * 2, frames[0].height // 2 * 2
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for frame in frames:
+            rgb = np.asarray(frame.convert("RGB"))[:height, :width]
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
+        container.mux(stream.encode())
+    return buf.getvalue()
+
+
 def _png_bytes(image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -501,6 +521,9 @@ def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device
             if frames and len(frames) > 1:  # a video: every frame beside the first frame's PNG (scored)
                 videos[c.name] = rel[:-len(".png")] + ".gif"
                 atomic_write_bytes(os.path.join(out, videos[c.name]), _gif_bytes(frames))
+                mp4 = _mp4_bytes(frames)
+                if mp4 is not None:  # beside the GIF, same name (PyAV installed: the "video" extra)
+                    atomic_write_bytes(os.path.join(out, rel[:-len(".png")] + ".mp4"), mp4)
             made.append((c, image, seconds, rel, hashlib.sha256(data).hexdigest()))
             bar.update(1)
         if baseline_image is None:

@@ -5,6 +5,7 @@ the image files and the traced atlas (RUN/atlas/index.jsonl holds the baseline's
 import json
 import os
 
+import av
 import pytest
 from PIL import Image
 
@@ -73,7 +74,7 @@ def test_unknown_family_and_tiny_blocks_are_refused():
 
 def test_video_family_saves_every_frame(tmp_path):
     """--num-frames on a video family (wan-t2v): the first frame is the scored PNG, every
-    frame goes to a GIF beside it, named in the record; 5 frames are 2 latent frames."""
+    frame goes to a GIF beside it, named in the record, and to an MP4 of the same name; 5 frames are 2 latent frames."""
     out = tmp_path / "video"
     cfg = _config("wan-t2v", out).merged({"num_frames": 5, "trace": False})
     assert run(cfg).written == 2
@@ -81,6 +82,9 @@ def test_video_family_saves_every_frame(tmp_path):
         assert r["video"] == r["image"][:-len(".png")] + ".gif"
         with Image.open(out / r["video"]) as gif, Image.open(out / r["image"]) as png:
             assert gif.n_frames == 5 and gif.size == png.size == (SIZE, SIZE)
+        with av.open(str(out / r["video"])[:-len(".gif")] + ".mp4") as mp4:  # the "video" extra: in the test extra
+            frames = list(mp4.decode(video=0))
+            assert len(frames) == 5 and (frames[0].width, frames[0].height) == (SIZE // 2 * 2, SIZE // 2 * 2)
     with pytest.raises(ValueError, match="num_frames must be >= 1"):
         _config("wan-t2v", out).merged({"num_frames": 0})
     image_run = tmp_path / "image"
