@@ -14,7 +14,23 @@ SDXL base UNet, batch 2: self-attention over 4096 and 1024 tokens, cross-attenti
 ``sd3m_denoise_28`` (a whole 28-step SD3-medium-sized denoising loop with classifier-free
 guidance: the transformer above, tiny text encoders of the right widths, latents out).
 
-Modes: ``stock`` (AttnProcessor2_0 / JointAttnProcessor2_0 / FluxAttnProcessor),
+Family shapes (issue 17; not in the default run, name them with ``--shapes``): the other rows of
+sinkattn.processors.families.MODEL_FAMILIES at their published width and real token counts,
+``sd35m_transformer_1024`` (SD3.5-medium, MMDiT-X: 24 blocks, the first 13 with the extra
+image-only attention, RMS QK-norm; batch 2, 4096 + 333 tokens), ``sd35l_transformer_1024``
+(SD3.5-large: 38 blocks of 38 heads x 64, RMS QK-norm; batch 2, 4096 + 333 tokens),
+``pixart_sigma_transformer_1024`` (PixArt-Sigma XL: 28 blocks of 16 heads x 72; batch 2, 4096
+image tokens, cross-attention to 300 T5 tokens under their padding mask),
+``qwen_transformer_1024_12blocks`` (Qwen-Image at full width, 24 heads x 128, but 12 of its 60
+blocks; batch 1, 128 text + 4096 image tokens) and ``wan_t2v_480p_81f_10blocks`` (Wan 2.1
+T2V-1.3B at full width, 12 heads x 128, but 10 of its 30 blocks; batch 1, an 81-frame 480x832
+video: 21 x 30 x 52 = 32760 tokens, cross-attention to 512 UMT5 tokens). Qwen-Image and Wan
+run classifier-free guidance as two forwards of batch 1, so one forward is one of them.
+
+    python3 benchmarks/whole_model.py --shapes sd35m_transformer_1024,wan_t2v_480p_81f_10blocks --out ...
+
+Modes: ``stock`` (AttnProcessor2_0 / JointAttnProcessor2_0 / FluxAttnProcessor /
+QwenDoubleStreamAttnProcessor2_0 / WanAttnProcessor),
 ``sink_score`` (SinkSuppressProcessor(k=1)), ``sink_value`` (path="value"), ``random``
 (k=1, control="random", the default device generator), ``shared`` (k=1, select="shared"),
 ``trace_only`` (k=0 with a SinkTracer: path "none", the key mass of every call recorded), and
@@ -31,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import gc
 import json
 import os
@@ -43,6 +60,10 @@ from pathlib import Path
 import torch
 
 SHAPES = ("sd3m_transformer_1024", "flux_transformer_1024", "sdxl_unet_1024", "sd3m_denoise_28")
+# Issue 17's rows: the other model families, at full width (``--shapes`` takes them; the default
+# run stays the four above).
+FAMILY_SHAPES = ("sd35m_transformer_1024", "sd35l_transformer_1024", "pixart_sigma_transformer_1024",
+                 "qwen_transformer_1024_12blocks", "wan_t2v_480p_81f_10blocks")
 MODES = ("stock", "sink_score", "sink_value", "random", "shared", "trace_only")
 
 SD3_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
@@ -59,6 +80,47 @@ SDXL_BASE = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_bloc
                  addition_embed_type="text_time", addition_time_embed_dim=256,
                  projection_class_embeddings_input_dim=2816, norm_num_groups=32)
 
+# The published transformer configs of the other families' hub ids (MODEL_FAMILIES), full depth;
+# the family shapes above cut the depth of Qwen-Image and Wan (their builders' num_layers).
+# SD3.5: huggingface/diffusers scripts/convert_sd3_to_diffusers.py, which makes the diffusers config
+# from an original checkpoint: num_attention_heads = num_layers, caption_projection_dim = the
+# context_embedder's width (heads x 64), qk_norm "rms_norm" ("sd3.5 use qk norm"), the attn2
+# layers read off the checkpoint ("(0, 1, ..., 12) for sd3.5": the medium one, MMDiT-X), and
+# pos_embed_max_size 384 for "sd3.5 2b", 192 for "sd3.5 8b". diffusers' loaders/single_file_utils.py
+# tells sd35_medium by a 9216 = 6 x 1536 wide adaLN (24 heads, so 24 blocks) and a pos_embed of
+# 147456 = 384^2, and sd35_large by its joint_blocks.37 (38 blocks, so 38 heads: 2432 wide). That
+# the large checkpoint has no attn2 comes from third-party copies of its transformer/config.json
+# (dual_attention_layers absent or []), not from a diffusers file.
+SD35_MEDIUM = dict(SD3_MEDIUM, pos_embed_max_size=384, qk_norm="rms_norm", dual_attention_layers=tuple(range(13)))
+SD35_LARGE = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=38, attention_head_dim=64,
+                  num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432,
+                  pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192, qk_norm="rms_norm")
+# PixArt-alpha/PixArt-Sigma-XL-2-1024-MS: huggingface/diffusers scripts/convert_pixart_sigma_to_diffusers.py
+# ("PixArt XL/2": 28 layers, 16 heads x 72, cross_attention_dim 1152, caption_channels 4096 (T5),
+# in 4 / out 8 (learned sigma), patch 2, sample_size = 1024 // 8, interpolation_scale 2 at 1024,
+# use_additional_conditions off: PixArtSigmaPipeline passes resolution and aspect_ratio None).
+PIXART_SIGMA = dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
+                    cross_attention_dim=1152, attention_bias=True, activation_fn="gelu-approximate",
+                    num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False,
+                    norm_eps=1e-6, caption_channels=4096, sample_size=128, patch_size=2, interpolation_scale=2,
+                    use_additional_conditions=False)
+# Qwen/Qwen-Image: the defaults of diffusers' QwenImageTransformer2DModel (0.42, models/transformers/
+# transformer_qwenimage.py), which are the released transformer/config.json: 60 double-stream
+# blocks of 24 heads x 128 (exo-explore/exo src/exo/worker/engines/image/models/qwen/config.py:
+# "60 joint-style blocks", "24 heads * 128 dim = 3072"), text width 3584 (Qwen2.5-VL-7B), 64 input
+# channels (16 latent channels packed 2x2), RoPE axes (16, 56, 56).
+QWEN_IMAGE = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
+                  num_attention_heads=24, joint_attention_dim=3584, guidance_embeds=False, axes_dims_rope=(16, 56, 56))
+# Wan-AI/Wan2.1-T2V-1.3B-Diffusers: huggingface/diffusers scripts/convert_wan_to_diffusers.py
+# ("Wan-T2V-1.3B": 30 layers, 12 heads x 128, ffn_dim 8960, freq_dim 256, text_dim 4096 (UMT5-XXL),
+# patch (1, 2, 2), qk_norm "rms_norm_across_heads", cross_attn_norm, 16 latent channels).
+WAN_T2V_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+                    qk_norm="rms_norm_across_heads", eps=1e-6)
+# Depths of the family shapes that are cut (full width, real tokens; the cost per block is the same).
+QWEN_BENCH_LAYERS = 12
+WAN_BENCH_LAYERS = 10
+
 
 # -- models and their inputs -------------------------------------------------------------------
 
@@ -69,8 +131,10 @@ def _built(cls, config: dict, device, dtype):
     return model.to(dtype).eval().requires_grad_(False)
 
 
-def sd3_medium(device, dtype, tiny: bool):
-    """(model, inputs, stock processor): batch 2 (classifier-free guidance), 1024px."""
+def sd3_medium(device, dtype, tiny: bool, **overrides):
+    """(model, inputs, stock processor): batch 2 (classifier-free guidance), 1024px.
+    ``overrides``: config keys changed in the real-width config (tests/processors/
+    test_real_size.py builds one or two blocks: num_layers=2); ignored with ``tiny``."""
     from diffusers import SD3Transformer2DModel
     from diffusers.models.attention_processor import JointAttnProcessor2_0
 
@@ -80,14 +144,48 @@ def sd3_medium(device, dtype, tiny: bool):
         model = tiny_models.tiny_sd3_transformer().to(device, dtype)
         inputs = tiny_models.tiny_inputs(model, batch=2, size=16)
     else:
-        model = _built(SD3Transformer2DModel, SD3_MEDIUM, device, dtype)
-        inputs = dict(hidden_states=torch.randn(2, 16, 128, 128), encoder_hidden_states=torch.randn(2, 333, 4096),
-                      pooled_projections=torch.randn(2, 2048), timestep=torch.full((2,), 500.0))
+        model = _built(SD3Transformer2DModel, {**SD3_MEDIUM, **overrides}, device, dtype)
+        inputs = _sd3_inputs()
     return model, _on(inputs, device, dtype), JointAttnProcessor2_0()
 
 
-def flux_full_width(device, dtype, tiny: bool):
-    """(model, inputs, stock processor): batch 1, 1024px (64 x 64 packed tokens), 512 text tokens."""
+def _sd3_inputs():
+    """SD3 and SD3.5 at 1024px with classifier-free guidance: batch 2 of 128 x 128 latents
+    (64 x 64 = 4096 image tokens) and 77 CLIP + 256 T5 = 333 text tokens."""
+    return dict(hidden_states=torch.randn(2, 16, 128, 128), encoder_hidden_states=torch.randn(2, 333, 4096),
+                pooled_projections=torch.randn(2, 2048), timestep=torch.full((2,), 500.0))
+
+
+def sd35_medium(device, dtype, tiny: bool, **overrides):
+    """(model, inputs, stock processor): SD3.5-medium (MMDiT-X: attn2 in blocks 0-12, RMS
+    QK-norm), batch 2, 1024px, 333 text tokens. ``overrides`` as :func:`sd3_medium`."""
+    return _sd35(SD35_MEDIUM, "tiny_sd35_transformer", device, dtype, tiny, overrides)
+
+
+def sd35_large(device, dtype, tiny: bool, **overrides):
+    """(model, inputs, stock processor): SD3.5-large (38 blocks of 38 heads x 64, RMS
+    QK-norm), batch 2, 1024px, 333 text tokens. ``overrides`` as :func:`sd3_medium`."""
+    return _sd35(SD35_LARGE, "tiny_sd35_large_transformer", device, dtype, tiny, overrides)
+
+
+def _sd35(config, tiny_builder, device, dtype, tiny, overrides):
+    from diffusers import SD3Transformer2DModel
+    from diffusers.models.attention_processor import JointAttnProcessor2_0
+
+    from sinkattn import tiny as tiny_models
+
+    if tiny:
+        model = getattr(tiny_models, tiny_builder)().to(device, dtype)
+        inputs = tiny_models.tiny_inputs(model, batch=2, size=16)
+    else:
+        model = _built(SD3Transformer2DModel, {**config, **overrides}, device, dtype)
+        inputs = _sd3_inputs()
+    return model, _on(inputs, device, dtype), JointAttnProcessor2_0()
+
+
+def flux_full_width(device, dtype, tiny: bool, **overrides):
+    """(model, inputs, stock processor): batch 1, 1024px (64 x 64 packed tokens), 512 text tokens.
+    ``overrides`` as :func:`sd3_medium`."""
     from diffusers import FluxTransformer2DModel
     from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
@@ -97,7 +195,7 @@ def flux_full_width(device, dtype, tiny: bool):
         model = tiny_models.tiny_flux_transformer().to(device, dtype)
         inputs = tiny_models.tiny_inputs(model, batch=1, size=16)
     else:
-        model = _built(FluxTransformer2DModel, FLUX_FULL_WIDTH, device, dtype)
+        model = _built(FluxTransformer2DModel, {**FLUX_FULL_WIDTH, **overrides}, device, dtype)
         ids = torch.zeros(64, 64, 3)
         ids[..., 1] = torch.arange(64)[:, None]
         ids[..., 2] = torch.arange(64)[None, :]
@@ -107,8 +205,9 @@ def flux_full_width(device, dtype, tiny: bool):
     return model, _on(inputs, device, dtype), FluxAttnProcessor()
 
 
-def sdxl_base(device, dtype, tiny: bool):
-    """(model, inputs, stock processor): the SDXL base UNet, batch 2, 1024px (128 x 128 latents)."""
+def sdxl_base(device, dtype, tiny: bool, **overrides):
+    """(model, inputs, stock processor): the SDXL base UNet, batch 2, 1024px (128 x 128 latents).
+    ``overrides`` as :func:`sd3_medium`."""
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor2_0
 
@@ -118,11 +217,83 @@ def sdxl_base(device, dtype, tiny: bool):
         model = tiny_models.tiny_sdxl_unet().to(device, dtype)
         inputs = tiny_models.tiny_inputs(model, batch=2, size=16)
     else:
-        model = _built(UNet2DConditionModel, SDXL_BASE, device, dtype)
+        model = _built(UNet2DConditionModel, {**SDXL_BASE, **overrides}, device, dtype)
         inputs = dict(sample=torch.randn(2, 4, 128, 128), timestep=torch.full((2,), 500.0),
                       encoder_hidden_states=torch.randn(2, 77, 2048),
                       added_cond_kwargs={"text_embeds": torch.randn(2, 1280), "time_ids": torch.randn(2, 6)})
     return model, _on(inputs, device, dtype), AttnProcessor2_0()
+
+
+PIXART_TEXT_KEEP = (120, 48)  # T5 tokens of 300 that each row's padding mask keeps (two prompts)
+
+
+def pixart_sigma(device, dtype, tiny: bool, **overrides):
+    """(model, inputs, stock processor): PixArt-Sigma XL at 1024px, batch 2: 4096 image tokens
+    (128 x 128 latents, patch 2), self-attention and cross-attention to 300 T5 tokens (the
+    pipeline's max_sequence_length) under their padding mask (rows keep PIXART_TEXT_KEEP).
+    ``overrides`` as :func:`sd3_medium`."""
+    from diffusers import PixArtTransformer2DModel
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from sinkattn import tiny as tiny_models
+
+    if tiny:
+        model = tiny_models.tiny_pixart_transformer().to(device, dtype)
+        inputs = tiny_models.tiny_inputs(model, batch=2, size=16)
+    else:
+        model = _built(PixArtTransformer2DModel, {**PIXART_SIGMA, **overrides}, device, dtype)
+        mask = torch.zeros(2, 300, dtype=torch.long)
+        for row, keep in enumerate(PIXART_TEXT_KEEP):
+            mask[row, :keep] = 1
+        inputs = dict(hidden_states=torch.randn(2, 4, 128, 128), encoder_hidden_states=torch.randn(2, 300, 4096),
+                      encoder_attention_mask=mask, timestep=torch.full((2,), 500.0),
+                      added_cond_kwargs={"resolution": None, "aspect_ratio": None})
+    return model, _on(inputs, device, dtype), AttnProcessor2_0()
+
+
+QWEN_TEXT_TOKENS = 128  # a long prompt: the pipeline keeps it unpadded (up to 512 tokens)
+
+
+def qwen_image(device, dtype, tiny: bool, **overrides):
+    """(model, inputs, stock processor): Qwen-Image at full width, 1024px, batch 1 (the
+    pipeline runs the two guidance branches as separate forwards): QWEN_TEXT_TOKENS text tokens
+    then 64 x 64 = 4096 packed image tokens in joint attention, no text mask (one unpadded
+    prompt). Depth: the published 60 blocks unless ``overrides`` (num_layers=...) say else."""
+    from diffusers import QwenImageTransformer2DModel
+    from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
+
+    from sinkattn import tiny as tiny_models
+
+    if tiny:
+        model = tiny_models.tiny_qwenimage_transformer().to(device, dtype)
+        inputs = tiny_models.tiny_inputs(model, batch=1, size=16)
+    else:
+        model = _built(QwenImageTransformer2DModel, {**QWEN_IMAGE, **overrides}, device, dtype)
+        inputs = dict(hidden_states=torch.randn(1, 4096, 64),
+                      encoder_hidden_states=torch.randn(1, QWEN_TEXT_TOKENS, 3584),
+                      timestep=torch.full((1,), 0.5), img_shapes=[[(1, 64, 64)]])
+    return model, _on(inputs, device, dtype), QwenDoubleStreamAttnProcessor2_0()
+
+
+def wan_t2v(device, dtype, tiny: bool, **overrides):
+    """(model, inputs, stock processor): Wan 2.1 T2V-1.3B at full width, batch 1 (separate
+    guidance forwards), an 81-frame 480x832 video: latents 16 x 21 x 60 x 104 (VAE factors 4 in
+    time, 8 in space), patch (1, 2, 2): 21 x 30 x 52 = 32760 tokens of self-attention, and
+    cross-attention to 512 UMT5 tokens (zero-padded, no mask). Depth: the published 30 blocks
+    unless ``overrides`` (num_layers=...) say else."""
+    from diffusers import WanTransformer3DModel
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    from sinkattn import tiny as tiny_models
+
+    if tiny:
+        model = tiny_models.tiny_wan_transformer().to(device, dtype)
+        inputs = tiny_models.tiny_inputs(model, batch=1, size=16)
+    else:
+        model = _built(WanTransformer3DModel, {**WAN_T2V_1_3B, **overrides}, device, dtype)
+        inputs = dict(hidden_states=torch.randn(1, 16, 21, 60, 104), encoder_hidden_states=torch.randn(1, 512, 4096),
+                      timestep=torch.full((1,), 500.0))
+    return model, _on(inputs, device, dtype), WanAttnProcessor()
 
 
 def _on(inputs, device, dtype):
@@ -174,7 +345,15 @@ def sd3_medium_pipeline(device, dtype, tiny: bool):
 
 
 BUILDERS = {"sd3m_transformer_1024": sd3_medium, "flux_transformer_1024": flux_full_width,
-            "sdxl_unet_1024": sdxl_base}
+            "sdxl_unet_1024": sdxl_base,
+            "sd35m_transformer_1024": sd35_medium, "sd35l_transformer_1024": sd35_large,
+            "pixart_sigma_transformer_1024": pixart_sigma,
+            "qwen_transformer_1024_12blocks": functools.partial(qwen_image, num_layers=QWEN_BENCH_LAYERS),
+            "wan_t2v_480p_81f_10blocks": functools.partial(wan_t2v, num_layers=WAN_BENCH_LAYERS)}
+# The builder of every family of MODEL_FAMILIES (tests/processors/test_real_size.py's names:
+# those of tests/processors/test_equivalence.py), at the published depth unless told num_layers.
+FAMILY_BUILDERS = {"sd3": sd3_medium, "sd35": sd35_medium, "sd35-large": sd35_large, "flux": flux_full_width,
+                   "sdxl": sdxl_base, "pixart": pixart_sigma, "qwen": qwen_image, "wan": wan_t2v}
 
 
 def processor(mode: str, stock):
@@ -370,7 +549,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="merge these runs' JSONs into --out and exit")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "whole_model_h200.json"))
-    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated, of: " + ", ".join(SHAPES))
+    parser.add_argument("--shapes", default=",".join(SHAPES),
+                        help="comma-separated, of: " + ", ".join(SHAPES + FAMILY_SHAPES) + " (default: the first four)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: " + ", ".join(MODES))
     parser.add_argument("--reps", type=int, default=None, help="timed forwards per mode (default 10; --tiny 2)")
     parser.add_argument("--denoise-reps", type=int, default=None, help="timed loops per mode (default 3; --tiny 1)")
@@ -383,7 +563,7 @@ def main(argv=None):
         return
     shapes = [s for s in args.shapes.split(",") if s]
     modes = [m for m in args.modes.split(",") if m]
-    for name, known in ((shapes, SHAPES), (modes, MODES)):
+    for name, known in ((shapes, SHAPES + FAMILY_SHAPES), (modes, MODES)):
         unknown = set(name) - set(known)
         if unknown:
             parser.error(f"unknown {', '.join(sorted(unknown))} (known: {', '.join(known)})")

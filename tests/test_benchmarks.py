@@ -36,6 +36,30 @@ def test_whole_model_tiny_runs_every_shape_and_mode(tmp_path):
             assert row["ratio"] == pytest.approx(row["ms"] / rows[(shape, "stock")]["ms"])
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU smoke run; the GPU runs the real sizes")
+def test_whole_model_tiny_runs_the_family_shapes(tmp_path):
+    """Issue 17's rows (SD3.5-medium and -large, PixArt-Sigma, Qwen-Image, Wan), which the
+    default run leaves out: every mode through --shapes, eager (the CPU has no graphs)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import whole_model
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    out = tmp_path / "whole_model_families.json"
+    child = subprocess.run([sys.executable, str(BENCHMARKS / "whole_model.py"), "--tiny", "--no-graphs", "--reps", "1",
+                            "--shapes", ",".join(whole_model.FAMILY_SHAPES), "--out", str(out)],
+                           capture_output=True, text=True, timeout=600)
+    assert child.returncode == 0, child.stderr[-3000:]
+    rows = {(r["shape"], r["mode"]): r for r in json.loads(out.read_text())["rows"]}
+    assert {shape for shape, _ in rows} == set(whole_model.FAMILY_SHAPES)
+    for shape in whole_model.FAMILY_SHAPES:
+        for mode in whole_model.MODES:
+            row = rows[(shape, mode)]
+            assert "error" not in row, row
+            assert row["ms"] > 0 and len(row["times_ms"]) == row["reps"] == 1
+            assert row["ratio"] == pytest.approx(row["ms"] / rows[(shape, "stock")]["ms"])
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="renders a stored result; no GPU needed")
 def test_report_renders_whole_model_rows(tmp_path):
     """benchmarks/report.py turns a whole-model JSON into a RESULTS.md section and a plot."""
