@@ -46,6 +46,7 @@ git), the date, the settings and the autotuner's choices; benchmarks/report.py r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import gc
@@ -453,10 +454,15 @@ def bench_model(name: str, modes, reps: int, warmup: int, graphs: bool, device, 
     return rows
 
 
-def bench_denoise(modes, reps: int, device, dtype, tiny: bool) -> list[dict]:
+def bench_denoise(modes, reps: int, device, dtype, tiny: bool, graphs: bool = True) -> list[dict]:
     """The whole 28-step loop (classifier-free guidance: the transformer runs on batch 2),
-    eager, stock against the sink modes; latents out, no VAE decode."""
+    stock against the sink modes; latents out, no VAE decode. Eager, and (``graphs`` on
+    CUDA) with the transformer's forward replayed from CUDA graphs as the runner does it
+    (sinkattn.graphs: first forward eager, second captured, the rest replayed; the untimed
+    warm-up loop captures, so the timed loops replay every step)."""
     from diffusers.models.attention_processor import JointAttnProcessor2_0
+
+    from sinkattn.graphs import ForwardGraphs, replay_forward
 
     pipe = sd3_medium_pipeline(device, dtype, tiny)
     size = 32 if tiny else 1024
@@ -471,16 +477,20 @@ def bench_denoise(modes, reps: int, device, dtype, tiny: bool) -> list[dict]:
     for mode in modes:
         if mode == "trace_only":
             continue  # a 28-step trace is the runner's measurement, not this one's
-        row = {"shape": "sd3m_denoise_28", "mode": mode}
-        try:
-            pipe.transformer.set_attn_processor(processor(mode, JointAttnProcessor2_0()))
-            generate()
-            times = _timed(generate, reps, cuda)
-            row.update(ms=statistics.median(times), times_ms=[round(t, 3) for t in times], reps=reps)
-        except Exception as error:  # noqa: BLE001
-            row.update(ms=float("nan"), error=f"{type(error).__name__}: {str(error).splitlines()[0][:300]}")
-        rows.append(row)
-        _say(row)
+        for graphed in ([False, True] if graphs and cuda else [False]):
+            row = {"shape": "sd3m_denoise_28", "mode": f"{mode}_graph" if graphed else mode}
+            try:
+                pipe.transformer.set_attn_processor(processor(mode, JointAttnProcessor2_0()))
+                with replay_forward(pipe.transformer, ForwardGraphs()) if graphed else contextlib.nullcontext():
+                    generate()
+                    times = _timed(generate, reps, cuda)
+                row.update(ms=statistics.median(times), times_ms=[round(t, 3) for t in times], reps=reps)
+            except Exception as error:  # noqa: BLE001
+                row.update(ms=float("nan"), error=f"{type(error).__name__}: {str(error).splitlines()[0][:300]}")
+            rows.append(row)
+            _say(row)
+            if cuda:
+                torch.cuda.empty_cache()
     del pipe
     _free(device)
     return rows
@@ -588,7 +598,7 @@ def main(argv=None):
         warnings.filterwarnings("ignore", message="sinkattn: no Triton kernels", category=RuntimeWarning)
     for name in shapes:
         if name == "sd3m_denoise_28":
-            rows += bench_denoise(modes, denoise_reps, device, dtype, args.tiny)
+            rows += bench_denoise(modes, denoise_reps, device, dtype, args.tiny, not args.no_graphs)
         else:
             rows += bench_model(name, modes, reps, 1 if args.tiny else 3, not args.no_graphs, device, dtype, args.tiny)
         save()
