@@ -139,9 +139,15 @@ def sink_attention(
     call = check_call(q, k, v, top_k, path, select, control, eta, mass_queries, candidates,
                       apply_queries, sinks, scale, return_mass, eta_mode, value_target, attn_mask, value_noise_std)
     generator = as_generator(generator)
-    if q.dtype == torch.float64 or not kernels_available(q.device) or attn_mask is not None:
+    kernels = q.dtype != torch.float64 and kernels_available(q.device)
+    if kernels and attn_mask is not None:
+        keep = _padding_keep(call, attn_mask, q, k)
+        result = _compacted(q, k, v, keep, call, generator) if keep is not None else None
+        if result is not None:
+            return result
+    if not kernels or attn_mask is not None:
         if attn_mask is not None:
-            _warn_reference_once("attention masks are not in the kernels yet")
+            _warn_reference_once("attention masks other than key padding are not in the kernels yet")
         elif q.dtype != torch.float64:
             _warn_reference_once(f"no Triton kernels for tensors on {q.device}")
         return reference.sink_attention(
@@ -175,6 +181,80 @@ def sink_attention(
             call.mass_rows, call.candidates, call.apply_rows, call.scale, call.want_mass,
             call.eta_mode, value_target, vectors)
     return SinkAttentionResult(out, mass if call.want_mass else None, chosen)
+
+
+def _padding_keep(call, attn_mask: Tensor, q: Tensor, k: Tensor) -> Tensor | None:
+    """(B, Nk) bool when ``attn_mask`` is a key-padding mask that the kernels can take by
+    leaving the masked keys out (the same for every head and query: False or -inf masks a
+    key, True or 0 keeps it; every row keeps a key), else None. Calls whose draws or targets
+    depend on the masked keys stay on the reference: the random control and value noise
+    (drawn over all candidates there), query controls, and top_k over the kept candidates.
+    One host synchronisation per call (the kept counts size the compacted keys)."""
+    if (control_of(call.control).rank == "uniform" and call.sinks is None
+            or control_of(call.control).side == "queries" and call.sinks is None
+            or isinstance(call.value_target, str) and call.value_target == "noise"):
+        return None
+    mask = attn_mask
+    while mask.dim() < 4:
+        mask = mask.unsqueeze(0)
+    if mask.shape[2] != 1 or mask.shape[0] not in (1, q.shape[0]):
+        return None
+    if mask.dtype == torch.bool:
+        keep, valid = mask, None
+    else:
+        keep = mask == 0
+        valid = keep | (mask == float("-inf"))
+    first = keep[:, :1, 0, :]  # (B or 1, 1, Nk)
+    checks = [(keep == first[:, :, None, :]).all()]  # every head alike
+    if valid is not None:
+        checks.append(valid.all())
+    keep = first[:, 0].expand(q.shape[0], k.shape[2])
+    c0, c1 = call.candidates
+    kept = keep.sum(-1).min()
+    removes_all = call.path in ("score", "both") and call.eta == 0.0  # then one kept key must stay
+    checks += [kept >= call.top_k + (1 if removes_all else 0), kept > 0]
+    if call.sinks is None:
+        checks.append(keep[:, c0:c1].sum(-1).min() >= call.top_k)
+    ok = torch.stack([c.to(torch.int64) for c in checks])
+    return keep if bool(ok.all()) else None
+
+
+def _compacted(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, call, generator) -> SinkAttentionResult | None:
+    """A key-padding-masked call as one kernel call per batch row over its kept keys (in
+    order, so every key range stays a range): mass 0 and never selected for the masked keys,
+    as the reference computes them; indices mapped back to the full sequence. A mean value
+    target stays the mean over all keys (passed as per-key vectors). None when an explicit
+    sink is a masked key (the reference then decides)."""
+    batch, heads = q.shape[:2]
+    vectors = call.value_target if isinstance(call.value_target, Tensor) else None
+    if isinstance(call.value_target, str) and call.value_target == "mean" and call.top_k > 0:
+        vectors = v.float().mean(dim=2, keepdim=True).expand(batch, heads, call.top_k, v.shape[-1])
+    value_target = call.value_target if vectors is None else vectors
+    c0, c1 = call.candidates
+    outs, masses, chosen = [], [], []
+    for b in range(batch):
+        index = keep[b].nonzero().squeeze(1)  # kept keys, ascending
+        kb, vb = k[b:b + 1].index_select(2, index), v[b:b + 1].index_select(2, index)
+        lo, hi = (int(x) for x in torch.searchsorted(index, torch.tensor([c0, c1], device=index.device)).tolist())
+        sinks_b = None
+        if call.sinks is not None:
+            full = call.sinks[b:b + 1]
+            sinks_b = torch.searchsorted(index, full.contiguous())
+            if not bool((index[sinks_b.clamp_max(index.numel() - 1)] == full).all()):
+                return None  # an explicit sink on a masked key: the reference decides
+        res = sink_attention(
+            q[b:b + 1], kb, vb, top_k=None if sinks_b is not None else call.top_k, path=call.path,
+            select=call.select, control=call.control, eta=call.eta, mass_queries=call.mass_rows,
+            candidates=None if sinks_b is not None else (lo, hi), apply_queries=call.apply_rows, sinks=sinks_b,
+            scale=call.scale, generator=generator, return_mass=call.want_mass, eta_mode=call.eta_mode,
+            value_target=value_target if vectors is None else vectors[b:b + 1], value_noise_std=call.value_noise_std)
+        outs.append(res.out)
+        if res.mass is not None:
+            masses.append(torch.zeros((1, heads, k.shape[2]), dtype=res.mass.dtype, device=q.device)
+                          .index_copy_(2, index, res.mass))
+        chosen.append(index[res.sinks])
+    mass = torch.cat(masses) if masses else None
+    return SinkAttentionResult(torch.cat(outs), mass, torch.cat(chosen))
 
 
 def _value_vectors(call, q: Tensor, v: Tensor, generator) -> tuple[str, Tensor | None]:

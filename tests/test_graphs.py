@@ -100,3 +100,21 @@ def test_run_with_graphs_makes_the_same_images(tmp_path):
         digests.append({(r["condition"], r["prompt_id"]): hashlib.sha256(
             open(os.path.join(tmp_path / name, r["image"]), "rb").read()).hexdigest() for r in records})
     assert len(digests[0]) == 2 * 5 and digests[0] == digests[1]
+
+
+@GPU_ONLY
+def test_uncapturable_forward_runs_eagerly():
+    """A key-padding-masked call reads the kept counts on the host (PixArt's text mask), which
+    a capture refuses: the signature is reported once and then runs eagerly, with the eager
+    outputs."""
+    from sinkattn.tiny import tiny_pixart_transformer
+
+    model, inputs = _model(tiny_pixart_transformer)
+    model.set_attn_processor(SinkSuppressProcessor(k=1))
+    graphs = ForwardGraphs()
+    with torch.no_grad():
+        expected = model(**inputs, return_dict=False)[0]
+        with replay_forward(model, graphs), pytest.warns(RuntimeWarning, match="could not be captured"):
+            outs = [model(**inputs, return_dict=False)[0] for _ in range(3)]
+    assert all(torch.equal(out, expected) for out in outs)
+    assert (graphs.captures, graphs.replays, graphs.eager) == (0, 0, 3)

@@ -605,6 +605,64 @@ def test_every_intervention_matches_reference(kw, route, use_settings, plant_sin
             check_against_reference(q, k, v, res, out_floor=1e-4 if dtype == torch.float32 else 1e-5, **kw, **extra)
 
 
+def _padding(batch, heads, n_k, form):
+    """A key-padding mask keeping a different prefix of the first 50 keys per batch row, then
+    every key from 60 on (the joint [text, image] layout of Qwen-Image): bool (B, 1, 1, Nk),
+    additive -inf (B, 1, 1, Nk), or bool repeated per head (B, H, 1, Nk) as diffusers' UNet hands it."""
+    keep = torch.ones(batch, n_k, dtype=torch.bool, device=DEVICE)
+    for b in range(batch):
+        keep[b, 7 + 13 * b:60] = False
+    if form == "bool":
+        return keep[:, None, None, :], keep
+    if form == "additive":
+        return torch.zeros(batch, 1, 1, n_k, device=DEVICE).masked_fill(~keep[:, None, None, :], float("-inf")), keep
+    return keep[:, None, None, :].expand(batch, heads, 1, n_k), keep
+
+
+@pytest.mark.parametrize("form", ["bool", "additive", "per-head"])
+@pytest.mark.parametrize("kw", [
+    pytest.param(dict(top_k=1), id="score-k1"),
+    pytest.param(dict(top_k=3, select="shared", path="value", eta=0.3, value_target="mean"), id="value-mean-shared"),
+    pytest.param(dict(top_k=2, control="bottom", candidates=(0, 60)), id="bottom-text-candidates"),
+    pytest.param(dict(top_k=0, path="none"), id="trace"),
+    pytest.param(dict(path="both", eta=0.2, eta_mode="prob"), id="explicit-both-prob"),
+])
+def test_key_padding_masks_run_in_the_kernels(form, kw, poisoned, monkeypatch):
+    """A key-padding mask (the same for every head and query) runs on the kernels, one call
+    per batch row over its kept keys: the reference's output, mass (0 on masked keys) and
+    keys (a masked key is never picked, not even by "bottom"), with no reference warning."""
+    from sinkattn import sink_attention
+
+    q, k, v = (t.contiguous() for t in diffusers_layout(2, 2, 40, 90, 64, 64, torch.bfloat16))
+    mask, keep = _padding(2, 2, 90, form)
+    if "top_k" not in kw:
+        kw = dict(kw, sinks=torch.tensor([[[2, 65], [70, 3]], [[4, 61], [80, 88]]], device=DEVICE))
+    from sinkattn import reference
+
+    with monkeypatch.context() as patch:
+        patch.setattr(reference, "sink_attention", lambda *a, **k: pytest.fail("the call went to the reference"))
+        res = sink_attention(q, k, v, attn_mask=mask, **kw)
+    exact = check_against_reference(q, k, v, res, attn_mask=mask, **kw)
+    assert bool((res.mass.masked_select(~keep[:, None, :].expand_as(res.mass)) == 0).all())
+    if res.sinks.numel():
+        per_batch = res.sinks.reshape(2, -1)
+        assert bool(keep.gather(1, per_batch).all()), "a masked key was selected"
+    if kw.get("control") == "bottom":
+        assert torch.equal(res.sinks.sort(-1).values, exact.sinks.sort(-1).values)
+
+
+def test_other_masks_stay_on_the_reference(poisoned):
+    """A mask that differs per query is not key padding: the call runs on the reference and
+    agrees with it."""
+    from sinkattn import sink_attention
+
+    q, k, v = (t.contiguous() for t in diffusers_layout(1, 2, 40, 90, 64, 64, torch.bfloat16))
+    mask = torch.rand(1, 1, 40, 90, device=DEVICE) > 0.3
+    mask[..., 0] = True
+    res = sink_attention(q, k, v, top_k=1, attn_mask=mask)
+    check_against_reference(q, k, v, res, top_k=1, attn_mask=mask)
+
+
 @pytest.mark.parametrize("route", ["correction", "masked"])
 @pytest.mark.parametrize("kw", [
     pytest.param(dict(path="value", eta=0.0), id="value-replace"),
