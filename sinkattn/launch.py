@@ -26,6 +26,7 @@ from torch import Tensor
 from .kernels import configs
 from .kernels.attention import flagged_tiles_kernel
 from .kernels.correction import correction_kernel
+from .kernels.query_stats import query_stats_kernel
 from .kernels.short_keys import short_attention_kernel, short_mass_kernel
 from .settings import Settings, current
 
@@ -438,3 +439,22 @@ def short_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: to
     if stored != out_dtype:
         out = out.to(out_dtype)
     return out if selection is None else (out, mass, keys)
+
+
+def query_stats(q: Tensor, k: Tensor, rows: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """The top-5 probability sum and the entropy (nats) of the query rows ``rows`` (int64,
+    (n,)) of every (b, h): two (B, H, n) float32 tensors, from kernels.query_stats (one pass
+    over the keys; the tracer's sampled statistics)."""
+    batch, n_heads, _, dim = q.shape
+    n = rows.numel()
+    settings = current()
+    block_m = 16
+    out = _output((2, batch * n_heads, n), torch.float32, q.device)
+    qo, ko = _operand(q, settings), _operand(k, settings)
+    query_stats_kernel[(_cdiv(n, block_m), batch * n_heads)](
+        qo, ko, rows, out, *qo.stride()[:3], *ko.stride()[:3],
+        n_heads, n, k.shape[2], scale * LOG2E,
+        D=dim, BLOCK_D=max(16, _pow2(dim)), BLOCK_M=block_m, BLOCK_N=64,
+        DOT_PRECISION=_dot_precision(q.dtype, settings))
+    out = out.view(2, batch, n_heads, n)
+    return out[0], out[1]

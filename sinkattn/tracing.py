@@ -329,11 +329,12 @@ class SinkTracer:
 
     def _query_stats(self, q, k, scale, rows):
         """Per (batch, head) and head-mean: mean over sampled image queries of the top-5
-        probability sum and of the row entropy, exact in fp32. The top 5 of a row are its 5
-        largest logits (p = exp(s - lse) keeps the order), taken by 5 max passes instead of
-        torch.topk (a multi-block radix select: 5.6 of the 10 ms the statistic cost per SD3
-        forward in probe18); the entropy is lse - sum p s. Half-precision logits come out
-        of the GEMM in fp32 on CUDA (no fp32 copy of k)."""
+        probability sum and of the row entropy, exact in fp32. On the kernels' devices one
+        pass over the keys (kernels/query_stats.py: ~12 ms of torch ops per SD3-medium forward
+        before, probe18); elsewhere torch: the top 5 of a row are its 5 largest logits, taken
+        by 5 max passes, and the entropy is lse - sum p s."""
+        from .ops import kernels_available
+
         m0, m1 = rows
         n = min(self.query_sample, m1 - m0)
         key = (m0, m1, n, str(q.device))
@@ -341,16 +342,21 @@ class SinkTracer:
         if index is None:
             index = self._query_index[key] = torch.linspace(m0, m1 - 1, n, device=q.device).round().long()
         scale = q.shape[-1] ** -0.5 if scale is None else scale
-        logits = _logits_fp32(q.index_select(2, index), k).mul_(scale)          # (B, H, n, Nk)
-        lse = logits.logsumexp(-1, keepdim=True)
-        p = (logits - lse).exp_()
-        ent = (lse.squeeze(-1) - (p * logits).sum(-1)).mean(-1)                 # (B, H)
-        top5 = torch.zeros_like(lse)
-        for _ in range(min(_QUERY_TOP, logits.shape[-1])):                     # logits consumed in place
-            best, where = logits.max(-1, keepdim=True)
-            top5 += (best - lse).exp_()
-            logits.scatter_(-1, where, -math.inf)
-        top5 = top5.squeeze(-1).mean(-1)
+        if q.dtype != torch.float64 and kernels_available(q.device):
+            from .launch import query_stats
+
+            top5, ent = (t.mean(-1) for t in query_stats(q, k, index, scale))          # (B, H)
+        else:
+            logits = _logits_fp32(q.index_select(2, index), k).mul_(scale)          # (B, H, n, Nk)
+            lse = logits.logsumexp(-1, keepdim=True)
+            p = (logits - lse).exp_()
+            ent = (lse.squeeze(-1) - (p * logits).sum(-1)).mean(-1)
+            top5 = torch.zeros_like(lse)
+            for _ in range(min(_QUERY_TOP, logits.shape[-1])):                     # logits consumed in place
+                best, where = logits.max(-1, keepdim=True)
+                top5 += (best - lse).exp_()
+                logits.scatter_(-1, where, -math.inf)
+            top5 = top5.squeeze(-1).mean(-1)
         top5 = torch.cat([top5, top5.mean(1, keepdim=True)], 1)[..., None]
         ent = torch.cat([ent, ent.mean(1, keepdim=True)], 1)[..., None]
         return top5, ent, n

@@ -775,3 +775,26 @@ def test_sink_call_replays_in_a_cuda_graph(kw, n_k):
         assert torch.equal(captured.out, eager.out)
         if eager.mass is not None:
             assert torch.equal(captured.mass, eager.mass)
+
+
+@pytest.mark.parametrize("n_k, dim, dtype", [(4429 if CUDA else 333, 64, torch.bfloat16), (3, 40, torch.float32),
+                                              (77, 128, torch.float16)], ids=["sd3-like", "three-keys-d40", "cross-77-d128"])
+def test_query_stats_kernel_matches_torch(n_k, dim, dtype, poisoned):
+    """kernels.query_stats: each sampled row's top-5 probability sum and entropy, against the
+    float64 softmax of the same rows; identical keys (padding tokens) tie and count as often
+    as they occur, and a row with fewer than 5 keys sums them all (1)."""
+    from sinkattn import launch
+
+    q, k, _ = diffusers_layout(2, 3, 50, n_k, dim, dim, dtype)
+    k = k.clone()
+    if n_k > 10:
+        k[:, :, 5:9] = k[:, :, 4:5]  # five identical keys
+        q[:, :, 7] = (4 * k[:, :, 4].float()).to(dtype)  # a row that attends to them
+    rows = torch.tensor([0, 7, 13, 49], device=DEVICE)
+    top5, entropy = launch.query_stats(q, k, rows, dim**-0.5)
+    p = torch.softmax(q[:, :, rows].double() @ k.double().transpose(-1, -2) * dim**-0.5, dim=-1)
+    want_top5 = p.topk(min(5, n_k), dim=-1).values.sum(-1)
+    want_entropy = -torch.special.xlogy(p, p).sum(-1)
+    tol = 1e-5 if dtype == torch.float32 else 2e-3  # the kernel's logits come from the half-precision dot
+    torch.testing.assert_close(top5.double(), want_top5, rtol=tol, atol=tol)
+    torch.testing.assert_close(entropy.double(), want_entropy, rtol=tol, atol=tol)

@@ -140,16 +140,25 @@ def _fallback_variants():
         BLOCK_M=64, BLOCK_N=64, BLOCK_T=16, WEIGHT_ON_VALUE=False, FOLD_SCALE=True, DOT_PRECISION="tf32", **_dims())
 
 
+def _query_stats_variants():
+    for dtype, dim in (("bf16", 64), ("fp16", 128), ("fp32", 40)):
+        yield f"query-stats-{dtype}-d{dim}", dict(Q=dtype, K=dtype, ROWS="i64", OUT="fp32"), dict(
+            D=dim, BLOCK_D=max(16, 1 << (dim - 1).bit_length()), BLOCK_M=16, BLOCK_N=64,
+            DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
+
+
 def _variants():
     from sinkattn.kernels.attention import attention_forward_kernel, flagged_tiles_kernel
     from sinkattn.kernels.correction import correction_kernel
     from sinkattn.kernels.key_mass import key_mass_kernel
+    from sinkattn.kernels.query_stats import query_stats_kernel
     from sinkattn.kernels.short_keys import short_attention_kernel, short_mass_kernel
 
     kernels = {"forward": attention_forward_kernel, "key-mass": key_mass_kernel, "short-mass": short_mass_kernel,
-               "short": short_attention_kernel, "correction": correction_kernel, "flagged": flagged_tiles_kernel}
+               "short": short_attention_kernel, "correction": correction_kernel, "flagged": flagged_tiles_kernel,
+               "query-stats": query_stats_kernel}
     for group in (_forward_variants(), _key_mass_variants(), _short_variants(), _one_tile_boundary_variants(),
-                  _fallback_variants()):
+                  _fallback_variants(), _query_stats_variants()):
         for name, pointers, constexprs in group:
             kernel = next(k for prefix, k in sorted(kernels.items(), key=lambda kv: -len(kv[0]))
                           if name.startswith(prefix))
@@ -161,7 +170,7 @@ VARIANTS = [
     "key-mass-paired", "key-mass-shares", "key-mass-top1-head", "key-mass-top1-shared-shares",
     "key-mass-random-head", "key-mass-random-shared",
     "short-mass", "short-mass-out", "short-plain", "short-sinks-value", "short-top1", "short-random",
-    "correction", "flagged-tiles",
+    "correction", "flagged-tiles", "query-stats-bf16-d64", "query-stats-fp16-d128", "query-stats-fp32-d40",
     *(f"{kernel}-boundary-{dtype}-d{dim}-dv{dim_v}" for dtype, dim, dim_v in ONE_TILE_BOUNDARY
       for kernel in ("short-mass", "short-top1")),
 ]

@@ -1,0 +1,88 @@
+"""The tracer's per-query statistics of a few sampled query rows (issue 18): for each row,
+the sum of its 5 largest attention probabilities (the original study's top-5 concentration)
+and its entropy, in one pass over the keys.
+
+Per (row tile, head) the kernel walks the key tiles once: S = q k^T (float32 accumulation),
+an online softmax (running max m, sum l = sum 2^(s - m), and a = sum 2^(s - m) s, all in log2
+units), and the row's running top 5 logits, kept sorted in five registers: each tile gives its
+5 largest (5 rounds of max and argmax, removing one occurrence each round, so equal logits, as
+identical padding keys give, count as often as they occur) and each is inserted with a
+compare-and-swap chain. At the end, with lse2 = m + log2(l): top5 = sum_i 2^(t_i - lse2) and
+entropy = ln 2 * (lse2 - a / l) (nats).
+
+In torch the same statistics took ~12 ms per SD3-medium forward of 24 calls (a radix top-k,
+then five max passes and the softmax's passes over a (B, H, 64, Nk) float32 tensor; probe18);
+the kernel reads q and k once.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _insert(t1, t2, t3, t4, t5, x):
+    """x into the descending (t1 >= ... >= t5), the smallest falling out."""
+    n1 = tl.maximum(t1, x)
+    x = tl.minimum(t1, x)
+    n2 = tl.maximum(t2, x)
+    x = tl.minimum(t2, x)
+    n3 = tl.maximum(t3, x)
+    x = tl.minimum(t3, x)
+    n4 = tl.maximum(t4, x)
+    x = tl.minimum(t4, x)
+    n5 = tl.maximum(t5, x)
+    return n1, n2, n3, n4, n5
+
+
+@triton.jit(do_not_specialize=["N_ROWS", "N_K"])
+def query_stats_kernel(
+    Q, K, ROWS, OUT,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    H, N_ROWS, N_K, qk_scale,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """OUT (2, B*H, N_ROWS) float32: [0] the top-5 probability sum, [1] the entropy (nats) of
+    each sampled row ROWS[i] (int64 query indices). qk_scale: the score scale times log2(e)."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < N_ROWS
+    rows = tl.load(ROWS + offs_m, mask=mask_m, other=0)
+    b_q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm + offs_d[None, :],
+                  mask=mask_m[:, None] & (offs_d[None, :] < D), other=0.0)
+    neg = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    m_i = neg
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    a_i = tl.zeros([BLOCK_M], tl.float32)
+    t1, t2, t3, t4, t5 = neg, neg, neg, neg, neg
+    for start in range(0, N_K, BLOCK_N):
+        cols = start + offs_n
+        mask_n = cols < N_K
+        b_k = tl.load(K + b * stride_kb + h * stride_kh + cols[:, None] * stride_kn + offs_d[None, :],
+                      mask=mask_n[:, None] & (offs_d[None, :] < D), other=0.0)
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION) * qk_scale  # log2 units
+        b_s = tl.where(mask_n[None, :], b_s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(b_s, 1))
+        alpha = tl.math.exp2(m_i - m_new)
+        b_p = tl.math.exp2(b_s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(b_p, 1)
+        a_i = a_i * alpha + tl.sum(b_p * tl.where(mask_n[None, :], b_s, 0.0), 1)
+        m_i = m_new
+        for _ in tl.static_range(5):
+            best = tl.max(b_s, 1)
+            where = tl.argmax(b_s, 1)
+            t1, t2, t3, t4, t5 = _insert(t1, t2, t3, t4, t5, best)
+            b_s = tl.where(offs_n[None, :] == where[:, None], float("-inf"), b_s)
+    lse2 = m_i + tl.math.log2(l_i)
+    top5 = (tl.math.exp2(t1 - lse2) + tl.math.exp2(t2 - lse2) + tl.math.exp2(t3 - lse2)
+            + tl.math.exp2(t4 - lse2) + tl.math.exp2(t5 - lse2))
+    entropy = 0.6931471805599453 * (lse2 - a_i / l_i)
+    out = OUT + bh * N_ROWS + offs_m
+    tl.store(out, top5, mask=mask_m)
+    tl.store(out + tl.num_programs(1).to(tl.int64) * N_ROWS, entropy, mask=mask_m)
