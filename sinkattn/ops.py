@@ -142,7 +142,7 @@ def sink_attention(
                       apply_queries, sinks, scale, return_mass, eta_mode, value_target, attn_mask, value_noise_std)
     generator = as_generator(generator)
     kernels = q.dtype != torch.float64 and kernels_available(q.device)
-    if kernels and attn_mask is not None:
+    if kernels and attn_mask is not None and not _traced(q, k, v):  # compaction reads counts on the host
         keep = _padding_keep(call, attn_mask, q, k)
         result = _compacted(q, k, v, keep, call, generator) if keep is not None else None
         if result is not None:

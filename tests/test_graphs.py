@@ -24,7 +24,8 @@ def _model(builder, device="cuda", dtype=torch.float32):
     inputs = {k: v.to(device, dtype) if isinstance(v, torch.Tensor) and v.is_floating_point()
               else v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     if "added_cond_kwargs" in inputs:
-        inputs["added_cond_kwargs"] = {k: v.to(device, dtype) for k, v in inputs["added_cond_kwargs"].items()}
+        inputs["added_cond_kwargs"] = {k: v.to(device, dtype) if isinstance(v, torch.Tensor) else v
+                                       for k, v in inputs["added_cond_kwargs"].items()}
     return model, inputs
 
 
