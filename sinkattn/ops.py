@@ -62,6 +62,8 @@ _warned_reference: set = set()
 
 
 def _warn_reference_once(reason: str) -> None:
+    if torch.compiler.is_compiling():  # dynamo cannot trace warnings.warn; eager calls say it
+        return
     if reason not in _warned_reference:
         _warned_reference.add(reason)
         warnings.warn(
