@@ -133,8 +133,9 @@ def _whole_model_verdict(row, by) -> str:
 
 
 def whole_model_section(path: Path) -> list[str]:
-    """The whole-model rows (benchmarks/whole_model.py): a table with issue 15's bars and a
-    plot of the ratio to the stock processor, eager and graphed, by model and mode."""
+    """The whole-model rows of one run file (benchmarks/whole_model.py): a table with issue
+    15's bars and a plot of the ratio to the stock processor, eager and graphed, by model and
+    mode."""
     if not path.exists():
         return []
     data = json.loads(path.read_text())
@@ -142,7 +143,7 @@ def whole_model_section(path: Path) -> list[str]:
     by = {(r["shape"], r["mode"]): r for r in rows}
     png = path.with_suffix(".png")
     _whole_model_plot(rows, png)
-    lines = ["## Whole models", "",
+    lines = [f"## Whole models (`results/{path.name}`)", "",
              f"`python benchmarks/whole_model.py` ({meta['gpu']}, torch {meta['torch']}, triton {meta.get('triton')}, "
              f"diffusers {meta.get('diffusers')}, {meta['date']}, commit {meta.get('commit')}): random-weight models "
              "built from their configs, bf16, 1024px, sinkattn in every attention layer; median of "
@@ -266,7 +267,7 @@ def main(argv=None):
         table(data["rows"]),
         "",
         *rerun_sections(src.parent, meta),
-        *whole_model_section(src.parent / "whole_model_h200.json"),
+        *(line for path in sorted(src.parent.glob("whole_model_h200*.json")) for line in whole_model_section(path)),
         *mass_floor_section(src.parent / "mass_floor_h200.json"),
         *pytest_benchmark_section(src.parent / "pytest_benchmark_h200.json"),
     ]
