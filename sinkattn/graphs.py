@@ -101,8 +101,16 @@ class ForwardGraphs:
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # one warm-up on a side stream, as capture wants
-                forward(*args, **kwargs)
+            # One warm-up on a side stream, as capture wants, with host synchronisations made
+            # errors: a forward that reads the device (a key-padding mask's kept counts) is
+            # found here, before a capture could fail inside CUDA.
+            previous = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                with torch.cuda.stream(side):
+                    forward(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode(previous)
             torch.cuda.current_stream().wait_stream(side)
             with torch.cuda.graph(graph, pool=self._pool):
                 out = forward(*args, **kwargs)
