@@ -147,7 +147,8 @@ def whole_model_section(path: Path) -> list[str]:
              f"`python benchmarks/whole_model.py` ({meta['gpu']}, torch {meta['torch']}, triton {meta.get('triton')}, "
              f"diffusers {meta.get('diffusers')}, {meta['date']}, commit {meta.get('commit')}): random-weight models "
              "built from their configs, bf16, 1024px, sinkattn in every attention layer; median of "
-             f"{rows[0].get('reps', '?') if rows else '?'} forwards (CUDA events). `_graph`: one forward captured in a "
+             f"{'/'.join(str(n) for n in sorted({r.get('reps') for r in rows if r.get('reps')})) or '?'} forwards "
+             "(CUDA events; the count per row in the JSON). `_graph`: one forward captured in a "
              "CUDA graph, replays timed; the ratio is to `stock` or `stock_graph` of the same model in the same run.",
              *(["", "**Tiny configs on a CPU (`--tiny`): a smoke run of the script, not a measurement.**"]
                if meta.get("tiny") else []),
