@@ -131,7 +131,8 @@ class _Sources:
         if self.embed:
             with open(path, "rb") as fh:
                 data = base64.b64encode(fh.read()).decode("ascii")
-            return f"data:image/png;base64,{data}"
+            kind = "gif" if path.lower().endswith(".gif") else "png"
+            return f"data:image/{kind};base64,{data}"
         rel = os.path.relpath(path, self.run_dir).replace(os.sep, "/")
         return "/".join(_url_quote(p) for p in rel.split("/"))
 
@@ -183,7 +184,8 @@ def write_html_report(run_dir: str, embed: bool | None = None, out: str | None =
     images = {}
     for r in records:
         if (r["prompt_id"], r["seed"]) in pairs:
-            path = _inside(run_dir, r.get("image"))
+            # A video's animated GIF where there is one (Wan), else the image.
+            path = (_inside(run_dir, r.get("video")) if r.get("video") else None) or _inside(run_dir, r.get("image"))
             if path is None:
                 notes.append(f"image {r.get('image')!r} of {r['condition']} (prompt {r['prompt_id']}, seed "
                              f"{r['seed']}): missing or outside the run folder, not shown")

@@ -85,6 +85,12 @@ def test_video_family_saves_every_frame(tmp_path):
         with av.open(str(out / r["video"])[:-len(".gif")] + ".mp4") as mp4:  # the "video" extra: in the test extra
             frames = list(mp4.decode(video=0))
             assert len(frames) == 5 and (frames[0].width, frames[0].height) == (SIZE // 2 * 2, SIZE // 2 * 2)
+    from sinkattn.experiment.html_report import write_html_report
+
+    page = open(write_html_report(str(out), embed=False), encoding="utf-8").read()
+    assert page.count('.gif"') == 2 and "data:image" not in page  # the gallery animates the videos
+    page = open(write_html_report(str(out), embed=True), encoding="utf-8").read()
+    assert page.count("data:image/gif;base64,") == 2
     with pytest.raises(ValueError, match="num_frames must be >= 1"):
         _config("wan-t2v", out).merged({"num_frames": 0})
     image_run = tmp_path / "image"
