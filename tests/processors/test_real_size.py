@@ -19,15 +19,16 @@ Two comparisons per family and setting:
   reference with top_k=0) on the same inputs, and the forward goes on with the reference's
   output, so that bf16 rounding in one layer cannot move the next one's selection:
   |ours - reference| <= CALL_BAR (5%) of |reference - stock| (the intervention's effect) +
-  ROUNDING (3) x |stock - plain| (the call's bf16 rounding); and every call the reference
-  intervenes in must change by MEANINGFUL (10) x its rounding, else the test could not tell.
-  A wrong key, path or row range moves a call by about its whole effect;
+  ROUNDING (3) x |stock - plain| (the call's bf16 rounding). Every call the reference
+  intervenes in must change by MEANINGFUL (10) x its rounding, so that a call left alone, or
+  a wrong key, path or row range (which move a call by about its whole effect), misses the bar;
 * the whole forward, ours alone against the reference alone: finite, changed from stock by
-  FORWARD_CHANGE (1.5) x the forward's bf16 rounding, and within FORWARD_BAR (25%) of the
+  more than bf16 rounding changes it (FORWARD_CHANGE), and within FORWARD_BAR (25%) of the
   effect (+ ROUNDING x rounding) of the reference's output. These bars are loose: layers
-  drift apart by bf16 rounding, and the residual stream and output layers dilute an
-  attention layer's change (with the planted sinks, on the CPU's reference path, intervened
-  calls changed by 38-300x their rounding, whole forwards by 2.3-22x theirs).
+  drift apart by bf16 rounding, and the residual stream and output layers dilute an attention
+  layer's change. On the CPU (bf16, ours on its reference path, Wan with 3 latent frames),
+  the intervened calls of the 21 cases changed by 47-510x their rounding, the whole forwards
+  by 2.0-28x theirs.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ CALL_BAR = 0.05         # |ours - reference| per call, as a fraction of the inte
 ROUNDING = 3.0          # ... plus this many times the call's bf16 rounding (stock vs float32 plain)
 MEANINGFUL = 10.0       # an intervened call's effect, in units of its bf16 rounding
 FORWARD_BAR = 0.25      # the whole forward: |ours - reference| as a fraction of the effect
-FORWARD_CHANGE = 1.5    # the whole forward's change from stock, in units of its bf16 rounding
+FORWARD_CHANGE = 1.0    # the whole forward's change from stock, in units of its bf16 rounding
 
 
 # -- planted sinks ---------------------------------------------------------------------------
