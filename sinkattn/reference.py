@@ -315,6 +315,11 @@ def sink_attention(
             rest = (probs * (1 - sel)).sum(-1, keepdim=True)  # not 1 - p_sel: that cancels as p_sel -> 1
             keep = torch.where(rest > 0, (1 - eta * p_sel) / rest.clamp_min(torch.finfo(compute).tiny), 0.0)
             new_probs = torch.where(sel > 0, eta * probs, keep * probs)
+        if on_scores and eta == 0.0 and bias is not None:
+            # A row whose every unmasked key is removed (a padding mask keeping no more keys
+            # than are removed) keeps its plain attention: there is nothing left to attend to.
+            left = torch.isfinite(scores) & (selected[:, :, None, :] == 0)
+            new_probs = torch.where(left.any(-1, keepdim=True), new_probs, probs)
         out[:, :, start:stop] = torch.where(applied, new_probs @ v_new, probs @ vc)
     if mass is not None:
         mass = mass.to(torch.float64 if q.dtype == torch.float64 else torch.float32)

@@ -798,3 +798,17 @@ def test_query_stats_kernel_matches_torch(n_k, dim, dtype, poisoned):
     tol = 1e-5 if dtype == torch.float32 else 2e-3  # the kernel's logits come from the half-precision dot
     torch.testing.assert_close(top5.double(), want_top5, rtol=tol, atol=tol)
     torch.testing.assert_close(entropy.double(), want_entropy, rtol=tol, atol=tol)
+
+
+def test_a_row_with_one_kept_key_is_not_emptied(poisoned):
+    """PixArt's unconditional row under an empty negative prompt keeps one text key: sink k=1
+    on the score path would leave nothing, so that row keeps its plain attention, on the
+    kernel path as in the reference (no NaN); the other row is intervened."""
+    from sinkattn import sink_attention
+
+    q, k, v = (t.contiguous() for t in diffusers_layout(2, 2, 40, 90, 64, 64, torch.bfloat16))
+    mask = torch.ones(2, 1, 1, 90, dtype=torch.bool, device=DEVICE)
+    mask[1, ..., 1:] = False
+    res = sink_attention(q, k, v, top_k=1, attn_mask=mask)
+    assert res.out.isfinite().all()
+    check_against_reference(q, k, v, res, top_k=1, attn_mask=mask)

@@ -314,3 +314,19 @@ def test_a_key_listed_twice_takes_its_first_vector():
     twice = sink_attention(q, k, v, sinks=torch.full((2, 3, 2), 4), path="value", value_target=vectors)
     once = sink_attention(q, k, v, sinks=torch.full((2, 3, 1), 4), path="value", value_target=vectors[:, :, :1])
     torch.testing.assert_close(twice.out, once.out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("eta_mode", ["logit", "prob"])
+def test_a_row_with_every_unmasked_key_removed_keeps_its_plain_attention(eta_mode):
+    """A key-padding mask keeping one key (PixArt's unconditional row under an empty negative
+    prompt: T5 keeps only EOS) and k=1 on the score path: nothing is left to attend to, so
+    that batch row keeps its plain attention (it was NaN); the other row is intervened."""
+    q, k, v = _qkv()
+    mask = torch.ones(2, 1, 1, 33, dtype=torch.bool)
+    mask[1, ..., 1:] = False
+    res = sink_attention(q, k, v, top_k=1, attn_mask=mask, eta_mode=eta_mode)
+    plain = sink_attention(q, k, v, top_k=0, attn_mask=mask)
+    assert res.out.isfinite().all()
+    torch.testing.assert_close(res.out[1], plain.out[1], rtol=0, atol=0)
+    assert not torch.allclose(res.out[0], plain.out[0])
+    assert (res.sinks[1] == 0).all()  # the one kept key is still the one reported
