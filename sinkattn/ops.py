@@ -124,7 +124,8 @@ def sink_attention(
         value_noise_std: the noise target's standard deviation (the original's 0.1).
         attn_mask: None, or a boolean (True = keep) or additive mask broadcastable to
             (B, H, Nq, Nk), as in SDPA. Probabilities, mass and selection are those of the
-            masked attention; keys masked for every mass query are never selected. A
+            masked attention; keys masked for every mass query are never selected; a row
+            whose every unmasked key the score path removes keeps its plain attention. A
             key-padding mask (the same for every head and query) runs on the kernels, one
             call per batch row over its kept keys (one host synchronisation); other masks
             run on the reference (exact, float32, query chunks), with a one-time warning.
