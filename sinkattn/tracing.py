@@ -331,8 +331,7 @@ class SinkTracer:
         """Per (batch, head) and head-mean: mean over sampled image queries of the top-5
         probability sum and of the row entropy, exact in fp32. On the kernels' devices one
         pass over the keys (kernels/query_stats.py: ~12 ms of torch ops per SD3-medium forward
-        before, probe18); elsewhere torch: the top 5 of a row are its 5 largest logits, taken
-        by 5 max passes, and the entropy is lse - sum p s."""
+        before, probe18); elsewhere the softmax of the sampled rows in torch."""
         from .ops import kernels_available
 
         m0, m1 = rows
@@ -347,16 +346,10 @@ class SinkTracer:
 
             top5, ent = (t.mean(-1) for t in query_stats(q, k, index, scale))          # (B, H)
         else:
-            logits = _logits_fp32(q.index_select(2, index), k).mul_(scale)          # (B, H, n, Nk)
-            lse = logits.logsumexp(-1, keepdim=True)
-            p = (logits - lse).exp_()
-            ent = (lse.squeeze(-1) - (p * logits).sum(-1)).mean(-1)
-            top5 = torch.zeros_like(lse)
-            for _ in range(min(_QUERY_TOP, logits.shape[-1])):                     # logits consumed in place
-                best, where = logits.max(-1, keepdim=True)
-                top5 += (best - lse).exp_()
-                logits.scatter_(-1, where, -math.inf)
-            top5 = top5.squeeze(-1).mean(-1)
+            logits = torch.matmul(q.index_select(2, index).float() * scale, k.float().transpose(-1, -2))
+            p = logits.softmax(-1)                                                   # (B, H, n, Nk)
+            top5 = p.topk(min(_QUERY_TOP, p.shape[-1]), dim=-1).values.sum(-1).mean(-1)     # (B, H)
+            ent = torch.special.xlogy(p, p).sum(-1).mean(-1).neg()
         top5 = torch.cat([top5, top5.mean(1, keepdim=True)], 1)[..., None]
         ent = torch.cat([ent, ent.mean(1, keepdim=True)], 1)[..., None]
         return top5, ent, n
@@ -586,22 +579,6 @@ class SinkTracer:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-def _logits_fp32(q, k):
-    """q @ k^T (B, H, n, Nk) in float32: from the half-precision inputs directly on CUDA
-    (bmm's out_dtype, float32 accumulation), else by upcasting."""
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _BMM_OUT_DTYPE[0]:
-        b, h, n, d = q.shape
-        try:
-            out = torch.bmm(q.reshape(b * h, n, d), k.reshape(b * h, -1, d).transpose(1, 2), out_dtype=torch.float32)
-            return out.view(b, h, n, -1)
-        except (TypeError, RuntimeError):  # a torch without bmm(out_dtype=): upcast from now on
-            _BMM_OUT_DTYPE[0] = False
-    return torch.matmul(q.float(), k.float().transpose(-1, -2))
-
-
-_BMM_OUT_DTYPE = [True]
-
 
 def _constant(value, n: int):
     import pyarrow as pa
