@@ -61,26 +61,27 @@ def random_uniforms(group_shape, candidates: tuple[int, int], generator, device)
     numbers reach the device through pinned memory without a host synchronisation, but a
     captured graph would replay the same numbers."""
     start, stop = candidates
+    return _drawn(torch.rand, (*group_shape, stop - start), generator, device)
+
+
+def _drawn(draw, shape, generator, device) -> Tensor:
+    """``draw(shape)`` (torch.rand or torch.randn) on the generator's device (on ``device``
+    with its default generator when there is none), then on ``device``: a CPU draw reaches a
+    CUDA device through pinned memory, without a host synchronisation."""
     draw_device = generator.device if generator is not None else torch.device(device)
-    uniform = torch.rand((*group_shape, stop - start), generator=generator, device=draw_device)
-    if uniform.device != torch.device(device):
-        if uniform.device.type == "cpu" and torch.device(device).type == "cuda":
-            uniform = uniform.pin_memory()
-        uniform = uniform.to(device, non_blocking=True)
-    return uniform
+    numbers = draw(shape, generator=generator, device=draw_device)
+    if numbers.device != torch.device(device):
+        if numbers.device.type == "cpu" and torch.device(device).type == "cuda":
+            numbers = numbers.pin_memory()
+        numbers = numbers.to(device, non_blocking=True)
+    return numbers
 
 
 def value_noise(shape, std: float, generator, device) -> Tensor:
     """The value path's noise target: ``std`` times standard normal numbers of ``shape``
     (B, H, top_k, Dv), float32 on ``device``, drawn as the reference draws them (on the
     generator's device, or on ``device`` with its default generator when there is none)."""
-    draw_device = generator.device if generator is not None else torch.device(device)
-    noise = torch.randn(shape, generator=generator, device=draw_device).mul_(std)
-    if noise.device != torch.device(device):
-        if noise.device.type == "cpu" and torch.device(device).type == "cuda":
-            noise = noise.pin_memory()
-        noise = noise.to(device, non_blocking=True)
-    return noise
+    return _drawn(torch.randn, shape, generator, device).mul_(std)
 
 
 def random_keys(group_shape, top_k: int, candidates: tuple[int, int], generator, device) -> Tensor:
