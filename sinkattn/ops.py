@@ -236,17 +236,18 @@ def _compacted(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, call, generator) -
         vectors = v.float().mean(dim=2, keepdim=True).expand(batch, heads, call.top_k, v.shape[-1])
     value_target = call.value_target if vectors is None else vectors
     c0, c1 = call.candidates
+    kept = [keep[b].nonzero().squeeze(1) for b in range(batch)]  # each row's kept keys, ascending
+    sinks = [None] * batch
+    if call.sinks is not None:
+        for b, index in enumerate(kept):
+            full = call.sinks[b:b + 1]
+            sinks[b] = torch.searchsorted(index, full.contiguous())
+            if not bool((index[sinks[b].clamp_max(index.numel() - 1)] == full).all()):
+                return None  # an explicit sink on a masked key: the reference decides
     outs, masses, chosen = [], [], []
-    for b in range(batch):
-        index = keep[b].nonzero().squeeze(1)  # kept keys, ascending
+    for b, (index, sinks_b) in enumerate(zip(kept, sinks)):
         kb, vb = k[b:b + 1].index_select(2, index), v[b:b + 1].index_select(2, index)
         lo, hi = (int(x) for x in torch.searchsorted(index, torch.tensor([c0, c1], device=index.device)).tolist())
-        sinks_b = None
-        if call.sinks is not None:
-            full = call.sinks[b:b + 1]
-            sinks_b = torch.searchsorted(index, full.contiguous())
-            if not bool((index[sinks_b.clamp_max(index.numel() - 1)] == full).all()):
-                return None  # an explicit sink on a masked key: the reference decides
         res = sink_attention(
             q[b:b + 1], kb, vb, top_k=None if sinks_b is not None else call.top_k, path=call.path,
             select=call.select, control=call.control, eta=call.eta, mass_queries=call.mass_rows,
