@@ -216,7 +216,10 @@ def _padding_keep(call, attn_mask: Tensor, q: Tensor, k: Tensor) -> Tensor | Non
     keep = first[:, 0].expand(q.shape[0], k.shape[2])
     c0, c1 = call.candidates
     kept = keep.sum(-1).min()
-    removes_all = call.path in ("score", "both") and call.eta == 0.0  # then one kept key must stay
+    # Explicit keys on the score path at eta 0 could remove every kept key of a row (the
+    # reference then keeps its plain attention): such calls stay there. With selection, a row
+    # keeping no more keys than are selected is run without its score part (_compacted).
+    removes_all = call.path in ("score", "both") and call.eta == 0.0 and call.sinks is not None
     checks += [kept >= call.top_k + (1 if removes_all else 0), kept > 0]
     if call.sinks is None:
         checks.append(keep[:, c0:c1].sum(-1).min() >= call.top_k)
@@ -249,7 +252,8 @@ def _compacted(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, call, generator) -
         kb, vb = k[b:b + 1].index_select(2, index), v[b:b + 1].index_select(2, index)
         lo, hi = (int(x) for x in torch.searchsorted(index, torch.tensor([c0, c1], device=index.device)).tolist())
         res = sink_attention(
-            q[b:b + 1], kb, vb, top_k=None if sinks_b is not None else call.top_k, path=call.path,
+            q[b:b + 1], kb, vb, top_k=None if sinks_b is not None else call.top_k,
+            path=_path_of_row(call, index.numel(), sinks_b),
             select=call.select, control=call.control, eta=call.eta, mass_queries=call.mass_rows,
             candidates=None if sinks_b is not None else (lo, hi), apply_queries=call.apply_rows, sinks=sinks_b,
             scale=call.scale, generator=generator, return_mass=call.want_mass, eta_mode=call.eta_mode,
@@ -261,6 +265,16 @@ def _compacted(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, call, generator) -
         chosen.append(index[res.sinks])
     mass = torch.cat(masses) if masses else None
     return SinkAttentionResult(torch.cat(outs), mass, torch.cat(chosen))
+
+
+def _path_of_row(call, kept: int, sinks: Tensor | None) -> str:
+    """The path a compacted batch row runs: the call's, except that a row whose every kept
+    key is selected and removed on the score path (eta 0) keeps its plain attention, as the
+    reference rules: its score part is dropped ("score" -> "none", "both" -> "value")."""
+    emptied = sinks is None and call.eta == 0.0 and kept <= call.top_k
+    if not emptied or call.path not in ("score", "both"):
+        return call.path
+    return "none" if call.path == "score" else "value"
 
 
 def _value_vectors(call, q: Tensor, v: Tensor, generator) -> tuple[str, Tensor | None]:

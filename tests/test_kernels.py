@@ -800,15 +800,24 @@ def test_query_stats_kernel_matches_torch(n_k, dim, dtype, poisoned):
     torch.testing.assert_close(entropy.double(), want_entropy, rtol=tol, atol=tol)
 
 
-def test_a_row_with_one_kept_key_is_not_emptied(poisoned):
+@pytest.mark.parametrize("kw", [
+    pytest.param(dict(top_k=1), id="score-k1"),
+    pytest.param(dict(top_k=1, eta_mode="prob"), id="score-k1-prob"),
+    pytest.param(dict(top_k=2, path="both", select="shared"), id="both-k2-shared"),
+])
+def test_a_row_with_one_kept_key_is_not_emptied(kw, poisoned, monkeypatch):
     """PixArt's unconditional row under an empty negative prompt keeps one text key: sink k=1
-    on the score path would leave nothing, so that row keeps its plain attention, on the
-    kernel path as in the reference (no NaN); the other row is intervened."""
-    from sinkattn import sink_attention
+    on the score path would leave nothing, so that row keeps its plain attention (with "both",
+    only the value part applies), on the kernels (that row runs without its score part) as in
+    the reference (no NaN); the other row is intervened."""
+    from sinkattn import reference, sink_attention
 
     q, k, v = (t.contiguous() for t in diffusers_layout(2, 2, 40, 90, 64, 64, torch.bfloat16))
     mask = torch.ones(2, 1, 1, 90, dtype=torch.bool, device=DEVICE)
-    mask[1, ..., 1:] = False
-    res = sink_attention(q, k, v, top_k=1, attn_mask=mask)
+    mask[1, ..., kw["top_k"]:] = False
+    with monkeypatch.context() as patch:
+        patch.setattr(reference, "sink_attention", lambda *a, **k: pytest.fail("the call went to the reference"))
+        res = sink_attention(q, k, v, attn_mask=mask, **kw)
     assert res.out.isfinite().all()
-    check_against_reference(q, k, v, res, top_k=1, attn_mask=mask)
+    check_against_reference(q, k, v, res, attn_mask=mask, **kw)
+    assert bool(mask[1, 0, 0].gather(0, res.sinks[1].flatten()).all()), "a masked key was selected"
