@@ -33,7 +33,9 @@ Modes: ``stock`` (AttnProcessor2_0 / JointAttnProcessor2_0 / FluxAttnProcessor /
 QwenDoubleStreamAttnProcessor2_0 / WanAttnProcessor),
 ``sink_score`` (SinkSuppressProcessor(k=1)), ``sink_value`` (path="value"), ``random``
 (k=1, control="random", the default device generator), ``shared`` (k=1, select="shared"),
-``trace_only`` (k=0 with a SinkTracer: path "none", the key mass of every call recorded), and
+``trace_only`` (k=0 with a SinkTracer: path "none", the key mass of every call recorded),
+``sink_traced`` (sink k=1 with a SinkTracer: what tracing adds to an intervened run is its
+ratio to ``sink_score``), and
 each as ``<mode>_graph``: one forward captured in a CUDA graph after an eager warm-up, the
 replay timed. Times are the median of ``--reps`` forwards (CUDA events); ``ratio`` is to
 ``stock`` (eager modes) or ``stock_graph`` (graphed modes) of the same shape in the same run.
@@ -65,7 +67,7 @@ SHAPES = ("sd3m_transformer_1024", "flux_transformer_1024", "sdxl_unet_1024", "s
 # run stays the four above).
 FAMILY_SHAPES = ("sd35m_transformer_1024", "sd35l_transformer_1024", "pixart_sigma_transformer_1024",
                  "qwen_transformer_1024_12blocks", "wan_t2v_480p_81f_10blocks")
-MODES = ("stock", "sink_score", "sink_value", "random", "shared", "trace_only")
+MODES = ("stock", "sink_score", "sink_value", "random", "shared", "trace_only", "sink_traced")
 
 SD3_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
                   num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
@@ -368,7 +370,8 @@ def processor(mode: str, stock):
             "sink_value": lambda: SinkSuppressProcessor(k=1, path="value"),
             "random": lambda: SinkSuppressProcessor(k=1, control="random"),
             "shared": lambda: SinkSuppressProcessor(k=1, select="shared"),
-            "trace_only": lambda: SinkSuppressProcessor(k=0, tracer=SinkTracer())}[mode]()
+            "trace_only": lambda: SinkSuppressProcessor(k=0, tracer=SinkTracer()),
+            "sink_traced": lambda: SinkSuppressProcessor(k=1, tracer=SinkTracer())}[mode]()
 
 
 # -- timing ------------------------------------------------------------------------------------
@@ -475,7 +478,7 @@ def bench_denoise(modes, reps: int, device, dtype, tiny: bool, graphs: bool = Tr
                     generator=torch.Generator(device).manual_seed(0))
 
     for mode in modes:
-        if mode == "trace_only":
+        if mode in ("trace_only", "sink_traced"):
             continue  # a 28-step trace is the runner's measurement, not this one's
         for graphed in ([False, True] if graphs and cuda else [False]):
             row = {"shape": "sd3m_denoise_28", "mode": f"{mode}_graph" if graphed else mode}
