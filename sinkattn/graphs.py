@@ -13,6 +13,12 @@ value. The first forward of a new signature runs eagerly (it warms up Triton, cu
 the caches); the second is captured and replayed, and later ones are replayed: the tensor
 inputs are copied into the graph's static inputs and its outputs are returned as clones.
 
+Random draws on a CUDA generator replay afresh when the generator is registered with the
+graphs (``generators``; the device's default generator always is): each replay draws at the
+generator's current offset and advances it as the eager forward would, so a graphed run
+draws the same numbers as an eager one from the same seed (the capture's warm-up forward
+leaves the registered generators' states as it found them).
+
 What a graph cannot hold, the caller must keep out (the runner does): host work that must
 happen on every call (a tracer's records), random draws on a CPU generator (a graph would
 replay the same numbers), and host-to-device copies of pageable memory (not capturable; a
@@ -54,10 +60,15 @@ class ForwardGraphs:
     """The captured graphs of one module's forward, by signature, in one memory pool
     (``pool``: a torch.cuda.graph_pool_handle() to share with other ForwardGraphs whose
     graphs never replay concurrently with these; the outputs are cloned on return, so no
-    graph's result lives in the pool past its replay). ``captures``, ``replays`` and
-    ``eager`` count what happened (for tests and logs)."""
+    graph's result lives in the pool past its replay). ``generators``: CUDA generators the
+    forward draws from, registered with every graph. ``captures``, ``replays`` and ``eager``
+    count what happened (for tests and logs)."""
 
-    def __init__(self, warmup_calls: int = 1, pool=None):
+    def __init__(self, warmup_calls: int = 1, pool=None, generators=()):
+        for generator in generators:
+            if generator.device.type != "cuda":
+                raise ValueError(f"a graph replays draws only from CUDA generators, got one on {generator.device}")
+        self.generators = tuple(generators)
         self.warmup_calls = warmup_calls
         self._graphs: dict = {}
         self._seen: Counter = Counter()
@@ -98,6 +109,9 @@ class ForwardGraphs:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
+        for generator in self.generators:
+            graph.register_generator_state(generator)
+        states = [generator.get_state() for generator in self.generators]
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -112,6 +126,8 @@ class ForwardGraphs:
             finally:
                 torch.cuda.set_sync_debug_mode(previous)
             torch.cuda.current_stream().wait_stream(side)
+            for generator, state in zip(self.generators, states):  # the warm-up's draws are not the call's
+                generator.set_state(state)
             with torch.cuda.graph(graph, pool=self._pool):
                 out = forward(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any failure means: run this signature eagerly

@@ -3,6 +3,7 @@ forward gives the eager forward's output, per step gate, and a run with graphs m
 images as one without. Capture needs CUDA: on the CPU only the pass-through is checked here,
 the rest is the GPU counterpart (run by the device check like tests/test_kernels.py)."""
 
+import contextlib
 import hashlib
 import os
 
@@ -40,6 +41,46 @@ def test_cpu_forward_passes_through_and_is_restored():
     assert "forward" not in vars(model)
     assert torch.equal(got, expected)
     assert (graphs.eager, graphs.captures, graphs.replays) == (1, 0, 0)
+
+
+def test_graphs_take_cuda_generators_only():
+    with pytest.raises(ValueError, match="CUDA generators"):
+        ForwardGraphs(generators=[torch.Generator()])
+    with pytest.raises(ValueError, match="seeded by seed"):
+        SinkSuppressProcessor(control="random", generator=torch.Generator())
+    generator = torch.Generator()
+    proc = SinkSuppressProcessor(control="random", seed=3, generator=generator)
+    assert proc.generator is generator and generator.initial_seed() == 3
+
+
+@GPU_ONLY
+@pytest.mark.parametrize("kw", [dict(control="random"), dict(k=2, path="value", value_target="noise")],
+                         ids=["random", "noise"])
+def test_seeded_draws_replay_as_eager(kw):
+    """The random control and value noise on a CUDA generator registered with the graphs:
+    every replay draws afresh, the numbers an eager run of the same seed draws (so a graphed
+    forward equals the eager one step by step, and a second graphed pass, reseeded, repeats
+    the first); another seed gives other outputs."""
+    model, inputs = _model(tiny_sd3_transformer)
+    generator = torch.Generator(device="cuda")
+    graphs = ForwardGraphs(generators=[generator])
+
+    def run(graphed, seed=7):
+        model.set_attn_processor(SinkSuppressProcessor(seed=seed, generator=generator, **kw))
+        outs = []
+        with torch.no_grad():
+            for step in range(4):
+                step_inputs = dict(inputs, timestep=inputs["timestep"] * (1 - step / 4))
+                with replay_forward(model, graphs) if graphed else contextlib.nullcontext():
+                    outs.append(model(**step_inputs, return_dict=False)[0])
+        return outs
+
+    eager, graphed, again = run(False), run(True), run(True)
+    for step, (e, g, a) in enumerate(zip(eager, graphed, again)):
+        assert torch.equal(g, e) and torch.equal(a, e), f"step {step}"
+    assert (graphs.eager, graphs.captures, graphs.replays) == (1, 1, 7)
+    other = run(False, seed=8)
+    assert not all(torch.equal(o, e) for o, e in zip(other, eager))
 
 
 @GPU_ONLY
@@ -88,11 +129,12 @@ def test_step_gate_selects_the_graph():
 
 @GPU_ONLY
 def test_run_with_graphs_makes_the_same_images(tmp_path):
-    """The tiny preset on CUDA with and without --cuda-graphs: the same images, byte for byte."""
+    """The tiny preset on CUDA with and without --cuda-graphs: the same images, byte for byte
+    (the random control's conditions replay too, drawing on their device generators)."""
     from sinkattn.cli import main
     from sinkattn.experiment.store import read_records
 
-    args = ["--preset", "tiny", "--limit", "2", "--steps", "4", "--k", "1,2", "--controls", "sink",
+    args = ["--preset", "tiny", "--limit", "2", "--steps", "4", "--k", "1,2", "--controls", "sink,random",
             "--path", "score,value", "--metrics", "none", "--no-report", "--no-progress"]
     digests = []
     for name, flag in (("graphs", "--cuda-graphs"), ("eager", "--no-cuda-graphs")):
@@ -100,7 +142,7 @@ def test_run_with_graphs_makes_the_same_images(tmp_path):
         records = read_records(str(tmp_path / name / "results.jsonl"))
         digests.append({(r["condition"], r["prompt_id"]): hashlib.sha256(
             open(os.path.join(tmp_path / name, r["image"]), "rb").read()).hexdigest() for r in records})
-    assert len(digests[0]) == 2 * 5 and digests[0] == digests[1]
+    assert len(digests[0]) == 2 * 9 and digests[0] == digests[1]
 
 
 @GPU_ONLY

@@ -404,9 +404,11 @@ class RunConfig:
     report: bool = True
     progress: bool = True
     # Replay the denoiser's forward from CUDA graphs (sinkattn.graphs) on CUDA: the same
-    # kernels, launched from a graph instead of by the host. Traced conditions and those that
-    # draw on a CPU generator (random control, value noise) run eagerly. Not part of the
-    # generation fingerprint: it changes the launching, not the arithmetic.
+    # kernels, launched from a graph instead of by the host. Traced conditions run eagerly.
+    # The random control and value noise draw on a generator on the run's device, seeded per
+    # (image seed, condition) and registered with the condition's graphs, so graphed and
+    # eager runs draw the same numbers. Not part of the generation fingerprint: it changes
+    # the launching, not the arithmetic.
     cuda_graphs: bool = True
 
     def __post_init__(self):

@@ -467,13 +467,26 @@ def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device
     graphs: dict[str, ForwardGraphs] = {}  # condition -> its denoiser graphs, kept across images
     pool = []  # one memory pool for all of them: they replay one at a time
 
+    draws: dict[str, torch.Generator] = {}  # condition -> the generator its processor draws from
+
     def replayed(name, key=None):
         """The denoiser's forward from CUDA graphs for this condition (cfg.cuda_graphs)."""
         if not (cfg.cuda_graphs and device.startswith("cuda")):
             return contextlib.nullcontext()
         if not pool:
             pool.append(torch.cuda.graph_pool_handle())
-        return replay_forward(gen.denoiser, graphs.setdefault(name, ForwardGraphs(pool=pool[0])), key=key)
+        generators = [draws[name]] if name in draws else []
+        return replay_forward(gen.denoiser, graphs.setdefault(name, ForwardGraphs(pool=pool[0], generators=generators)),
+                              key=key)
+
+    def generator_of(c):
+        """The generator of a condition that draws (random control, value noise), reseeded per
+        image: on the run's device (one per condition, kept: its CUDA graphs register it)."""
+        if not (c.control == "random" or c.value_target == "noise"):
+            return None
+        if c.name not in draws:
+            draws[c.name] = torch.Generator(device=torch.device(device))
+        return draws[c.name]
 
     written = 0
     for (prompt_id, seed), items in groups.items():
@@ -506,12 +519,10 @@ def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device
                     k=c.top_k, path=c.path, select=c.select, control=c.control, eta=c.eta,
                     mass_queries=c.mass_queries, apply_queries=c.apply_queries, candidates=c.candidates,
                     eta_mode=c.eta_mode, value_target=c.value_target, fixed=c.fixed or (),
-                    seed=_processor_seed(seed, c.name) if c.control == "random" or c.value_target == "noise" else None)
+                    generator=generator_of(c), seed=_processor_seed(seed, c.name) if generator_of(c) else None)
                 with intervene(gen.pipe, processor, layers=list(c.layers) if c.layers is not None else None,
                                steps=list(c.steps) if c.steps is not None else None, timesteps=c.timesteps) as iv:
-                    # Draws on the processor's CPU generator would replay as the same numbers: eager.
-                    draws = processor.generator is not None
-                    with contextlib.nullcontext() if draws else replayed(c.name, iv.step_state):
+                    with replayed(c.name, iv.step_state):
                         image = gen(prompt.text, seed, latents, draw)
             seconds = time.perf_counter() - start
             data = _png_bytes(image)

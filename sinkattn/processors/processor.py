@@ -43,9 +43,12 @@ class SinkSuppressProcessor:
             (e.g. candidates="text" in an image-only layer) leaves that layer unintervened.
             Defaults follow the study: mass over the image queries, applied to all queries,
             any key a candidate.
-        seed: seeds this processor's torch.Generator (CPU) for control="random" and
+        seed: seeds this processor's torch.Generator for control="random" and
             value_target="noise"; every call draws afresh from it, so a run is reproducible;
             :meth:`reset` reseeds. Without it those draws use the device's global generator.
+        generator: the torch.Generator that ``seed`` seeds (default: a new CPU one). A CUDA
+            generator draws on the device, so the calls can be replayed from a CUDA graph
+            that registers it (sinkattn.graphs.ForwardGraphs(generators=...)).
         tracer: a :class:`sinkattn.tracing.SinkTracer` (or anything with ``record(...)``).
         text_len: Flux single-stream blocks only, the number of text tokens at the front of
             the joined sequence, when it cannot be learned from the double-stream blocks
@@ -60,7 +63,8 @@ class SinkSuppressProcessor:
     def __init__(self, k: int = 1, path: str = "score", select: str = "head", control: str = "sink",
                  eta: float = 0.0, mass_queries: str = "image", apply_queries: str = "all",
                  candidates: str = "all", seed: int | None = None, tracer=None, text_len: int | None = None,
-                 eta_mode: str = "logit", value_target: str = "zero", fixed=(), value_noise_std: float = 0.1):
+                 eta_mode: str = "logit", value_target: str = "zero", fixed=(), value_noise_std: float = 0.1,
+                 generator: torch.Generator | None = None):
         from ..reference import ETA_MODES, PATHS, SELECTS, VALUE_TARGETS
         from ..selection import CONTROLS
 
@@ -73,7 +77,9 @@ class SinkSuppressProcessor:
                                      eta_mode=eta_mode, value_target=value_target, value_noise_std=float(value_noise_std),
                                      fixed=(fixed,) if isinstance(fixed, str) else tuple(fixed))
         self.seed = seed
-        self.generator = None if seed is None else torch.Generator(device="cpu").manual_seed(seed)
+        if generator is not None and seed is None:
+            raise ValueError("generator is seeded by seed: give both (or neither)")
+        self.generator = None if seed is None else (generator or torch.Generator(device="cpu")).manual_seed(seed)
         self.tracer = tracer
         self.text_len = text_len
         # Set by sinkattn.gating.intervene: gate(layer_name) -> bool, and the step clock.
