@@ -311,6 +311,17 @@ def _run_kernels(
     target's (B, H, top_k, Dv) replacement vectors when ``value_target`` is "vectors"."""
     from . import launch
 
+    dim, dim_v = q.shape[-1], v.shape[-1]
+    if launch.padded_head_dims(dim, dim_v) != (dim, dim_v):
+        # Zero columns add nothing to q.k and give zero output columns: run at the blocks'
+        # width, then cut the output back (scale is the caller's, from the true head dim).
+        pad, pad_v = (n - d for n, d in zip(launch.padded_head_dims(dim, dim_v), (dim, dim_v)))
+        widen = torch.nn.functional.pad
+        out, mass, chosen = _run_kernels(
+            widen(q, (0, pad)), widen(k, (0, pad)), widen(v, (0, pad_v)), sinks, uniform, top_k, path, select,
+            control, eta, mass_rows, candidates, apply_rows, scale, want_mass, eta_mode, value_target,
+            None if vectors is None else widen(vectors, (0, pad_v)))
+        return out[..., :dim_v].contiguous(), mass, chosen
     settings = current_settings()
     mass_rows, candidates, apply_rows = tuple(mass_rows), tuple(candidates), tuple(apply_rows)
     rule = control_of(control)
