@@ -74,11 +74,17 @@ def query_stats_kernel(
         l_i = l_i * alpha + tl.sum(b_p, 1)
         a_i = a_i * alpha + tl.sum(b_p * tl.where(mask_n[None, :], b_s, 0.0), 1)
         m_i = m_new
+        # Only logits above a row's 5th largest so far can enter its top 5: past the first
+        # tiles most tiles hold none, and their rounds are skipped (a branch per round on
+        # the whole block; a row with nothing left inserts -inf, which falls out).
+        b_s = tl.where(b_s > t5[:, None], b_s, float("-inf"))
+        best = tl.max(b_s, 1)
         for _ in tl.static_range(5):
-            best = tl.max(b_s, 1)
-            where = tl.argmax(b_s, 1)
-            t1, t2, t3, t4, t5 = _insert(t1, t2, t3, t4, t5, best)
-            b_s = tl.where(offs_n[None, :] == where[:, None], float("-inf"), b_s)
+            if tl.max(best, 0) > float("-inf"):
+                where = tl.argmax(b_s, 1)
+                t1, t2, t3, t4, t5 = _insert(t1, t2, t3, t4, t5, best)
+                b_s = tl.where(offs_n[None, :] == where[:, None], float("-inf"), b_s)
+                best = tl.max(b_s, 1)
     lse2 = m_i + tl.math.log2(l_i)
     top5 = (tl.math.exp2(t1 - lse2) + tl.math.exp2(t2 - lse2) + tl.math.exp2(t3 - lse2)
             + tl.math.exp2(t4 - lse2) + tl.math.exp2(t5 - lse2))

@@ -793,6 +793,9 @@ def test_query_stats_kernel_matches_torch(n_k, dim, dtype, poisoned):
     if n_k > 10:
         k[:, :, 5:9] = k[:, :, 4:5]  # five identical keys
         q[:, :, 7] = (4 * k[:, :, 4].float()).to(dtype)  # a row that attends to them
+    if n_k > 70:  # six identical keys across the key tiles' boundary at 64, one more than the top 5
+        k[:, :, 61:67] = k[:, :, 60:61]
+        q[:, :, 13] = (4 * k[:, :, 60].float()).to(dtype)
     rows = torch.tensor([0, 7, 13, 49], device=DEVICE)
     top5, entropy = launch.query_stats(q, k, rows, dim**-0.5)
     p = torch.softmax(q[:, :, rows].double() @ k.double().transpose(-1, -2) * dim**-0.5, dim=-1)
