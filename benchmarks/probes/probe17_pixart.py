@@ -1,3 +1,12 @@
+"""Probe 17a: where PixArt-Sigma's whole-model time goes with sink k=1 in every layer.
+
+whole_model.py read PixArt-Sigma at 3.37x stock after key padding moved its T5-masked
+cross-attention onto the kernels. This builds the same full transformer (random weights, bf16,
+1024px, batch 2), times the stock and the sink forward (CUDA events, mean of 5) and prints
+torch.profiler's tables (by CUDA time and by CPU time) of one forward of each.
+
+    python3 benchmarks/probes/probe17_pixart.py
+"""
 import sys, torch
 sys.path.insert(0, "benchmarks")
 import whole_model
