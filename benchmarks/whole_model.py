@@ -68,6 +68,7 @@ SHAPES = ("sd3m_transformer_1024", "flux_transformer_1024", "sdxl_unet_1024", "s
 FAMILY_SHAPES = ("sd35m_transformer_1024", "sd35l_transformer_1024", "pixart_sigma_transformer_1024",
                  "qwen_transformer_1024_12blocks", "wan_t2v_480p_81f_10blocks")
 MODES = ("stock", "sink_score", "sink_value", "random", "shared", "trace_only", "sink_traced")
+TRACED_MODES = ("trace_only", "sink_traced")  # not run in the denoising loop
 
 SD3_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
                   num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
@@ -478,7 +479,7 @@ def bench_denoise(modes, reps: int, device, dtype, tiny: bool, graphs: bool = Tr
                     generator=torch.Generator(device).manual_seed(0))
 
     for mode in modes:
-        if mode in ("trace_only", "sink_traced"):
+        if mode in TRACED_MODES:
             continue  # a 28-step trace is the runner's measurement, not this one's
         for graphed in ([False, True] if graphs and cuda else [False]):
             row = {"shape": "sd3m_denoise_28", "mode": f"{mode}_graph" if graphed else mode}
