@@ -19,6 +19,7 @@ CUDA graph (the random control too when its generator is on the device).
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -146,10 +147,9 @@ def sink_attention(
     generator = as_generator(generator)
     kernels = q.dtype != torch.float64 and kernels_available(q.device)
     if kernels and attn_mask is not None and not _traced(q, k, v):  # compaction reads counts on the host
-        keep = _padding_keep(call, attn_mask, q, k)
-        result = _compacted(q, k, v, keep, call, generator) if keep is not None else None
-        if result is not None:
-            return result
+        plan = _padding_plan(call, attn_mask, q, k)
+        if plan is not None:
+            return _compacted(q, k, v, plan, call, generator)
     if not kernels or attn_mask is not None:
         if attn_mask is not None:
             _warn_reference_once("attention masks other than key padding are not in the kernels yet")
@@ -188,13 +188,23 @@ def sink_attention(
     return SinkAttentionResult(out, mass if call.want_mass else None, chosen)
 
 
-def _padding_keep(call, attn_mask: Tensor, q: Tensor, k: Tensor) -> Tensor | None:
-    """(B, Nk) bool when ``attn_mask`` is a key-padding mask that the kernels can take by
+class _Padding(NamedTuple):
+    """How a key-padding-masked call runs on the kernels, per batch row: its kept keys
+    (ascending, on the device), its candidates as a range of them, and its explicit sinks
+    mapped to them (None when the call selects)."""
+    kept: list
+    candidates: list
+    sinks: list
+
+
+def _padding_plan(call, attn_mask: Tensor, q: Tensor, k: Tensor) -> _Padding | None:
+    """The per-row plan when ``attn_mask`` is a key-padding mask that the kernels can take by
     leaving the masked keys out (the same for every head and query: False or -inf masks a
-    key, True or 0 keeps it; every row keeps a key), else None. Calls whose draws or targets
-    depend on the masked keys stay on the reference: the random control and value noise
-    (drawn over all candidates there), query controls, and top_k over the kept candidates.
-    One host synchronisation per call (the kept counts size the compacted keys)."""
+    key, True or 0 keeps it; every row keeps a key; no explicit sink on a masked key), else
+    None. Calls whose draws or targets depend on the masked keys stay on the reference: the
+    random control and value noise (drawn over all candidates there), query controls, and
+    top_k over the kept candidates. Every check, count and range is read in one host
+    synchronisation per call."""
     if (control_of(call.control).rank == "uniform" and call.sinks is None
             or control_of(call.control).side == "queries" and call.sinks is None
             or isinstance(call.value_target, str) and call.value_target == "noise"):
@@ -213,44 +223,48 @@ def _padding_keep(call, attn_mask: Tensor, q: Tensor, k: Tensor) -> Tensor | Non
     checks = [(keep == first[:, :, None, :]).all()]  # every head alike
     if valid is not None:
         checks.append(valid.all())
-    keep = first[:, 0].expand(q.shape[0], k.shape[2])
+    batch = q.shape[0]
+    keep = first[:, 0].expand(batch, k.shape[2])
+    before = keep.cumsum(-1)  # kept keys up to and including each key
+    counts = before[:, -1]
     c0, c1 = call.candidates
-    kept = keep.sum(-1).min()
+    lo = before[:, c0 - 1] if c0 > 0 else torch.zeros_like(counts)
+    hi = before[:, c1 - 1]
     # Explicit keys on the score path at eta 0 could remove every kept key of a row (the
     # reference then keeps its plain attention): such calls stay there. With selection, a row
     # keeping no more keys than are selected is run without its score part (_compacted).
     removes_all = call.path in ("score", "both") and call.eta == 0.0 and call.sinks is not None
-    checks += [kept >= call.top_k + (1 if removes_all else 0), kept > 0]
+    checks += [counts.min() >= call.top_k + (1 if removes_all else 0), counts.min() > 0]
+    mapped = None
     if call.sinks is None:
-        checks.append(keep[:, c0:c1].sum(-1).min() >= call.top_k)
-    ok = torch.stack([c.to(torch.int64) for c in checks])
-    return keep if bool(ok.all()) else None
+        checks.append((hi - lo).min() >= call.top_k)
+    else:
+        flat = call.sinks.reshape(batch, -1)
+        checks.append(keep.gather(1, flat).all())  # a sink on a masked key: the reference decides
+        mapped = (before.gather(1, flat) - 1).reshape(call.sinks.shape)
+    ok = torch.stack([c.to(torch.int64) for c in checks]).min().reshape(1)
+    host = torch.cat([ok, counts, lo, hi]).tolist()  # the call's one host synchronisation
+    if not host[0]:
+        return None
+    counts, lo, hi = host[1:1 + batch], host[1 + batch:1 + 2 * batch], host[1 + 2 * batch:]
+    order = torch.sort((~keep).to(torch.uint8), dim=-1, stable=True).indices  # kept keys first, ascending
+    return _Padding(kept=[order[b, :counts[b]] for b in range(batch)], candidates=list(zip(lo, hi)),
+                    sinks=[None if mapped is None else mapped[b:b + 1] for b in range(batch)])
 
 
-def _compacted(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, call, generator) -> SinkAttentionResult | None:
+def _compacted(q: Tensor, k: Tensor, v: Tensor, plan: _Padding, call, generator) -> SinkAttentionResult:
     """A key-padding-masked call as one kernel call per batch row over its kept keys (in
     order, so every key range stays a range): mass 0 and never selected for the masked keys,
     as the reference computes them; indices mapped back to the full sequence. A mean value
-    target stays the mean over all keys (passed as per-key vectors). None when an explicit
-    sink is a masked key (the reference then decides)."""
+    target stays the mean over all keys (passed as per-key vectors)."""
     batch, heads = q.shape[:2]
     vectors = call.value_target if isinstance(call.value_target, Tensor) else None
     if isinstance(call.value_target, str) and call.value_target == "mean" and call.top_k > 0:
         vectors = v.float().mean(dim=2, keepdim=True).expand(batch, heads, call.top_k, v.shape[-1])
     value_target = call.value_target if vectors is None else vectors
-    c0, c1 = call.candidates
-    kept = [keep[b].nonzero().squeeze(1) for b in range(batch)]  # each row's kept keys, ascending
-    sinks = [None] * batch
-    if call.sinks is not None:
-        for b, index in enumerate(kept):
-            full = call.sinks[b:b + 1]
-            sinks[b] = torch.searchsorted(index, full.contiguous())
-            if not bool((index[sinks[b].clamp_max(index.numel() - 1)] == full).all()):
-                return None  # an explicit sink on a masked key: the reference decides
     outs, masses, chosen = [], [], []
-    for b, (index, sinks_b) in enumerate(zip(kept, sinks)):
+    for b, (index, (lo, hi), sinks_b) in enumerate(zip(plan.kept, plan.candidates, plan.sinks)):
         kb, vb = k[b:b + 1].index_select(2, index), v[b:b + 1].index_select(2, index)
-        lo, hi = (int(x) for x in torch.searchsorted(index, torch.tensor([c0, c1], device=index.device)).tolist())
         res = sink_attention(
             q[b:b + 1], kb, vb, top_k=None if sinks_b is not None else call.top_k,
             path=_path_of_row(call, index.numel(), sinks_b),
