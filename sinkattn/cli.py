@@ -152,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--report", action=argparse.BooleanOptionalAction, default=S, help="write the report at the end")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=S, help="progress bars and log lines")
     g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=S,
-                   help="replay the denoiser's forward from CUDA graphs on CUDA (default on; traced, random and "
-                        "noise conditions run eagerly)")
+                   help="replay the denoiser's forward from CUDA graphs on CUDA (default on; traced conditions "
+                        "run eagerly; random and noise conditions replay their device generator's draws)")
     g.add_argument("--dry-run", action="store_true",
                    help="check everything a run checks, print the resolved config and conditions, make nothing")
     _show_preset_defaults(r)
