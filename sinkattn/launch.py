@@ -126,7 +126,6 @@ def _fixed(name: str, kernel, settings: Settings, grid, *args, **kwargs):
     return kernel[grid](*args, **{**kwargs, **settings.kernel_configs.get(name, {})})
 
 
-@functools.lru_cache(maxsize=None)
 def padded_head_dims(dim: int, dim_v: int) -> tuple[int, int]:
     """The head dims the kernels run at: each rounded up to a power of two (at least 16), the
     blocks' width. The op zero-pads q, k and v to them (one copy per call): a head dim that
@@ -135,11 +134,12 @@ def padded_head_dims(dim: int, dim_v: int) -> tuple[int, int]:
     return max(16, _pow2(dim)), max(16, _pow2(dim_v))
 
 
+@functools.lru_cache(maxsize=None)
 def _head_dims(dim: int, dim_v: int) -> dict:
     if max(dim, dim_v) > MAX_HEAD_DIM:
         raise ValueError(f"head dim {max(dim, dim_v)} is not supported by the kernels (max {MAX_HEAD_DIM})")
-    return {"D": dim, "DV": dim_v, "BLOCK_D": max(16, _pow2(dim)),
-            "BLOCK_DV": max(16, _pow2(dim_v))}
+    block_d, block_dv = padded_head_dims(dim, dim_v)
+    return {"D": dim, "DV": dim_v, "BLOCK_D": block_d, "BLOCK_DV": block_dv}
 
 
 def _strides(q: Tensor, k: Tensor, v: Tensor, out: Tensor) -> tuple[int, ...]:
@@ -462,7 +462,7 @@ def query_stats(q: Tensor, k: Tensor, rows: Tensor, scale: float) -> tuple[Tenso
     query_stats_kernel[(_cdiv(n, block_m), batch * n_heads)](
         qo, ko, rows, out, *qo.stride()[:3], *ko.stride()[:3],
         n_heads, n, k.shape[2], scale * LOG2E,
-        D=dim, BLOCK_D=max(16, _pow2(dim)), BLOCK_M=block_m, BLOCK_N=64,
+        D=dim, BLOCK_D=padded_head_dims(dim, dim)[0], BLOCK_M=block_m, BLOCK_N=64,
         DOT_PRECISION=_dot_precision(q.dtype, settings))
     out = out.view(2, batch, n_heads, n)
     return out[0], out[1]

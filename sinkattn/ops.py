@@ -326,10 +326,11 @@ def _run_kernels(
     from . import launch
 
     dim, dim_v = q.shape[-1], v.shape[-1]
-    if launch.padded_head_dims(dim, dim_v) != (dim, dim_v):
+    width, width_v = launch.padded_head_dims(dim, dim_v)
+    if (width, width_v) != (dim, dim_v):
         # Zero columns add nothing to q.k and give zero output columns: run at the blocks'
         # width, then cut the output back (scale is the caller's, from the true head dim).
-        pad, pad_v = (n - d for n, d in zip(launch.padded_head_dims(dim, dim_v), (dim, dim_v)))
+        pad, pad_v = width - dim, width_v - dim_v
         widen = torch.nn.functional.pad
         out, mass, chosen = _run_kernels(
             widen(q, (0, pad)), widen(k, (0, pad)), widen(v, (0, pad_v)), sinks, uniform, top_k, path, select,

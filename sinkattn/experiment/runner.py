@@ -515,11 +515,12 @@ def _generate(cfg, out, gen, scorers, pending, store, trace_store, shard, device
                         image = gen(prompt.text, seed, latents, draw)
                 baseline_image = image
             else:
+                generator = generator_of(c)
                 processor = SinkSuppressProcessor(
                     k=c.top_k, path=c.path, select=c.select, control=c.control, eta=c.eta,
                     mass_queries=c.mass_queries, apply_queries=c.apply_queries, candidates=c.candidates,
                     eta_mode=c.eta_mode, value_target=c.value_target, fixed=c.fixed or (),
-                    generator=generator_of(c), seed=_processor_seed(seed, c.name) if generator_of(c) else None)
+                    generator=generator, seed=_processor_seed(seed, c.name) if generator is not None else None)
                 with intervene(gen.pipe, processor, layers=list(c.layers) if c.layers is not None else None,
                                steps=list(c.steps) if c.steps is not None else None, timesteps=c.timesteps) as iv:
                     with replayed(c.name, iv.step_state):
