@@ -26,8 +26,9 @@ from torch import Tensor
 from .kernels import configs
 from .kernels.attention import flagged_tiles_kernel
 from .kernels.correction import correction_kernel
-from .kernels.query_stats import query_stats_kernel
+from .kernels.query_stats import N_FIELDS, query_stats_kernel, query_stats_merge_kernel
 from .kernels.short_keys import short_attention_kernel, short_mass_kernel
+from .kernels.trace_stats import mass_stats_kernel
 from .settings import Settings, current
 
 LOG2E = 1.0 / math.log(2.0)
@@ -449,20 +450,59 @@ def short_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: to
     return out if selection is None else (out, mass, keys)
 
 
-def query_stats(q: Tensor, k: Tensor, rows: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+QUERY_STATS_KEYS_PER_SPLIT = 512  # 9 key ranges at SD3-medium: 1728 programs where 192 walked every key
+
+
+def query_stats(q: Tensor, k: Tensor, rows: Tensor, scale: float, means_into: Tensor | None = None,
+                keys_per_split: int = QUERY_STATS_KEYS_PER_SPLIT, block_m: int = 16) -> tuple[Tensor, Tensor] | None:
     """The top-5 probability sum and the entropy (nats) of the query rows ``rows`` (int64,
     (n,)) of every (b, h): two (B, H, n) float32 tensors, from kernels.query_stats (one pass
-    over the keys; the tracer's sampled statistics)."""
+    over the keys, split into ranges of ``keys_per_split`` keys (rounded up to the key tile),
+    then one merge launch). With ``means_into`` (a (B, H + 1, 2) float32 view, last dimension
+    contiguous: the tracer's two query columns) the merge writes there instead their means
+    over the rows per head, and the mean of those over the heads in row H; returns None."""
     batch, n_heads, _, dim = q.shape
-    n = rows.numel()
+    n, n_k = rows.numel(), k.shape[2]
     settings = current()
-    block_m = 16
-    out = _output((2, batch * n_heads, n), torch.float32, q.device)
+    block_n = 64
+    keys_per_split = _cdiv(max(1, min(keys_per_split, n_k)), block_n) * block_n
+    splits = _cdiv(n_k, keys_per_split)
+    part = _output((splits, N_FIELDS.value, batch * n_heads, n), torch.float32, q.device)
     qo, ko = _operand(q, settings), _operand(k, settings)
-    query_stats_kernel[(_cdiv(n, block_m), batch * n_heads)](
-        qo, ko, rows, out, *qo.stride()[:3], *ko.stride()[:3],
-        n_heads, n, k.shape[2], scale * LOG2E,
-        D=dim, BLOCK_D=padded_head_dims(dim, dim)[0], BLOCK_M=block_m, BLOCK_N=64,
+    query_stats_kernel[(_cdiv(n, block_m), batch * n_heads, splits)](
+        qo, ko, rows, part, *qo.stride()[:3], *ko.stride()[:3],
+        n_heads, n, n_k, keys_per_split, scale * LOG2E,
+        D=dim, BLOCK_D=padded_head_dims(dim, dim)[0], BLOCK_M=block_m, BLOCK_N=block_n,
         DOT_PRECISION=_dot_precision(q.dtype, settings))
-    out = out.view(2, batch, n_heads, n)
-    return out[0], out[1]
+    out = None
+    if means_into is None:
+        out = _output((2, batch, n_heads, n), torch.float32, q.device)
+    else:
+        assert means_into.shape == (batch, n_heads + 1, 2) and means_into.stride(-1) == 1, "a (B, H + 1, 2) view"
+    query_stats_merge_kernel[(batch,)](
+        part, out, means_into, n_heads, n, splits, *(means_into.stride()[:2] if out is None else (0, 0)),
+        BLOCK_H=_pow2(n_heads), BLOCK_R=_pow2(n))
+    return None if out is None else (out[0], out[1])
+
+
+def trace_mass_stats(mass: Tensor, sinks: Tensor | None, text: tuple[int, int], image: tuple[int, int],
+                     n_top: int, fixed: int, out: Tensor, query_nan: bool) -> None:
+    """The tracer's row per (batch row, head) and per batch row's head mean from the key mass
+    (B, H, Nk), written into ``out`` (B, H + 1, fixed + 2 n_top + 2 n_sel) float32, columns
+    contiguous, in one launch of kernels.trace_stats; ``sinks`` (B, H, n_sel) or (B, n_sel)
+    the selected keys, or None; ``query_nan``: NaN in the two query columns (5, 6)."""
+    batch, n_heads, n_k = mass.shape
+    mass = mass.float()
+    if mass.stride(-1) != 1:
+        mass = mass.contiguous()
+    n_sel = 0 if sinks is None else sinks.shape[-1]
+    assert out.shape == (batch, n_heads + 1, fixed + 2 * n_top + 2 * n_sel) and out.stride(-1) == 1
+    stride_sb = stride_sh = 0
+    if sinks is not None:
+        sinks = sinks.contiguous()
+        stride_sb, stride_sh = (sinks.stride(0), sinks.stride(1)) if sinks.dim() == 3 else (sinks.stride(0), 0)
+    mass_stats_kernel[(batch, n_heads + 1)](
+        mass, sinks, out, mass.stride(0), mass.stride(1), stride_sb, stride_sh, out.stride(0), out.stride(1),
+        n_heads, n_k, *text, *image,
+        FIXED=fixed, N_TOP=n_top, BLOCK_T=_pow2(max(n_top, 2)), N_SEL=n_sel, BLOCK_S=_pow2(max(n_sel, 2)),
+        QUERY_NAN=query_nan, BLOCK_N=min(1024, max(16, _pow2(n_k))))

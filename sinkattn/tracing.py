@@ -88,6 +88,13 @@ _INITIAL_CAPACITY = 1 << 20    # floats (4 MiB); doubled on the device when an i
 _QUERY_TOP = 5                 # the original study's concentration width (H1D:119-120)
 
 
+def _on_kernels(t: torch.Tensor) -> bool:
+    """Whether the tracer's per-call reductions run on the Triton kernels for ``t``'s device."""
+    from .ops import kernels_available
+
+    return kernels_available(t.device)
+
+
 @dataclass
 class _Call:
     """Host-side bookkeeping of one recorded call: where its block lies in the buffer."""
@@ -272,28 +279,39 @@ class SinkTracer:
         q, k = getattr(call, "q", None), getattr(call, "k", None)
         n_query = 0
         with torch.no_grad():
-            m = mass.float()
-            full = torch.cat([m, m.mean(1, keepdim=True)], 1)                     # (B, H+1, Nk)
-            values, indices = full.topk(n_top, dim=-1)
-            parts = [values[..., :1], values.sum(-1, keepdim=True),
-                     full[..., t0:t1].sum(-1, keepdim=True), full[..., i0:i1].sum(-1, keepdim=True),
-                     torch.special.xlogy(full, full).sum(-1, keepdim=True).neg()]
             m0, m1 = call.mass_queries
-            if self.query_sample and q is not None and k is not None and m1 > m0:
-                top5, q_ent, n_query = self._query_stats(q, k, getattr(call, "scale", None), (m0, m1))
-                parts += [top5, q_ent]
+            sample = bool(self.query_sample and q is not None and k is not None and m1 > m0)
+            full = None
+            if _on_kernels(mass):
+                from .launch import trace_mass_stats
+
+                trace_mass_stats(mass, sinks, (t0, t1), (i0, i1), n_top, _FIXED, block, query_nan=not sample)
+                if sample:
+                    n_query = self._query_stats(q, k, getattr(call, "scale", None), (m0, m1), block[..., 5:7])
             else:
-                parts.append(self._nans(batch, heads + 1, 2, m.device))
-            parts += [indices.float(), values]
-            if n_sel:
-                sel = sinks if sinks.dim() == 3 else sinks[:, None, :].expand(batch, heads, n_sel)
-                sel_mass = m.gather(-1, sel)
-                fill = self._nans(batch, 1, n_sel, m.device)
-                parts += [torch.cat([sel.float(), fill.neg()], 1), torch.cat([sel_mass, fill], 1)]
-            torch.cat(parts, -1, out=block)
+                m = mass.float()
+                full = torch.cat([m, m.mean(1, keepdim=True)], 1)                     # (B, H+1, Nk)
+                values, indices = full.sort(dim=-1, descending=True, stable=True)  # equal masses by ascending key
+                values, indices = values[..., :n_top], indices[..., :n_top]
+                parts = [values[..., :1], values.sum(-1, keepdim=True),
+                         full[..., t0:t1].sum(-1, keepdim=True), full[..., i0:i1].sum(-1, keepdim=True),
+                         torch.special.xlogy(full, full).sum(-1, keepdim=True).neg(),
+                         self._nans(batch, heads + 1, 2, m.device)]
+                parts += [indices.float(), values]
+                if n_sel:
+                    sel = sinks if sinks.dim() == 3 else sinks[:, None, :].expand(batch, heads, n_sel)
+                    sel_mass = m.gather(-1, sel)
+                    fill = self._nans(batch, 1, n_sel, m.device)
+                    parts += [torch.cat([sel.float(), fill], 1), torch.cat([sel_mass, fill], 1)]
+                torch.cat(parts, -1, out=block)
+                if sample:
+                    n_query = self._query_stats(q, k, getattr(call, "scale", None), (m0, m1), block[..., 5:7])
             map_offset = -1
             if want_map:
                 map_offset = offset + rows * width
+                if full is None:
+                    m = mass.float()
+                    full = torch.cat([m, m.mean(1, keepdim=True)], 1)
                 src = full if self.map_heads else full[:, heads]
                 self._buf[map_offset: map_offset + map_size].view_as(src).copy_(src)
         self._calls.append(_Call(offset, batch, heads, width, n_top, n_sel, n_k, (t0, t1), (i0, i1), grid, n_query,
@@ -327,13 +345,12 @@ class SinkTracer:
             t = self._nan[key] = torch.full((batch, rows, cols), math.nan, device=device)
         return t
 
-    def _query_stats(self, q, k, scale, rows):
-        """Per (batch, head) and head-mean: mean over sampled image queries of the top-5
-        probability sum and of the row entropy, exact in fp32. On the kernels' devices one
+    def _query_stats(self, q, k, scale, rows, into) -> int:
+        """Per (batch, head) and head-mean: the mean over sampled image queries of the top-5
+        probability sum and of the row entropy, exact in fp32, written into ``into``
+        (B, H + 1, 2); returns the number of sampled queries. On the kernels' devices one
         pass over the keys (kernels/query_stats.py: ~12 ms of torch ops per SD3-medium forward
         before, probe18); elsewhere the softmax of the sampled rows in torch."""
-        from .ops import kernels_available
-
         m0, m1 = rows
         n = min(self.query_sample, m1 - m0)
         key = (m0, m1, n, str(q.device))
@@ -341,18 +358,18 @@ class SinkTracer:
         if index is None:
             index = self._query_index[key] = torch.linspace(m0, m1 - 1, n, device=q.device).round().long()
         scale = q.shape[-1] ** -0.5 if scale is None else scale
-        if q.dtype != torch.float64 and kernels_available(q.device):
+        if q.dtype != torch.float64 and _on_kernels(q):
             from .launch import query_stats
 
-            top5, ent = (t.mean(-1) for t in query_stats(q, k, index, scale))          # (B, H)
-        else:
-            logits = torch.matmul(q.index_select(2, index).float() * scale, k.float().transpose(-1, -2))
-            p = logits.softmax(-1)                                                   # (B, H, n, Nk)
-            top5 = p.topk(min(_QUERY_TOP, p.shape[-1]), dim=-1).values.sum(-1).mean(-1)     # (B, H)
-            ent = torch.special.xlogy(p, p).sum(-1).mean(-1).neg()
-        top5 = torch.cat([top5, top5.mean(1, keepdim=True)], 1)[..., None]
-        ent = torch.cat([ent, ent.mean(1, keepdim=True)], 1)[..., None]
-        return top5, ent, n
+            query_stats(q, k, index, scale, means_into=into)
+            return n
+        logits = torch.matmul(q.index_select(2, index).float() * scale, k.float().transpose(-1, -2))
+        p = logits.softmax(-1)                                                       # (B, H, n, Nk)
+        top5 = p.topk(min(_QUERY_TOP, p.shape[-1]), dim=-1).values.sum(-1).mean(-1)     # (B, H)
+        ent = torch.special.xlogy(p, p).sum(-1).mean(-1).neg()
+        both = torch.stack([top5, ent], -1)                                          # (B, H, 2)
+        into.copy_(torch.cat([both, both.mean(1, keepdim=True)], 1))
+        return n
 
     def _wants_map(self, layer: str, layer_index: int, step: int) -> bool:
         chosen = self.map_layers

@@ -780,12 +780,14 @@ def test_sink_call_replays_in_a_cuda_graph(kw, n_k):
             assert torch.equal(captured.mass, eager.mass)
 
 
+@pytest.mark.parametrize("keys_per_split", [None, 64], ids=["default-ranges", "ranges-of-64"])
 @pytest.mark.parametrize("n_k, dim, dtype", [(4429 if CUDA else 333, 64, torch.bfloat16), (3, 40, torch.float32),
                                               (77, 128, torch.float16)], ids=["sd3-like", "three-keys-d40", "cross-77-d128"])
-def test_query_stats_kernel_matches_torch(n_k, dim, dtype, poisoned):
+def test_query_stats_kernel_matches_torch(n_k, dim, dtype, keys_per_split, poisoned):
     """kernels.query_stats: each sampled row's top-5 probability sum and entropy, against the
     float64 softmax of the same rows; identical keys (padding tokens) tie and count as often
-    as they occur, and a row with fewer than 5 keys sums them all (1)."""
+    as they occur, and a row with fewer than 5 keys sums them all (1). With ranges of 64 keys
+    the six tied keys straddle two ranges, which the merge folds."""
     from sinkattn import launch
 
     q, k, _ = diffusers_layout(2, 3, 50, n_k, dim, dim, dtype)
@@ -797,13 +799,61 @@ def test_query_stats_kernel_matches_torch(n_k, dim, dtype, poisoned):
         k[:, :, 61:67] = k[:, :, 60:61]
         q[:, :, 13] = (4 * k[:, :, 60].float()).to(dtype)
     rows = torch.tensor([0, 7, 13, 49], device=DEVICE)
-    top5, entropy = launch.query_stats(q, k, rows, dim**-0.5)
+    split = {} if keys_per_split is None else {"keys_per_split": keys_per_split}
+    top5, entropy = launch.query_stats(q, k, rows, dim**-0.5, **split)
     p = torch.softmax(q[:, :, rows].double() @ k.double().transpose(-1, -2) * dim**-0.5, dim=-1)
     want_top5 = p.topk(min(5, n_k), dim=-1).values.sum(-1)
     want_entropy = -torch.special.xlogy(p, p).sum(-1)
     tol = 1e-5 if dtype == torch.float32 else 2e-3  # the kernel's logits come from the half-precision dot
     torch.testing.assert_close(top5.double(), want_top5, rtol=tol, atol=tol)
     torch.testing.assert_close(entropy.double(), want_entropy, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("selected", ["none", "per-head", "shared"])
+@pytest.mark.parametrize("n_k, top", [(4429 if CUDA else 333, 5), (7, 7), (90, 1)], ids=["sd3-like", "all-keys", "top-1"])
+def test_tracer_rows_from_the_kernels_match_torch(n_k, top, selected, monkeypatch):
+    """SinkTracer's per-call reductions on the kernels (kernels.trace_stats, and the query
+    statistics' merge writing the per-head and head-mean means) against its torch path: every
+    column of every (batch row, head) and head-mean row, the top keys in the same order
+    (planted equal masses come by ascending key), the selected keys and their mass; into a
+    buffer filled with a sentinel, so a column the kernels leave unwritten shows."""
+    import numpy as np
+
+    from sinkattn import tracing
+    from sinkattn.processors import Tokens
+    from sinkattn.processors.core import CallRecord
+
+    g = torch.Generator(device=DEVICE).manual_seed(3)
+    batch, heads, n_text, dim = 2, 3, min(77, n_k // 2), 64
+    q = torch.randn(batch, heads, n_k, dim, device=DEVICE, generator=g, dtype=torch.float16)
+    k = torch.randn(batch, heads, n_k, dim, device=DEVICE, generator=g, dtype=torch.float16)
+    mass = torch.rand(batch, heads, n_k, device=DEVICE, generator=g) ** 4
+    mass[0, 1, 3] = mass[0, 1, 5] = mass[0, 1].max() + 0.5  # a tie at the top: key 3 first
+    mass[1, :, n_k // 2] = 0.0  # 0 ln 0 = 0
+    mass = mass / mass.sum(-1, keepdim=True)
+    sinks = {"none": None, "per-head": torch.randint(0, n_k, (batch, heads, 2), device=DEVICE, generator=g),
+             "shared": torch.randint(0, n_k, (batch, 3), device=DEVICE, generator=g)}[selected]
+    n_image = n_k - n_text
+
+    def traced(on_kernels: bool):
+        monkeypatch.setattr(tracing, "_on_kernels", lambda t: on_kernels)
+        tracer = tracing.SinkTracer(top=top, query_sample=16 if selected != "shared" else 0,
+                                    device_buffer=torch.full((1 << 16,), 7.77, device=DEVICE))
+        call = CallRecord(mass=mass, sinks=sinks, keys=Tokens(n_k, n_text), mass_queries=(0, n_image))
+        call.q, call.k, call.scale = q, k, dim**-0.5
+        tracer.record(layer="L", layer_index=0, family="sd3", call=call)
+        return tracer.finish_image().heads.to_pandas()
+
+    got, want = traced(True), traced(False)
+    assert len(got) == len(want) == batch * (heads + 1)
+    for column in tracing._COLUMNS:
+        np.testing.assert_allclose(got[column], want[column], rtol=2e-5, atol=1e-6, err_msg=column)
+    for column in ("top_mass", "selected_mass"):
+        np.testing.assert_allclose(np.concatenate(got[column].to_list()), np.concatenate(want[column].to_list()),
+                                   rtol=1e-6, atol=0, err_msg=column)
+    assert got["top_keys"].map(list).to_list() == want["top_keys"].map(list).to_list()
+    assert got["selected_keys"].map(list).to_list() == want["selected_keys"].map(list).to_list()
+    assert list(got["top_keys"][1][:2]) == [3, 5][:top]
 
 
 @pytest.mark.parametrize("kw", [

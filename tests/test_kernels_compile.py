@@ -142,21 +142,29 @@ def _fallback_variants():
 
 def _query_stats_variants():
     for dtype, dim in (("bf16", 64), ("fp16", 128), ("fp32", 40)):
-        yield f"query-stats-{dtype}-d{dim}", dict(Q=dtype, K=dtype, ROWS="i64", OUT="fp32"), dict(
+        yield f"query-stats-{dtype}-d{dim}", dict(Q=dtype, K=dtype, ROWS="i64", PART="fp32"), dict(
             D=dim, BLOCK_D=max(16, 1 << (dim - 1).bit_length()), BLOCK_M=16, BLOCK_N=64,
             DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
+    yield "query-stats-merge-rows", dict(PART="fp32", ROW_OUT="fp32", MEAN_OUT=None), dict(BLOCK_H=32, BLOCK_R=64)
+    yield "query-stats-merge-means", dict(PART="fp32", ROW_OUT=None, MEAN_OUT="fp32"), dict(BLOCK_H=32, BLOCK_R=64)
+    yield "trace-mass-stats", dict(MASS="fp32", SINKS=None, OUT="fp32"), dict(
+        FIXED=7, N_TOP=5, BLOCK_T=8, N_SEL=0, BLOCK_S=2, QUERY_NAN=True, BLOCK_N=1024)
+    yield "trace-mass-stats-selected", dict(MASS="fp32", SINKS="i64", OUT="fp32"), dict(
+        FIXED=7, N_TOP=5, BLOCK_T=8, N_SEL=2, BLOCK_S=2, QUERY_NAN=False, BLOCK_N=1024)
 
 
 def _variants():
     from sinkattn.kernels.attention import attention_forward_kernel, flagged_tiles_kernel
     from sinkattn.kernels.correction import correction_kernel
     from sinkattn.kernels.key_mass import key_mass_kernel
-    from sinkattn.kernels.query_stats import query_stats_kernel
+    from sinkattn.kernels.query_stats import query_stats_kernel, query_stats_merge_kernel
+    from sinkattn.kernels.trace_stats import mass_stats_kernel
     from sinkattn.kernels.short_keys import short_attention_kernel, short_mass_kernel
 
     kernels = {"forward": attention_forward_kernel, "key-mass": key_mass_kernel, "short-mass": short_mass_kernel,
                "short": short_attention_kernel, "correction": correction_kernel, "flagged": flagged_tiles_kernel,
-               "query-stats": query_stats_kernel}
+               "query-stats": query_stats_kernel, "query-stats-merge": query_stats_merge_kernel,
+               "trace-mass-stats": mass_stats_kernel}
     for group in (_forward_variants(), _key_mass_variants(), _short_variants(), _one_tile_boundary_variants(),
                   _fallback_variants(), _query_stats_variants()):
         for name, pointers, constexprs in group:
@@ -171,6 +179,7 @@ VARIANTS = [
     "key-mass-random-head", "key-mass-random-shared",
     "short-mass", "short-mass-out", "short-plain", "short-sinks-value", "short-top1", "short-random",
     "correction", "flagged-tiles", "query-stats-bf16-d64", "query-stats-fp16-d128", "query-stats-fp32-d40",
+    "query-stats-merge-rows", "query-stats-merge-means", "trace-mass-stats", "trace-mass-stats-selected",
     *(f"{kernel}-boundary-{dtype}-d{dim}-dv{dim_v}" for dtype, dim, dim_v in ONE_TILE_BOUNDARY
       for kernel in ("short-mass", "short-top1")),
 ]
