@@ -458,9 +458,9 @@ def query_stats(q: Tensor, k: Tensor, rows: Tensor, scale: float, means_into: Te
     """The top-5 probability sum and the entropy (nats) of the query rows ``rows`` (int64,
     (n,)) of every (b, h): two (B, H, n) float32 tensors, from kernels.query_stats (one pass
     over the keys, split into ranges of ``keys_per_split`` keys (rounded up to the key tile),
-    then one merge launch). With ``means_into`` (a (B, H + 1, 2) float32 view, last dimension
+    then one merge launch). With ``means_into`` (a (B, H, 2) float32 view, last dimension
     contiguous: the tracer's two query columns) the merge writes there instead their means
-    over the rows per head, and the mean of those over the heads in row H; returns None."""
+    over the rows per head; returns None."""
     batch, n_heads, _, dim = q.shape
     n, n_k = rows.numel(), k.shape[2]
     settings = current()
@@ -478,31 +478,35 @@ def query_stats(q: Tensor, k: Tensor, rows: Tensor, scale: float, means_into: Te
     if means_into is None:
         out = _output((2, batch, n_heads, n), torch.float32, q.device)
     else:
-        assert means_into.shape == (batch, n_heads + 1, 2) and means_into.stride(-1) == 1, "a (B, H + 1, 2) view"
-    query_stats_merge_kernel[(batch,)](
+        assert means_into.shape == (batch, n_heads, 2) and means_into.stride(-1) == 1, "a (B, H, 2) view"
+    query_stats_merge_kernel[(batch * n_heads,)](
         part, out, means_into, n_heads, n, splits, *(means_into.stride()[:2] if out is None else (0, 0)),
-        BLOCK_H=_pow2(n_heads), BLOCK_R=_pow2(n))
+        BLOCK_S=_pow2(splits), BLOCK_C=_pow2(5 * splits), BLOCK_R=_pow2(n))
     return None if out is None else (out[0], out[1])
 
 
 def trace_mass_stats(mass: Tensor, sinks: Tensor | None, text: tuple[int, int], image: tuple[int, int],
-                     n_top: int, fixed: int, out: Tensor, query_nan: bool) -> None:
+                     n_top: int, fixed: int, out: Tensor, query: str) -> None:
     """The tracer's row per (batch row, head) and per batch row's head mean from the key mass
     (B, H, Nk), written into ``out`` (B, H + 1, fixed + 2 n_top + 2 n_sel) float32, columns
-    contiguous, in one launch of kernels.trace_stats; ``sinks`` (B, H, n_sel) or (B, n_sel)
-    the selected keys, or None; ``query_nan``: NaN in the two query columns (5, 6)."""
+    contiguous, by kernels.trace_stats (one launch, after one torch mean for the head-mean
+    mass); ``sinks`` (B, H, n_sel) or (B, n_sel) the selected keys, or None. ``query``: what
+    the two query columns (5, 6) get: "nan" (no sampled queries), or "head_mean" (the heads'
+    rows hold them already: their mean into the head-mean row)."""
     batch, n_heads, n_k = mass.shape
     mass = mass.float()
     if mass.stride(-1) != 1:
         mass = mass.contiguous()
+    head_mean = mass.mean(1)  # (B, Nk)
     n_sel = 0 if sinks is None else sinks.shape[-1]
     assert out.shape == (batch, n_heads + 1, fixed + 2 * n_top + 2 * n_sel) and out.stride(-1) == 1
+    assert query in ("nan", "head_mean"), query
     stride_sb = stride_sh = 0
     if sinks is not None:
         sinks = sinks.contiguous()
         stride_sb, stride_sh = (sinks.stride(0), sinks.stride(1)) if sinks.dim() == 3 else (sinks.stride(0), 0)
     mass_stats_kernel[(batch, n_heads + 1)](
-        mass, sinks, out, mass.stride(0), mass.stride(1), stride_sb, stride_sh, out.stride(0), out.stride(1),
-        n_heads, n_k, *text, *image,
+        mass, head_mean, sinks, out, mass.stride(0), mass.stride(1), head_mean.stride(0), stride_sb, stride_sh,
+        out.stride(0), out.stride(1), n_heads, n_k, *text, *image,
         FIXED=fixed, N_TOP=n_top, BLOCK_T=_pow2(max(n_top, 2)), N_SEL=n_sel, BLOCK_S=_pow2(max(n_sel, 2)),
-        QUERY_NAN=query_nan, BLOCK_N=min(1024, max(16, _pow2(n_k))))
+        QUERY_MEAN=query == "head_mean", BLOCK_H=_pow2(n_heads), BLOCK_N=min(1024, max(16, _pow2(n_k))))

@@ -285,9 +285,10 @@ class SinkTracer:
             if _on_kernels(mass):
                 from .launch import trace_mass_stats
 
-                trace_mass_stats(mass, sinks, (t0, t1), (i0, i1), n_top, _FIXED, block, query_nan=not sample)
-                if sample:
-                    n_query = self._query_stats(q, k, getattr(call, "scale", None), (m0, m1), block[..., 5:7])
+                if sample:  # the heads' query columns first: the head-mean row averages them
+                    n_query = self._query_stats(q, k, getattr(call, "scale", None), (m0, m1), block[:, :heads, 5:7])
+                trace_mass_stats(mass, sinks, (t0, t1), (i0, i1), n_top, _FIXED, block,
+                                 query="head_mean" if sample else "nan")
             else:
                 m = mass.float()
                 full = torch.cat([m, m.mean(1, keepdim=True)], 1)                     # (B, H+1, Nk)
@@ -305,7 +306,8 @@ class SinkTracer:
                     parts += [torch.cat([sel.float(), fill], 1), torch.cat([sel_mass, fill], 1)]
                 torch.cat(parts, -1, out=block)
                 if sample:
-                    n_query = self._query_stats(q, k, getattr(call, "scale", None), (m0, m1), block[..., 5:7])
+                    n_query = self._query_stats(q, k, getattr(call, "scale", None), (m0, m1), block[:, :heads, 5:7])
+                    block[:, heads, 5:7] = block[:, :heads, 5:7].mean(1)
             map_offset = -1
             if want_map:
                 map_offset = offset + rows * width
@@ -346,9 +348,8 @@ class SinkTracer:
         return t
 
     def _query_stats(self, q, k, scale, rows, into) -> int:
-        """Per (batch, head) and head-mean: the mean over sampled image queries of the top-5
-        probability sum and of the row entropy, exact in fp32, written into ``into``
-        (B, H + 1, 2); returns the number of sampled queries. On the kernels' devices one
+        """Per (batch, head): the mean over sampled image queries of the top-5 probability sum
+        and of the row entropy, exact in fp32, written into ``into`` (B, H, 2); returns the number of sampled queries. On the kernels' devices one
         pass over the keys (kernels/query_stats.py: ~12 ms of torch ops per SD3-medium forward
         before, probe18); elsewhere the softmax of the sampled rows in torch."""
         m0, m1 = rows
@@ -367,8 +368,7 @@ class SinkTracer:
         p = logits.softmax(-1)                                                       # (B, H, n, Nk)
         top5 = p.topk(min(_QUERY_TOP, p.shape[-1]), dim=-1).values.sum(-1).mean(-1)     # (B, H)
         ent = torch.special.xlogy(p, p).sum(-1).mean(-1).neg()
-        both = torch.stack([top5, ent], -1)                                          # (B, H, 2)
-        into.copy_(torch.cat([both, both.mean(1, keepdim=True)], 1))
+        into.copy_(torch.stack([top5, ent], -1))                                     # (B, H, 2)
         return n
 
     def _wants_map(self, layer: str, layer_index: int, step: int) -> bool:

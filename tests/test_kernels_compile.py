@@ -145,12 +145,14 @@ def _query_stats_variants():
         yield f"query-stats-{dtype}-d{dim}", dict(Q=dtype, K=dtype, ROWS="i64", PART="fp32"), dict(
             D=dim, BLOCK_D=max(16, 1 << (dim - 1).bit_length()), BLOCK_M=16, BLOCK_N=64,
             DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
-    yield "query-stats-merge-rows", dict(PART="fp32", ROW_OUT="fp32", MEAN_OUT=None), dict(BLOCK_H=32, BLOCK_R=64)
-    yield "query-stats-merge-means", dict(PART="fp32", ROW_OUT=None, MEAN_OUT="fp32"), dict(BLOCK_H=32, BLOCK_R=64)
-    yield "trace-mass-stats", dict(MASS="fp32", SINKS=None, OUT="fp32"), dict(
-        FIXED=7, N_TOP=5, BLOCK_T=8, N_SEL=0, BLOCK_S=2, QUERY_NAN=True, BLOCK_N=1024)
-    yield "trace-mass-stats-selected", dict(MASS="fp32", SINKS="i64", OUT="fp32"), dict(
-        FIXED=7, N_TOP=5, BLOCK_T=8, N_SEL=2, BLOCK_S=2, QUERY_NAN=False, BLOCK_N=1024)
+    yield "query-stats-merge-rows", dict(PART="fp32", ROW_OUT="fp32", MEAN_OUT=None), dict(
+        BLOCK_S=16, BLOCK_C=64, BLOCK_R=64)
+    yield "query-stats-merge-means", dict(PART="fp32", ROW_OUT=None, MEAN_OUT="fp32"), dict(
+        BLOCK_S=16, BLOCK_C=64, BLOCK_R=64)
+    yield "trace-mass-stats", dict(MASS="fp32", HEAD_MEAN="fp32", SINKS=None, OUT="fp32"), dict(
+        FIXED=7, N_TOP=5, BLOCK_T=8, N_SEL=0, BLOCK_S=2, QUERY_MEAN=False, BLOCK_H=32, BLOCK_N=1024)
+    yield "trace-mass-stats-selected", dict(MASS="fp32", HEAD_MEAN="fp32", SINKS="i64", OUT="fp32"), dict(
+        FIXED=7, N_TOP=5, BLOCK_T=8, N_SEL=2, BLOCK_S=2, QUERY_MEAN=True, BLOCK_H=32, BLOCK_N=1024)
 
 
 def _variants():
