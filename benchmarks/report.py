@@ -244,6 +244,11 @@ def rerun_sections(results: Path, meta: dict) -> list[str]:
     return lines
 
 
+def _run_date(path: Path) -> str:
+    """A whole-model JSON's run date (its sections appear in the order the runs were made)."""
+    return json.loads(path.read_text())["meta"]["date"]
+
+
 def main(argv=None):
     src = Path((argv or sys.argv[1:] or [Path(__file__).parent / "results" / "h200.json"])[0])
     data = json.loads(src.read_text())
@@ -270,7 +275,8 @@ def main(argv=None):
         table(data["rows"]),
         "",
         *rerun_sections(src.parent, meta),
-        *(line for path in sorted(src.parent.glob("whole_model_h200*.json")) for line in whole_model_section(path)),
+        *(line for path in sorted(src.parent.glob("whole_model_h200*.json"), key=_run_date)
+          for line in whole_model_section(path)),
         *mass_floor_section(src.parent / "mass_floor_h200.json"),
         *pytest_benchmark_section(src.parent / "pytest_benchmark_h200.json"),
     ]
