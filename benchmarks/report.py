@@ -199,7 +199,7 @@ def pytest_benchmark_section(path: Path) -> list[str]:
     if not path.exists():
         return []
     data = json.loads(path.read_text())
-    lines = ["## pytest-benchmark suite", "",
+    lines = [f"## pytest-benchmark suite (`results/{path.name}`)", "",
              f"`pytest benchmarks/test_bench.py --benchmark-json=...` ({data['machine_info'].get('node', '')}, "
              f"{data.get('datetime', '')}): wall clock per call including a device synchronisation, so the "
              "host's launch cost shows at small shapes. Median ms over "
@@ -278,7 +278,8 @@ def main(argv=None):
         *(line for path in sorted(src.parent.glob("whole_model_h200*.json"), key=_run_date)
           for line in whole_model_section(path)),
         *mass_floor_section(src.parent / "mass_floor_h200.json"),
-        *pytest_benchmark_section(src.parent / "pytest_benchmark_h200.json"),
+        *(line for path in sorted(src.parent.glob("pytest_benchmark_h200*.json"))
+          for line in pytest_benchmark_section(path)),
     ]
     out.write_text("\n".join(body))
     print(f"wrote {out} and {png}")

@@ -60,8 +60,8 @@ def whole_model(request):
     torch.cuda.empty_cache()
 
 
-@pytest.mark.parametrize("mode", [m + g for m in ("stock", "sink_score", "sink_value", "random", "shared", "trace_only")
-                                  for g in ("", "_graph")])
+@pytest.mark.parametrize("mode", [m + g for m in ("stock", "sink_score", "sink_value", "random", "shared", "trace_only",
+                                                  "sink_traced") for g in ("", "_graph")])
 def test_whole_model(benchmark, whole_model, mode):
     from whole_model import _graphed, processor
 
