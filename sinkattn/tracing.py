@@ -10,7 +10,9 @@
 What one attention call leaves behind (on the device, no host sync):
 the processor hands over the (B, H, Nk) key mass (mean attention probability over the mass
 queries); the tracer reduces it at once to what is kept and writes that into one
-preallocated device buffer (a flat float32 tensor that is reused from image to image and
+preallocated device buffer (on the kernels' devices three launches per call:
+kernels/trace_stats.py for the key-mass columns, kernels/query_stats.py and its merge for
+the sampled query statistics; elsewhere torch ops) (a flat float32 tensor that is reused from image to image and
 grows by doubling, on the device, when an image needs more). The buffer reaches the host
 in ONE copy per image: when the next ``begin`` starts, or on :meth:`finish_image`,
 :meth:`rows`, :meth:`to_csv`. No ``.item()``/``.cpu()`` runs per call.
@@ -31,7 +33,8 @@ Kept per call, per batch row and per head, plus one "head-mean" row per batch ro
                       on the device; NaN when the call record carries no q/k (the op gives
                       per-key mass only, and its kernels do not return per-query maxima)
     query_entropy     the mean over the same sampled queries of each row's entropy (nats)
-    top_keys, top_mass        the ``top`` keys of largest mass and their mass (rank order)
+    top_keys, top_mass        the ``top`` keys of largest mass and their mass (rank order;
+                              equal masses by ascending key)
     selected_keys, selected_mass  the intervened keys and their (unintervened) mass
 
 Rows are labelled by ``branch``: with classifier-free guidance the pipeline runs the
@@ -350,8 +353,9 @@ class SinkTracer:
     def _query_stats(self, q, k, scale, rows, into) -> int:
         """Per (batch, head): the mean over sampled image queries of the top-5 probability sum
         and of the row entropy, exact in fp32, written into ``into`` (B, H, 2); returns the number of sampled queries. On the kernels' devices one
-        pass over the keys (kernels/query_stats.py: ~12 ms of torch ops per SD3-medium forward
-        before, probe18); elsewhere the softmax of the sampled rows in torch."""
+        pass over the keys and a merge (kernels/query_stats.py: 0.78 ms per SD3-medium forward
+        on the H200, probe20; ~12 ms as torch ops, probe18); elsewhere the softmax of the
+        sampled rows in torch."""
         m0, m1 = rows
         n = min(self.query_sample, m1 - m0)
         key = (m0, m1, n, str(q.device))
