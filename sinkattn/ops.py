@@ -19,6 +19,7 @@ CUDA graph (the random control too when its generator is on the device).
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -128,7 +129,8 @@ def sink_attention(
             masked attention; keys masked for every mass query are never selected; a row
             whose every unmasked key the score path removes keeps its plain attention. A
             key-padding mask (the same for every head and query) runs on the kernels, one
-            call per batch row over its kept keys (one host synchronisation); other masks
+            call per batch row over its kept keys (one host synchronisation; once per
+            call shape for a mask given to :func:`reuse_key_padding_plans`); other masks
             run on the reference (exact, float32, query chunks), with a one-time warning.
         mass_queries, candidates, apply_queries: half-open (start, stop) pairs or slices;
             None means all. Mass is averaged over ``mass_queries``, keys are chosen from
@@ -197,6 +199,27 @@ class _Padding(NamedTuple):
     sinks: list
 
 
+# Masks declared unchanging (reuse_key_padding_plans): id -> (a weak reference to the mask,
+# {(batch, keys, top_k, candidates): the plan or None}).
+_PLAN_MEMO: dict = {}
+_PLAN_MEMO_MAX = 64
+
+
+def reuse_key_padding_plans(attn_mask: Tensor) -> Tensor:
+    """Declare that ``attn_mask`` will not change while it lives (the caller's promise): calls
+    given it read their key-padding plan from the device (one host synchronisation) once per
+    call shape and reuse it. The processors declare the masks they prepare once per forward,
+    so a PixArt-Sigma forward synchronises once, not once per cross-attention layer. Returns
+    the mask."""
+    if len(_PLAN_MEMO) >= _PLAN_MEMO_MAX:
+        for key in [key for key, (ref, _) in _PLAN_MEMO.items() if ref() is None]:
+            del _PLAN_MEMO[key]
+        if len(_PLAN_MEMO) >= _PLAN_MEMO_MAX:
+            _PLAN_MEMO.clear()
+    _PLAN_MEMO[id(attn_mask)] = (weakref.ref(attn_mask), {})
+    return attn_mask
+
+
 def _padding_plan(call, attn_mask: Tensor, q: Tensor, k: Tensor) -> _Padding | None:
     """The per-row plan when ``attn_mask`` is a key-padding mask that the kernels can take by
     leaving the masked keys out (the same for every head and query: False or -inf masks a
@@ -204,11 +227,23 @@ def _padding_plan(call, attn_mask: Tensor, q: Tensor, k: Tensor) -> _Padding | N
     None. Calls whose draws or targets depend on the masked keys stay on the reference: the
     random control and value noise (drawn over all candidates there), query controls, and
     top_k over the kept candidates. Every check, count and range is read in one host
-    synchronisation per call."""
+    synchronisation per call, or once per call shape for a mask given to
+    :func:`reuse_key_padding_plans` (calls with explicit sinks read theirs every time)."""
     if (control_of(call.control).rank == "uniform" and call.sinks is None
             or control_of(call.control).side == "queries" and call.sinks is None
             or isinstance(call.value_target, str) and call.value_target == "noise"):
         return None
+    memo = _PLAN_MEMO.get(id(attn_mask))
+    if memo is None or memo[0]() is not attn_mask or call.sinks is not None:
+        return _read_plan(call, attn_mask, q, k)
+    key = (q.shape[0], k.shape[2], call.top_k, tuple(call.candidates))
+    if key not in memo[1]:
+        memo[1][key] = _read_plan(call, attn_mask, q, k)
+    return memo[1][key]
+
+
+def _read_plan(call, attn_mask: Tensor, q: Tensor, k: Tensor) -> _Padding | None:
+    """_padding_plan's device part: the checks, counts and ranges in one host read."""
     mask = attn_mask
     while mask.dim() < 4:
         mask = mask.unsqueeze(0)

@@ -856,6 +856,48 @@ def test_tracer_rows_from_the_kernels_match_torch(n_k, top, selected, monkeypatc
     assert list(got["top_keys"][1][:2]) == [3, 5][:top]
 
 
+def test_a_forwards_masked_calls_read_their_padding_plan_once(monkeypatch):
+    """PixArt-Sigma hands one encoder mask object to every block of a forward: the processor
+    prepares it once and declares its op mask unchanging, so the key-padding plan (a host
+    synchronisation) is read once per forward, not once per cross-attention layer, and the
+    forward's output is the same bit for bit as with a read per layer. A mask the caller
+    did not declare is read on every call."""
+    from sinkattn import ops, sink_attention, tiny
+    from sinkattn.processors import SinkSuppressProcessor
+
+    model = tiny.tiny_pixart_transformer(num_layers=3).to(DEVICE)
+    inputs = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in tiny.tiny_inputs(model).items()}
+    model.set_attn_processor(SinkSuppressProcessor(k=1))
+    reads = []
+    read_plan = ops._read_plan
+    monkeypatch.setattr(ops, "_read_plan", lambda *a: reads.append(1) or read_plan(*a))
+
+    def forward():
+        with torch.no_grad():
+            return model(**inputs, return_dict=False)[0]
+
+    once = [forward() for _ in range(2)]
+    assert len(reads) == 2  # one per forward: each forward makes its own mask object
+    with monkeypatch.context() as patch:
+        patch.setattr(ops, "reuse_key_padding_plans", lambda mask: mask)
+        reads.clear()
+        every = forward()
+        assert len(reads) == 3  # one per cross-attention layer
+    assert torch.equal(once[0], every) and torch.equal(once[1], every)
+
+    q, k, v = (t.contiguous() for t in diffusers_layout(2, 2, 40, 90, 64, 64, torch.bfloat16))
+    mask = torch.ones(2, 1, 1, 90, dtype=torch.bool, device=DEVICE)
+    mask[1, ..., 50:] = False
+    reads.clear()
+    for _ in range(2):
+        sink_attention(q, k, v, top_k=1, attn_mask=mask)
+    assert len(reads) == 2
+    ops.reuse_key_padding_plans(mask)
+    reads.clear()
+    first, again = (sink_attention(q, k, v, top_k=1, attn_mask=mask) for _ in range(2))
+    assert len(reads) == 1 and torch.equal(first.out, again.out)
+
+
 @pytest.mark.parametrize("kw", [
     pytest.param(dict(top_k=1), id="score-k1"),
     pytest.param(dict(top_k=1, eta_mode="prob"), id="score-k1-prob"),

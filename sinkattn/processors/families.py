@@ -28,6 +28,7 @@ slowest (:class:`Grid`); :func:`input_grid` reads it from a denoiser forward's a
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
@@ -190,6 +191,56 @@ def flux_output(attn, out: Tensor, n_text: int, has_context: bool):
     return out, attn.to_add_out(context.contiguous())
 
 
+# The key-padding masks prepared from one diffusers mask object: id -> (a weak reference to
+# it, its version counter (None for inference tensors), (sequence length, batch, heads),
+# (prepared mask, op mask)). PixArt-Sigma and the UNets pass one encoder mask object to every
+# block of a forward: it is prepared once, and its op mask is declared to the op as
+# unchanging, so the key-padding plan is read from the device once per forward, not once per
+# layer. Masks per query are prepared on every call (no cache holds them).
+_PREPARED: dict = {}
+_PREPARED_MAX = 16
+
+
+def _version(t: Tensor):
+    return None if t.is_inference() else t._version
+
+
+def prepared_mask(attn, mask: Tensor, sequence_length: int, batch: int) -> Tensor:
+    """``attn.prepare_attention_mask`` viewed as (B, H, Nq or 1, Nk), once per mask object,
+    sequence length and batch (again if the mask was changed in place, where torch counts
+    it). Under torch.compile it is prepared every call."""
+    if torch.compiler.is_compiling():
+        return _prepare(attn, mask, sequence_length, batch)
+    return _prepared_masks(attn, mask, sequence_length, batch)[0]
+
+
+def _prepare(attn, mask: Tensor, sequence_length: int, batch: int) -> Tensor:
+    mask = attn.prepare_attention_mask(mask, sequence_length, batch)
+    return mask.view(batch, attn.heads, -1, mask.shape[-1])
+
+
+def _prepared_masks(attn, mask: Tensor, sequence_length: int, batch: int) -> tuple[Tensor, Tensor | None]:
+    key = (sequence_length, batch, attn.heads)
+    hit = _PREPARED.get(id(mask))
+    if hit is not None and hit[0]() is mask and hit[1] == _version(mask) and hit[2] == key:
+        return hit[3]
+    from ..ops import reuse_key_padding_plans
+
+    prepared = _prepare(attn, mask, sequence_length, batch)
+    op_mask = _op_mask(prepared)
+    if prepared.shape[2] != 1:  # a mask per query (not key padding): kept by no cache
+        return prepared, op_mask
+    if op_mask is not None:
+        reuse_key_padding_plans(op_mask)  # made here, seen by no one else: it does not change
+    if len(_PREPARED) >= _PREPARED_MAX:
+        for stale in [k for k, entry in _PREPARED.items() if entry[0]() is None]:
+            del _PREPARED[stale]
+        if len(_PREPARED) >= _PREPARED_MAX:
+            _PREPARED.clear()
+    _PREPARED[id(mask)] = (weakref.ref(mask), _version(mask), key, (prepared, op_mask))
+    return prepared, op_mask
+
+
 def unet_projections(attn, hidden_states, encoder_hidden_states, attention_mask, temb):
     """SDXL/SD UNet and VAE (AttnProcessor2_0): spatial norm, 4-D inputs, mask, group norm.
     Returns q, k, v (B, H, N, D), the prepared mask, and what the output step needs."""
@@ -202,8 +253,7 @@ def unet_projections(attn, hidden_states, encoder_hidden_states, attention_mask,
         hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
     batch, sequence_length, _ = (hidden_states if encoder_hidden_states is None else encoder_hidden_states).shape
     if attention_mask is not None:
-        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch)
-        attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+        attention_mask = prepared_mask(attn, attention_mask, sequence_length, batch)
     if attn.group_norm is not None:
         hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
     query = attn.to_q(hidden_states)
@@ -390,6 +440,15 @@ def _prepare_wan(processor, attn, inputs: CallInputs):
 PADDING_BIAS = -5000.0
 
 
+def _op_mask_of(mask: Tensor | None) -> Tensor | None:
+    """The op's mask for a prepared mask: the one made with it (_prepared_masks), else made now."""
+    if mask is not None and not torch.compiler.is_compiling():
+        for _, _, _, (prepared, op_mask) in _PREPARED.values():
+            if prepared is mask:
+                return op_mask
+    return _op_mask(mask)
+
+
 def _op_mask(mask: Tensor | None) -> Tensor | None:
     """A float mask with diffusers' padding bias as -inf; anything else as it is."""
     if mask is None or not mask.is_floating_point():
@@ -400,7 +459,7 @@ def _op_mask(mask: Tensor | None) -> Tensor | None:
 def _prepare_self_cross(processor, attn, inputs: CallInputs):
     q, k, v, mask, extra = unet_projections(attn, inputs.hidden_states, inputs.encoder_hidden_states,
                                             inputs.attention_mask, inputs.temb)
-    op_mask = _op_mask(mask)
+    op_mask = _op_mask_of(mask)
     return AttentionCall(q, k, v, 0, lambda out: unet_output(attn, out, extra), cross=extra[2],
                          mask=mask if op_mask is None else op_mask, stock_mask=None if op_mask is None else mask)
 
