@@ -856,16 +856,18 @@ def test_tracer_rows_from_the_kernels_match_torch(n_k, top, selected, monkeypatc
     assert list(got["top_keys"][1][:2]) == [3, 5][:top]
 
 
-def test_a_forwards_masked_calls_read_their_padding_plan_once(monkeypatch):
-    """PixArt-Sigma hands one encoder mask object to every block of a forward: the processor
-    prepares it once and declares its op mask unchanging, so the key-padding plan (a host
-    synchronisation) is read once per forward, not once per cross-attention layer, and the
-    forward's output is the same bit for bit as with a read per layer. A mask the caller
-    did not declare is read on every call."""
+@pytest.mark.parametrize("family", ["pixart", "qwen"])
+def test_a_forwards_masked_calls_read_their_padding_plan_once(family, monkeypatch):
+    """PixArt-Sigma and Qwen-Image hand one text mask object to every block of a forward: the
+    processor builds the op's mask from it once and declares it unchanging, so the
+    key-padding plan (a host synchronisation) is read once per forward, not once per masked
+    layer, and the forward's output is the same bit for bit as with a read per layer. A mask
+    the caller did not declare is read on every call."""
     from sinkattn import ops, sink_attention, tiny
     from sinkattn.processors import SinkSuppressProcessor
 
-    model = tiny.tiny_pixart_transformer(num_layers=3).to(DEVICE)
+    builder = {"pixart": tiny.tiny_pixart_transformer, "qwen": tiny.tiny_qwenimage_transformer}[family]
+    model = builder(num_layers=3).to(DEVICE)
     inputs = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in tiny.tiny_inputs(model).items()}
     model.set_attn_processor(SinkSuppressProcessor(k=1))
     reads = []
@@ -882,7 +884,7 @@ def test_a_forwards_masked_calls_read_their_padding_plan_once(monkeypatch):
         patch.setattr(ops, "reuse_key_padding_plans", lambda mask: mask)
         reads.clear()
         every = forward()
-        assert len(reads) == 3  # one per cross-attention layer
+        assert len(reads) == 3  # one per masked layer
     assert torch.equal(once[0], every) and torch.equal(once[1], every)
 
     q, k, v = (t.contiguous() for t in diffusers_layout(2, 2, 40, 90, 64, 64, torch.bfloat16))

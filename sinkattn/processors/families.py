@@ -191,45 +191,33 @@ def flux_output(attn, out: Tensor, n_text: int, has_context: bool):
     return out, attn.to_add_out(context.contiguous())
 
 
-# The key-padding masks prepared from one diffusers mask object: id -> (a weak reference to
-# it, its version counter (None for inference tensors), (sequence length, batch, heads),
-# (prepared mask, op mask)). PixArt-Sigma and the UNets pass one encoder mask object to every
-# block of a forward: it is prepared once, and its op mask is declared to the op as
-# unchanging, so the key-padding plan is read from the device once per forward, not once per
-# layer. Masks per query are prepared on every call (no cache holds them).
+# The key-padding masks built from one diffusers mask object: (id, key) -> (a weak reference
+# to it, its version counter (None for inference tensors), (mask, op mask)). PixArt-Sigma,
+# the UNets and Qwen-Image pass one text mask object to every block of a forward: its masks
+# are built once per key (sequence length, batch, heads), and the op mask is declared to the
+# op as unchanging, so the key-padding plan is read from the device once per forward and
+# key, not once per layer. Masks per query are built on every call (no cache holds them).
 _PREPARED: dict = {}
-_PREPARED_MAX = 16
+_PREPARED_MAX = 32
 
 
 def _version(t: Tensor):
     return None if t.is_inference() else t._version
 
 
-def prepared_mask(attn, mask: Tensor, sequence_length: int, batch: int) -> Tensor:
-    """``attn.prepare_attention_mask`` viewed as (B, H, Nq or 1, Nk), once per mask object,
-    sequence length and batch (again if the mask was changed in place, where torch counts
-    it). Under torch.compile it is prepared every call."""
+def _memoized_masks(source: Tensor, key: tuple, build: Callable[[], tuple[Tensor, Tensor | None]]):
+    """``build()`` -> (mask, op mask), once per ``source`` object and ``key`` (again if
+    ``source`` was changed in place, where torch counts it); every call under torch.compile."""
     if torch.compiler.is_compiling():
-        return _prepare(attn, mask, sequence_length, batch)
-    return _prepared_masks(attn, mask, sequence_length, batch)[0]
-
-
-def _prepare(attn, mask: Tensor, sequence_length: int, batch: int) -> Tensor:
-    mask = attn.prepare_attention_mask(mask, sequence_length, batch)
-    return mask.view(batch, attn.heads, -1, mask.shape[-1])
-
-
-def _prepared_masks(attn, mask: Tensor, sequence_length: int, batch: int) -> tuple[Tensor, Tensor | None]:
-    key = (sequence_length, batch, attn.heads)
-    hit = _PREPARED.get(id(mask))
-    if hit is not None and hit[0]() is mask and hit[1] == _version(mask) and hit[2] == key:
-        return hit[3]
+        return build()
+    hit = _PREPARED.get((id(source), key))
+    if hit is not None and hit[0]() is source and hit[1] == _version(source):
+        return hit[2]
     from ..ops import reuse_key_padding_plans
 
-    prepared = _prepare(attn, mask, sequence_length, batch)
-    op_mask = _op_mask(prepared)
-    if prepared.shape[2] != 1:  # a mask per query (not key padding): kept by no cache
-        return prepared, op_mask
+    mask, op_mask = built = build()
+    if mask.shape[2] != 1:  # a mask per query (not key padding): kept by no cache
+        return built
     if op_mask is not None:
         reuse_key_padding_plans(op_mask)  # made here, seen by no one else: it does not change
     if len(_PREPARED) >= _PREPARED_MAX:
@@ -237,8 +225,19 @@ def _prepared_masks(attn, mask: Tensor, sequence_length: int, batch: int) -> tup
             del _PREPARED[stale]
         if len(_PREPARED) >= _PREPARED_MAX:
             _PREPARED.clear()
-    _PREPARED[id(mask)] = (weakref.ref(mask), _version(mask), key, (prepared, op_mask))
-    return prepared, op_mask
+    _PREPARED[(id(source), key)] = (weakref.ref(source), _version(source), built)
+    return built
+
+
+def prepared_mask(attn, mask: Tensor, sequence_length: int, batch: int) -> Tensor:
+    """``attn.prepare_attention_mask`` viewed as (B, H, Nq or 1, Nk), built once per mask
+    object, sequence length, batch and head count (_memoized_masks)."""
+    def build():
+        prepared = attn.prepare_attention_mask(mask, sequence_length, batch)
+        prepared = prepared.view(batch, attn.heads, -1, prepared.shape[-1])
+        return prepared, _op_mask(prepared)
+
+    return _memoized_masks(mask, ("unet", sequence_length, batch, attn.heads), build)[0]
 
 
 def unet_projections(attn, hidden_states, encoder_hidden_states, attention_mask, temb):
@@ -320,13 +319,18 @@ def qwen_projections(attn, hidden_states, encoder_hidden_states, image_rotary_em
 
 def qwen_text_mask(hidden_states, encoder_hidden_states_mask):
     """The joint keep-mask of QwenDoubleStreamAttnProcessor2_0: the text mask, then every
-    image token, as (B, 1, 1, text + image) (SDPA broadcasts it over heads and queries)."""
+    image token, as (B, 1, 1, text + image) (SDPA broadcasts it over heads and queries);
+    built once per text mask object and image length (_memoized_masks)."""
     if encoder_hidden_states_mask is None:
         return None
-    seq_img = hidden_states.shape[1]
-    image_mask = torch.ones((hidden_states.shape[0], seq_img), dtype=torch.bool, device=hidden_states.device)
-    attention_mask = torch.cat([encoder_hidden_states_mask, image_mask], dim=1)
-    return attention_mask[:, None, None, :]
+    batch, seq_img = hidden_states.shape[:2]
+
+    def build():
+        image_mask = torch.ones((batch, seq_img), dtype=torch.bool, device=hidden_states.device)
+        joint = torch.cat([encoder_hidden_states_mask, image_mask], dim=1)[:, None, None, :]
+        return joint, joint
+
+    return _memoized_masks(encoder_hidden_states_mask, ("qwen", batch, seq_img), build)[0]
 
 
 def qwen_output(attn, out: Tensor, n_text: int, dtype):
@@ -441,9 +445,9 @@ PADDING_BIAS = -5000.0
 
 
 def _op_mask_of(mask: Tensor | None) -> Tensor | None:
-    """The op's mask for a prepared mask: the one made with it (_prepared_masks), else made now."""
+    """The op's mask for a prepared mask: the one built with it (_memoized_masks), else made now."""
     if mask is not None and not torch.compiler.is_compiling():
-        for _, _, _, (prepared, op_mask) in _PREPARED.values():
+        for _, _, (prepared, op_mask) in _PREPARED.values():
             if prepared is mask:
                 return op_mask
     return _op_mask(mask)
