@@ -211,11 +211,8 @@ def reuse_key_padding_plans(attn_mask: Tensor) -> Tensor:
     call shape and reuse it. The processors declare the masks they prepare once per forward,
     so a PixArt-Sigma forward synchronises once, not once per cross-attention layer. Returns
     the mask."""
-    if len(_PLAN_MEMO) >= _PLAN_MEMO_MAX:
-        for key in [key for key, (ref, _) in _PLAN_MEMO.items() if ref() is None]:
-            del _PLAN_MEMO[key]
-        if len(_PLAN_MEMO) >= _PLAN_MEMO_MAX:
-            _PLAN_MEMO.clear()
+    if len(_PLAN_MEMO) >= _PLAN_MEMO_MAX:  # as validation's memo: emptied when full
+        _PLAN_MEMO.clear()
     _PLAN_MEMO[id(attn_mask)] = (weakref.ref(attn_mask), {})
     return attn_mask
 

@@ -9,10 +9,10 @@
 
 What one attention call leaves behind (on the device, no host sync):
 the processor hands over the (B, H, Nk) key mass (mean attention probability over the mass
-queries); the tracer reduces it at once to what is kept and writes that into one
-preallocated device buffer (on the kernels' devices three launches per call:
-kernels/trace_stats.py for the key-mass columns, kernels/query_stats.py and its merge for
-the sampled query statistics; elsewhere torch ops) (a flat float32 tensor that is reused from image to image and
+queries); the tracer reduces it at once to what is kept (on the kernels' devices in three
+launches per call: kernels/trace_stats.py for the key-mass columns, kernels/query_stats.py
+and its merge for the sampled query statistics; elsewhere in torch ops) and writes that into
+one preallocated device buffer (a flat float32 tensor that is reused from image to image and
 grows by doubling, on the device, when an image needs more). The buffer reaches the host
 in ONE copy per image: when the next ``begin`` starts, or on :meth:`finish_image`,
 :meth:`rows`, :meth:`to_csv`. No ``.item()``/``.cpu()`` runs per call.
@@ -96,6 +96,11 @@ def _on_kernels(t: torch.Tensor) -> bool:
     from .ops import kernels_available
 
     return kernels_available(t.device)
+
+
+def _with_head_mean(mass: torch.Tensor) -> torch.Tensor:
+    """(B, H, Nk) float32 mass -> (B, H + 1, Nk): the heads, then their mean."""
+    return torch.cat([mass, mass.mean(1, keepdim=True)], 1)
 
 
 @dataclass
@@ -294,7 +299,7 @@ class SinkTracer:
                                  query="head_mean" if sample else "nan")
             else:
                 m = mass.float()
-                full = torch.cat([m, m.mean(1, keepdim=True)], 1)                     # (B, H+1, Nk)
+                full = _with_head_mean(m)                                             # (B, H+1, Nk)
                 values, indices = full.sort(dim=-1, descending=True, stable=True)  # equal masses by ascending key
                 values, indices = values[..., :n_top], indices[..., :n_top]
                 parts = [values[..., :1], values.sum(-1, keepdim=True),
@@ -315,8 +320,7 @@ class SinkTracer:
             if want_map:
                 map_offset = offset + rows * width
                 if full is None:
-                    m = mass.float()
-                    full = torch.cat([m, m.mean(1, keepdim=True)], 1)
+                    full = _with_head_mean(mass.float())
                 src = full if self.map_heads else full[:, heads]
                 self._buf[map_offset: map_offset + map_size].view_as(src).copy_(src)
         self._calls.append(_Call(offset, batch, heads, width, n_top, n_sel, n_k, (t0, t1), (i0, i1), grid, n_query,
@@ -352,8 +356,8 @@ class SinkTracer:
 
     def _query_stats(self, q, k, scale, rows, into) -> int:
         """Per (batch, head): the mean over sampled image queries of the top-5 probability sum
-        and of the row entropy, exact in fp32, written into ``into`` (B, H, 2); returns the number of sampled queries. On the kernels' devices one
-        pass over the keys and a merge (kernels/query_stats.py: 0.78 ms per SD3-medium forward
+        and of the row entropy, exact in fp32, written into ``into`` (B, H, 2); returns the
+        number of sampled queries. On the kernels' devices one pass over the keys and a merge (kernels/query_stats.py: 0.78 ms per SD3-medium forward
         on the H200, probe20; ~12 ms as torch ops, probe18); elsewhere the softmax of the
         sampled rows in torch."""
         m0, m1 = rows

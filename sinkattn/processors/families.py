@@ -220,11 +220,8 @@ def _memoized_masks(source: Tensor, key: tuple, build: Callable[[], tuple[Tensor
         return built
     if op_mask is not None:
         reuse_key_padding_plans(op_mask)  # made here, seen by no one else: it does not change
-    if len(_PREPARED) >= _PREPARED_MAX:
-        for stale in [k for k, entry in _PREPARED.items() if entry[0]() is None]:
-            del _PREPARED[stale]
-        if len(_PREPARED) >= _PREPARED_MAX:
-            _PREPARED.clear()
+    if len(_PREPARED) >= _PREPARED_MAX:  # as validation's memo: emptied when full
+        _PREPARED.clear()
     _PREPARED[(id(source), key)] = (weakref.ref(source), _version(source), built)
     return built
 
