@@ -206,6 +206,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: torch.dt
     apply_start, apply_stop = apply_rows if apply_rows is not None else (0, n_q)
     if sinks is not None:
         sinks = sinks.contiguous()
+    if sinks is None and row_peak is None and hopper_forward_fits(q, k, v, scale, settings):
+        _hopper_attention(q, k, v, scale, out, lse, counters, settings)
+        return (out if stored == out_dtype else out.to(out_dtype)), lse
     qo, ko, vo = _operand(q, settings), _operand(k, settings), _operand(v, settings)
     top_k = 0 if sinks is None else sinks.shape[-1]
     _launch(
@@ -216,6 +219,85 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: torch.dt
         HAS_SINKS=sinks is not None, HAS_ROW_PEAK=row_peak is not None, HAS_COUNTERS=counters is not None,
         **_masked_pass_flags(q, top_k, path, scale, settings), **dims)
     return (out if stored == out_dtype else out.to(out_dtype)), lse
+
+
+# -- the warp-specialised forward on Hopper -----------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _hopper_kernels(device_index: int):
+    """kernels.attention_hopper on an sm_90 device whose Triton has Gluon's Hopper API, else None."""
+    if torch.cuda.get_device_capability(device_index) != (9, 0):
+        return None
+    try:
+        from .kernels import attention_hopper
+    except ImportError:  # a Triton without Gluon's Hopper modules
+        return None
+    return attention_hopper
+
+
+@functools.lru_cache(maxsize=1024)
+def _tma_layout(shape: tuple, stride: tuple) -> bool:
+    """Whether a (B, H, N, D) operand can be read through one 2-D TMA descriptor over rows
+    of stride ``stride[2]`` such that a key tile past a head's last row reads only the same
+    tensor's following rows or TMA's zero fill: diffusers' (B, N, H*D) view (heads side by
+    side in a row, batches stacked) or a contiguous (B, H, N, D) (heads stacked). Rows must
+    be 16-byte multiples (2-byte elements)."""
+    batch, heads, n, dim = shape
+    s_b, s_h, s_m, s_d = stride
+    if s_d != 1 or s_m % 8 or s_m < dim:
+        return False
+    heads_in_a_row = (heads == 1 or s_h >= dim) and (heads - 1) * s_h + dim <= s_m and (batch == 1 or s_b == n * s_m)
+    heads_stacked = (heads == 1 or s_h == n * s_m) and (batch == 1 or s_b == heads * n * s_m)
+    return heads_in_a_row or heads_stacked
+
+
+def hopper_forward_fits(q: Tensor, k: Tensor, v: Tensor, scale: float, settings: Settings) -> bool:
+    """Whether the plain forward of this call runs the Gluon kernel (kernels/attention_hopper.py):
+    on an sm_90 GPU with the setting on, float16 or bfloat16 operands, one head dim of 64 or
+    128 for q, k and v, a positive scale (folded into the exponentials), and operands in a
+    layout one TMA descriptor reads (``_tma_layout``), 16-byte aligned."""
+    if not settings.hopper_forward or settings.interpret or q.device.type != "cuda":
+        return False
+    dim = q.shape[-1]
+    if (dim not in (64, 128) or k.shape[-1] != dim or v.shape[-1] != dim or not scale > 0
+            or q.dtype not in (torch.float16, torch.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype
+            or q.shape[2] == 0 or k.shape[2] == 0):
+        return False
+    if _hopper_kernels(q.device.index or 0) is None:
+        return False
+    return all(t.data_ptr() % 16 == 0 and _tma_layout(tuple(t.shape), t.stride()) for t in (q, k, v))
+
+
+@functools.lru_cache(maxsize=None)
+def _tma_shared_layout(block_rows: int, dim: int, dtype: torch.dtype):
+    from triton.experimental.gluon import language as gl
+    element = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[dtype]
+    return gl.NVMMASharedLayout.get_default_for([block_rows, dim], element)
+
+
+def _tma_descriptor(t: Tensor, block_rows: int):
+    """A 2-D TMA descriptor over t's storage (B, H, N, D, ``_tma_layout``): rows of stride
+    t.stride(2) from t's first element to its last head's last row, blocks of block_rows x D."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    batch, heads, n, dim = t.shape
+    s_b, s_h, s_m, _ = t.stride()
+    rows = ((batch - 1) * s_b + (heads - 1) * s_h) // s_m + n
+    return TensorDescriptor(t, [rows, s_m], [s_m, 1], [block_rows, dim], _tma_shared_layout(block_rows, dim, t.dtype))
+
+
+def _hopper_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out: Tensor, lse: Tensor,
+                      counters: Tensor | None, settings: Settings) -> None:
+    """The plain forward by the Gluon kernel into ``out`` and ``lse`` (``attention``'s)."""
+    hopper = _hopper_kernels(q.device.index or 0)
+    batch, heads, n_q, dim = q.shape
+    config = {**hopper.CONFIGS[dim], "PINGPONG": True, **settings.kernel_configs.get("hopper_forward", {})}
+    block_m = hopper.BLOCK_M
+    hopper.hopper_attention_kernel[(_cdiv(n_q, 2 * block_m), batch * heads)](
+        _tma_descriptor(q, block_m), _tma_descriptor(k, config["BLOCK_N"]), _tma_descriptor(v, config["BLOCK_N"]),
+        out, lse, counters, 0 if counters is None else counters.shape[0], *_strides(q, k, v, out),
+        heads, n_q, k.shape[2], scale * LOG2E,
+        BLOCK_M=block_m, D=dim, HAS_COUNTERS=counters is not None, CONSUMER_REGS=hopper.CONSUMER_REGS,
+        PRODUCER_REGS=hopper.PRODUCER_REGS, num_warps=4, maxnreg=hopper.MAXNREG, **config)
 
 
 @functools.lru_cache(maxsize=256)

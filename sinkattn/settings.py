@@ -20,6 +20,8 @@ Environment (read once):
 - ``SINKATTN_ALLOW_TF32``: "1" lets float32 inputs use TF32 dots (default: IEEE float32).
 - ``SINKATTN_SHORT_KEYS``: the longest key sequence that takes the short-key path (all keys
   in one tile: exact row statistics, two launches); "0" turns it off. Default 256.
+- ``SINKATTN_HOPPER_FORWARD``: "0" keeps the Triton forward on Hopper (sm_90), where the
+  warp-specialised Gluon forward (``kernels/attention_hopper.py``) runs the calls it fits.
 - ``TRITON_INTERPRET``: "1" runs the kernels under the Triton interpreter (CPU tensors).
   Triton itself decides this when the kernel modules are imported; this field must agree.
 """
@@ -51,6 +53,8 @@ class Settings:
         into up to this many ranges computed by separate programs...
     flagged_max_split_tiles: ...when at most this many tiles are flagged in all.
     flagged_programs_per_sm: programs of the fallback pass per multiprocessor.
+    hopper_forward: on sm_90, the forward passes that ``launch.hopper_forward_fits`` admits
+        run the warp-specialised Gluon kernel (kernels/attention_hopper.py).
     kernel_configs: kernel name -> config dict (block sizes, ``num_warps``, ...) used instead
         of the tuned or default one: "attention_forward", "key_mass", "flagged_tiles",
         "correction", "short_mass". For experiments and tests.
@@ -64,6 +68,7 @@ class Settings:
     flagged_key_splits: int = 16
     flagged_max_split_tiles: int = 64
     flagged_programs_per_sm: int = 16
+    hopper_forward: bool = True
     kernel_configs: Mapping[str, Mapping] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -93,6 +98,7 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
         allow_tf32=_flag(environ, "SINKATTN_ALLOW_TF32", "0"),
         interpret=_flag(environ, "TRITON_INTERPRET", "0"),
         short_keys=int(environ.get("SINKATTN_SHORT_KEYS", "256")),
+        hopper_forward=_flag(environ, "SINKATTN_HOPPER_FORWARD", "1"),
     )
 
 

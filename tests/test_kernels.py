@@ -921,3 +921,106 @@ def test_a_row_with_one_kept_key_is_not_emptied(kw, poisoned, monkeypatch):
     assert res.out.isfinite().all()
     check_against_reference(q, k, v, res, attn_mask=mask, **kw)
     assert bool(mask[1, 0, 0].gather(0, res.sinks[1].flatten()).all()), "a masked key was selected"
+
+
+# -- the warp-specialised forward on Hopper (kernels/attention_hopper.py) ---------------------
+
+HOPPER = CUDA and torch.cuda.get_device_capability() == (9, 0)
+HOPPER_ONLY = pytest.mark.skipif(not HOPPER, reason="the Gluon forward runs on sm_90 only; elsewhere (and under "
+                                 "the interpreter) launch.attention runs the Triton forward, which every other case checks")
+
+
+@pytest.mark.parametrize("layout, fits", [
+    ("diffusers", True), ("packed-kv", True), ("contiguous", True), ("one-head", True),
+    ("heads-not-stacked", False), ("d-strided", False), ("rows-not-16-bytes", False)])
+def test_hopper_forward_admits_only_layouts_one_descriptor_reads(layout, fits):
+    """launch._tma_layout: a key tile past a head's last row must read only the tensor's own
+    next rows or TMA's zero fill (so an exact zero P never meets NaN garbage in V)."""
+    from sinkattn import launch
+
+    B, H, N, D = 2, 3, 50, 64
+    t = {
+        "diffusers": lambda: torch.empty(B, N, H * D).view(B, N, H, D).transpose(1, 2),
+        "packed-kv": lambda: torch.empty(B, N, 2, H, D)[:, :, 1].transpose(1, 2),
+        "contiguous": lambda: torch.empty(B, H, N, D),
+        "one-head": lambda: torch.empty(B, N, 1, D).transpose(1, 2),
+        "heads-not-stacked": lambda: torch.empty(H, B, N, D).transpose(0, 1),
+        "d-strided": lambda: torch.empty(B, H, D, N).transpose(-1, -2),
+        "rows-not-16-bytes": lambda: torch.empty(B, H, N, D + 4)[..., :D],
+    }[layout]()
+    assert t.shape == (B, 1 if layout == "one-head" else H, N, D)
+    assert launch._tma_layout(tuple(t.shape), t.stride()) == fits
+
+
+def test_hopper_forward_compiles_for_sm90():
+    """The Gluon kernel compiles for sm_90 with this Triton (no GPU needed): both head dims,
+    counters or none, bfloat16 or float32 output. Its numerics are the GPU cases below."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    from sinkattn import launch
+    from sinkattn.kernels import attention_hopper as hopper
+
+    for dim, counters, out in [(64, True, "*fp32"), (128, False, "*bf16")]:
+        q = torch.empty(2, 100, 3 * dim, dtype=torch.bfloat16).view(2, 100, 3, dim).transpose(1, 2)
+        config = hopper.CONFIGS[dim]
+        descs = {"q_desc": launch._tma_descriptor(q, hopper.BLOCK_M),
+                 "k_desc": launch._tma_descriptor(q, config["BLOCK_N"]),
+                 "v_desc": launch._tma_descriptor(q, config["BLOCK_N"])}
+        constexprs = dict(BLOCK_M=hopper.BLOCK_M, D=dim, PINGPONG=True, HAS_COUNTERS=counters,
+                          CONSUMER_REGS=hopper.CONSUMER_REGS, PRODUCER_REGS=hopper.PRODUCER_REGS, **config)
+        if not counters:
+            constexprs["COUNTERS"] = None
+        pointers = {"O": out, "LSE": "*fp32", "COUNTERS": "*i32", "qk_scale": "fp32"}
+        signature = {p.name: "constexpr" if p.name in constexprs else
+                     mangle_type(descs[p.name]) if p.name in descs else pointers.get(p.name, "i32")
+                     for p in hopper.hopper_attention_kernel.params}
+        compiled = triton.compile(GluonASTSource(hopper.hopper_attention_kernel, signature, constexprs),
+                                  target=GPUTarget("cuda", 90, 32),
+                                  options={"num_warps": 4, "maxnreg": hopper.MAXNREG})
+        assert compiled.asm["cubin"] and compiled.metadata.num_warps == 12
+        # the ring, the two Q tiles and the barriers fit the 227 KiB an sm_90 block may use
+        assert compiled.metadata.shared <= 227 * 1024
+
+
+HOPPER_SHAPES = [
+    pytest.param((1, 2, 100, 100, 64), "diffusers", id="one-key-tile-d64"),
+    pytest.param((2, 3, 257, 130, 64), "diffusers", id="cross-partial-tile-d64"),
+    pytest.param((2, 3, 300, 77, 128), "contiguous", id="cross-77-contiguous-d128"),
+    pytest.param((1, 2, 1, 333, 128), "diffusers", id="one-query-d128"),
+    pytest.param((2, 24, 4429, 4429, 64), "diffusers", id="sd3-1024"),
+    pytest.param((1, 24, 4608, 4608, 128), "diffusers", id="flux-1024"),
+    pytest.param((2, 10, 4096, 77, 64), "diffusers", id="sdxl-cross-tiled"),
+]
+
+
+@HOPPER_ONLY
+@pytest.mark.parametrize("mode", [MODES[0], MODES[1], MODES[2], MODES[3], MODES[4]])
+@pytest.mark.parametrize("shape, layout", HOPPER_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_hopper_forward_matches_reference(shape, layout, dtype, mode, use_settings, poisoned, monkeypatch):
+    """The Gluon forward under every mode whose forward it runs (plain, mass, the correction
+    route's float32 forward with its counters zeroed, poisoned buffers): against the float64
+    reference, and, on the same draw, the same selection as the Triton forward."""
+    from sinkattn import launch, sink_attention
+
+    B, H, Nq, Nk, D = shape
+    use_settings(short_keys=0)
+    q, k, v = diffusers_layout(B, H, Nq, Nk, D, D, dtype)
+    if layout == "contiguous":
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    ran = []
+    real = launch._hopper_attention
+    monkeypatch.setattr(launch, "_hopper_attention", lambda *a: ran.append(1) or real(*a))
+    kw = _resolve(mode, Nq, Nk)
+    res = sink_attention(q, k, v, **kw)
+    assert ran, "the call did not run the Gluon forward"
+    check_against_reference(q, k, v, res, **kw)
+    with settings.override(hopper_forward=False):
+        triton_res = sink_attention(q, k, v, **kw)
+    assert len(ran) == 1
+    assert torch.equal(res.sinks, triton_res.sinks)
+    if res.mass is not None:
+        torch.testing.assert_close(res.mass, triton_res.mass, rtol=1e-3, atol=1e-7)

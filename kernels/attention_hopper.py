@@ -1,37 +1,47 @@
-"""Candidate FA3-style plain attention forward in Gluon for Hopper (sm_90): not shipped,
-only compile-checked (triton 3.6 and 3.8, no GPU); probe22 checks and times it on the H200.
-
-Returns what ``sinkattn.launch.attention`` returns for the plain pass: O (B, H, N, Dv) in
-q's dtype, contiguous, and lse2 (B, H, N) float32, the row log-sum-exp in log2 units of the
-scaled scores (m + log2(l), m the running max of scores * scale * log2(e)).
+"""Warp-specialised attention forward for Hopper (sm_90), in Gluon: the plain pass of
+``attention.attention_kernel`` (O and lse2, and the call's counters zeroed), FlashAttention-3's
+schedule. ``sinkattn.launch.attention`` launches it on sm_90 when the call allows it
+(``launch.hopper_forward_fits``); everywhere else, under the interpreter and in CI, the
+Triton forward runs. Both are checked against the reference by the same tests.
 
 One program owns 2 x BLOCK_M query rows of one (batch, head), in three partitions
 (``gl.warp_specialize``):
 
-- a producer warp: TMA loads of the two Q tiles, then of K and V tiles of BLOCK_N keys into
-  rings of STAGES shared-memory slots (ready barriers: TMA byte counts; empty barriers: one
-  arrival from each consumer);
-- two consumer warpgroups (the default partition and a worker), BLOCK_M rows each (64: one
-  wgmma M), each with its own online softmax. Within a warpgroup the loop is FA3's
-  intra-warpgroup pipeline: S_j = Q K_j^T and O += P_{j-1} V_{j-1} are issued together
-  (async wgmma, P from registers), the softmax of S_j runs while the P V product computes,
-  then O is rescaled. With PINGPONG the two warpgroups take turns to issue their products
-  (an mbarrier each), so that one's softmax overlaps the other's products.
+- a producer warp: TMA loads of the two Q tiles, then of the K and V tiles of BLOCK_N keys
+  into rings of STAGES shared-memory slots (ready barriers count TMA bytes; empty barriers
+  take one arrival from each consumer);
+- two consumer warpgroups (the default partition and a worker) of BLOCK_M = 64 rows each
+  (one wgmma M), each with its own online softmax. Within a warpgroup, S_j = Q K_j^T and
+  O += P_{j-1} V_{j-1} are issued together (async wgmma, P from registers); the softmax of
+  S_j runs while the P V product computes, then O is rescaled. With PINGPONG the two
+  warpgroups take turns to issue their products (an mbarrier each), so that one's softmax
+  overlaps the other's products.
 
-Scores are masked to -inf on the first and the last key tile only (keys past N). Q, K and V are read
-through 2-D TMA descriptors over the tensor's storage, rows of stride ``stride(2)``: each
-(b, h) tile starts at element b * stride(0) + h * stride(1), so both diffusers' strided
-(B, N, H*D) view and a contiguous (B, H, N, D) tensor work. A tile past the head's last
-row reads the next rows of the storage (another batch or head: finite values, masked or
-not stored) or TMA's zero fill past the end.
+Scores stay raw (Q K^T); the positive scale times log2(e) is folded into the exponentials'
+FFMA, so the kernel takes scale > 0 only (the launcher sends other scales to Triton). Keys
+past N_K are masked to -inf on the first and last key tiles only.
+
+Q, K and V are read through 2-D TMA descriptors over the tensor's storage, rows of stride
+``stride(2)``: the tile of (b, h) starts at element b * stride(0) + h * stride(1). A tile
+past a head's last row reads the following rows of the same tensor (the next head or batch:
+finite values, masked to -inf or, for V, multiplied by an exact zero) or TMA's zero fill past
+the storage's end: ``launch.hopper_forward_fits`` admits only the two layouts where that
+holds (diffusers' (B, N, H*D) view, contiguous (B, H, N, D)).
 """
-
-import math
 
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+
+# (BLOCK_N, STAGES) by head dim: the K and V rings take 2 * STAGES * BLOCK_N * D * 2 bytes
+# beside the Q tiles' 2 * 64 * D * 2 (D 128: 128 KiB + 32 KiB at 128 keys and 2 stages).
+CONFIGS = {64: dict(BLOCK_N=128, STAGES=4), 128: dict(BLOCK_N=128, STAGES=2)}
+BLOCK_M = 64
+# Three warpgroups (the 1-warp producer is padded to one) at 168 registers a thread fill the
+# register file; setmaxnreg moves them to the consumers: 24 for the producer's warpgroup and
+# 240 for each consumer.
+MAXNREG, CONSUMER_REGS, PRODUCER_REGS = 168, 240, 24
 
 
 @gluon.jit
@@ -43,13 +53,13 @@ def _tile_offsets(stride_b, stride_h, stride_m, b, h):
 
 @gluon.jit
 def _producer(q_desc, k_desc, v_desc, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty,
-              q_row, q_col, k_row, k_col, v_row, v_col, start_m, N,
+              q_row, q_col, k_row, k_col, v_row, v_col, start_m, N_K,
               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
     for wg in gl.static_range(2):
         mbarrier.expect(q_bars.index(wg), q_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(q_desc, [q_row + start_m + wg * BLOCK_M, q_col], q_bars.index(wg),
                                         q_smem.index(wg))
-    for j in range(gl.cdiv(N, BLOCK_N)):
+    for j in range(gl.cdiv(N_K, BLOCK_N)):
         slot = j % STAGES
         phase = (j // STAGES) & 1
         # A fresh mbarrier counts as having completed the phase before phase 0: the first
@@ -80,12 +90,12 @@ def _pass_turn(turns, WG: gl.constexpr, PINGPONG: gl.constexpr):
 
 
 @gluon.jit
-def _softmax(s, m_i, l_i, start_n, N, qk_scale, MASK: gl.constexpr):
-    """Online softmax of one score tile (raw Q K^T; the scale is folded into exp2's FFMA):
+def _softmax(s, m_i, l_i, start_n, N_K, qk_scale, MASK: gl.constexpr):
+    """Online softmax of one score tile (raw Q K^T, qk_scale > 0 folded into exp2's FFMA):
     (P, the new running max, the new row sum, the rescale factor of earlier tiles)."""
     if MASK:
         cols = start_n + gl.arange(0, s.shape[1], layout=gl.SliceLayout(0, s.type.layout))
-        s = gl.where(cols[None, :] < N, s, float("-inf"))
+        s = gl.where(cols[None, :] < N_K, s, float("-inf"))
     m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
     p = gl.exp2(s * qk_scale - m_new[:, None])
     alpha = gl.exp2(m_i - m_new)
@@ -94,7 +104,7 @@ def _softmax(s, m_i, l_i, start_n, N, qk_scale, MASK: gl.constexpr):
 
 
 @gluon.jit
-def _step(j, acc, p, m_i, l_i, q, k_ring, v_ring, k_ready, k_empty, v_ready, v_empty, turns, N, qk_scale,
+def _step(j, acc, p, m_i, l_i, q, k_ring, v_ring, k_ready, k_empty, v_ready, v_empty, turns, N_K, qk_scale,
           WG: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
           PINGPONG: gl.constexpr, MASK: gl.constexpr,
           s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
@@ -111,7 +121,7 @@ def _step(j, acc, p, m_i, l_i, q, k_ring, v_ring, k_ready, k_empty, v_ready, v_e
     _pass_turn(turns, WG, PINGPONG)
     s = warpgroup_mma_wait(1, deps=(s_tok,))
     mbarrier.arrive(k_empty.index(slot), count=1)
-    p_new, m_i, l_i, alpha = _softmax(s, m_i, l_i, j * BLOCK_N, N, qk_scale, MASK)
+    p_new, m_i, l_i, alpha = _softmax(s, m_i, l_i, j * BLOCK_N, N_K, qk_scale, MASK)
     acc, p = warpgroup_mma_wait(0, deps=(o_tok, p))
     mbarrier.arrive(v_empty.index(prev), count=1)
     acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
@@ -121,7 +131,7 @@ def _step(j, acc, p, m_i, l_i, q, k_ring, v_ring, k_ready, k_empty, v_ready, v_e
 
 @gluon.jit
 def _consumer(WG: gl.constexpr, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty, turns,
-              O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N, qk_scale,
+              O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N_Q, N_K, qk_scale,
               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
               PINGPONG: gl.constexpr):
     num_warps: gl.constexpr = 4
@@ -134,7 +144,7 @@ def _consumer(WG: gl.constexpr, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty
 
     q = q_smem.index(WG)
     mbarrier.wait(q_bars.index(WG), 0)
-    n_tiles = gl.cdiv(N, BLOCK_N)
+    n_tiles = gl.cdiv(N_K, BLOCK_N)
 
     # Tile 0 (masked: it may be the only one).
     mbarrier.wait(k_ready.index(0), 0)
@@ -146,18 +156,18 @@ def _consumer(WG: gl.constexpr, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty
     mbarrier.arrive(k_empty.index(0), count=1)
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, row_layout)
     l_i = gl.zeros([BLOCK_M], gl.float32, row_layout)
-    p, m_i, l_i, alpha = _softmax(s, m_i, l_i, 0, N, qk_scale, True)
+    p, m_i, l_i, alpha = _softmax(s, m_i, l_i, 0, N_K, qk_scale, True)
     p = gl.convert_layout(p.to(v_ring.dtype), p_layout)
     acc = gl.zeros([BLOCK_M, D], gl.float32, o_layout)
 
     # Tiles 1 .. n - 2 unmasked, the last (from 1) masked.
     for j in range(1, n_tiles - 1):
         acc, p, m_i, l_i = _step(j, acc, p, m_i, l_i, q, k_ring, v_ring, k_ready, k_empty, v_ready, v_empty, turns,
-                                 N, qk_scale, WG, BLOCK_M, BLOCK_N, STAGES, PINGPONG, False,
+                                 N_K, qk_scale, WG, BLOCK_M, BLOCK_N, STAGES, PINGPONG, False,
                                  s_layout, o_layout, p_layout)
     if n_tiles > 1:
         acc, p, m_i, l_i = _step(n_tiles - 1, acc, p, m_i, l_i, q, k_ring, v_ring, k_ready, k_empty, v_ready, v_empty,
-                                 turns, N, qk_scale, WG, BLOCK_M, BLOCK_N, STAGES, PINGPONG, True,
+                                 turns, N_K, qk_scale, WG, BLOCK_M, BLOCK_N, STAGES, PINGPONG, True,
                                  s_layout, o_layout, p_layout)
 
     # The last tile's P V.
@@ -169,33 +179,42 @@ def _consumer(WG: gl.constexpr, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty
     acc, p = warpgroup_mma_wait(0, deps=(o_tok, p))
     mbarrier.arrive(v_empty.index(last), count=1)
 
-    # Epilogue: O = acc / l in O's dtype, lse2 = m + log2(l); rows past N are not written.
+    # Epilogue: O = acc / l in O's dtype, lse2 = m + log2(l); rows past N_Q are not written.
     rows = start_m + WG * BLOCK_M + gl.arange(0, BLOCK_M, layout=row_layout)
-    gl.store(LSE + bh * N + rows, m_i + gl.log2(l_i), mask=rows < N)
+    gl.store(LSE + bh * N_Q + rows, m_i + gl.log2(l_i), mask=rows < N_Q)
     out = (acc / gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))[:, None]).to(O.dtype.element_ty)
     io: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // D, D // 8], [num_warps, 1], [1, 0])
     out = gl.convert_layout(out, io)
     o_rows = start_m + WG * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, io))
     o_cols = gl.arange(0, D, layout=gl.SliceLayout(0, io))
     O += b * stride_ob + h * stride_oh
-    gl.store(O + o_rows[:, None] * stride_om + o_cols[None, :], out, mask=o_rows[:, None] < N)
+    gl.store(O + o_rows[:, None] * stride_om + o_cols[None, :], out, mask=o_rows[:, None] < N_Q)
 
 
-@gluon.jit
-def gluon_attention_kernel(q_desc, k_desc, v_desc, O, LSE,
-                           stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
-                           stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
-                           H, N, qk_scale,
-                           BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-                           PINGPONG: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
+@gluon.jit(do_not_specialize=["N_Q", "N_K", "N_COUNTERS"])
+def hopper_attention_kernel(q_desc, k_desc, v_desc, O, LSE, COUNTERS, N_COUNTERS,
+                            stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                            stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
+                            H, N_Q, N_K, qk_scale,
+                            BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
+                            STAGES: gl.constexpr, PINGPONG: gl.constexpr, HAS_COUNTERS: gl.constexpr,
+                            CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
     """Query rows [pid_m * 2 * BLOCK_M, +2 * BLOCK_M) of head bh; launched with num_warps=4
     (the default partition: consumer 0) plus a 4-warp worker (consumer 1) and a 1-warp
-    worker (the producer). N: the sequence length of Q and of K, V (self-attention)."""
+    worker (the producer). With COUNTERS, program (0, 0) zeroes the call's N_COUNTERS int32
+    counters first, as the Triton forward does."""
     pid_m = gl.program_id(0)
     bh = gl.program_id(1)
     b = bh // H
     h = bh % H
     start_m = pid_m * (2 * BLOCK_M)
+    if HAS_COUNTERS:
+        if (pid_m == 0) & (bh == 0):
+            zeros_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
+            offs = gl.arange(0, 128, layout=zeros_layout)
+            for start in range(0, N_COUNTERS, 128):
+                gl.store(COUNTERS + start + offs, gl.zeros([128], gl.int32, zeros_layout),
+                         mask=start + offs < N_COUNTERS)
     q_row, q_col = _tile_offsets(stride_qb, stride_qh, stride_qm, b.to(gl.int64), h.to(gl.int64))
     k_row, k_col = _tile_offsets(stride_kb, stride_kh, stride_kn, b.to(gl.int64), h.to(gl.int64))
     v_row, v_col = _tile_offsets(stride_vb, stride_vh, stride_vn, b.to(gl.int64), h.to(gl.int64))
@@ -225,79 +244,11 @@ def gluon_attention_kernel(q_desc, k_desc, v_desc, O, LSE,
     WG1: gl.constexpr = 1
     gl.warp_specialize([
         (_consumer, (WG0, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty, turns,
-                     O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N, qk_scale,
+                     O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N_Q, N_K, qk_scale,
                      BLOCK_M, BLOCK_N, D, STAGES, PINGPONG)),
         (_consumer, (WG1, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty, turns,
-                     O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N, qk_scale,
+                     O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N_Q, N_K, qk_scale,
                      BLOCK_M, BLOCK_N, D, STAGES, PINGPONG)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty,
-                     q_row, q_col, k_row, k_col, v_row, v_col, start_m, N, BLOCK_M, BLOCK_N, STAGES)),
+                     q_row, q_col, k_row, k_col, v_row, v_col, start_m, N_K, BLOCK_M, BLOCK_N, STAGES)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
-
-
-# (BLOCK_N, STAGES) by head dim: the K and V rings take 2 * STAGES * BLOCK_N * D * 2 bytes
-# beside the Q tiles' 2 * 64 * D * 2 (D 128: 128 KiB + 32 KiB at 128 keys, 2 stages).
-DEFAULT_CONFIGS = {64: dict(BLOCK_N=128, STAGES=4), 128: dict(BLOCK_N=128, STAGES=2)}
-# Three warpgroups (the 1-warp producer is padded to one) at 168 registers a thread fill the
-# register file; setmaxnreg moves them to the consumers: 24 for the producer's warpgroup,
-# 240 for each consumer (the default partition gets what is left: 240).
-MAXNREG, CONSUMER_REGS, PRODUCER_REGS = 168, 240, 24
-
-
-def _descriptor(t, block_rows):
-    """A 2-D TMA descriptor over t's storage (B, H, N, D with unit stride along D), rows of
-    stride t.stride(2), blocks of block_rows x D."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    batch, heads, n, dim = t.shape
-    s_b, s_h, s_m, s_d = t.stride()
-    assert s_d == 1, "unit stride along D"
-    assert s_b % s_m == 0, "each batch starts on a row"
-    starts = [bb * s_b + hh * s_h for bb in (0, batch - 1) for hh in (0, heads - 1)]
-    assert all(start % s_m + dim <= s_m for start in starts), "each head's columns lie within one row"
-    rows = ((batch - 1) * s_b + (heads - 1) * s_h) // s_m + n
-    layout = gl.NVMMASharedLayout.get_default_for([block_rows, dim], _gl_dtype(t.dtype))
-    return TensorDescriptor(t, [rows, s_m], [s_m, 1], [block_rows, dim], layout)
-
-
-def _gl_dtype(dtype):
-    import torch
-    return {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[dtype]
-
-
-def prepare(q, k, v, scale, block_n=None, stages=None, pingpong=True, block_m=64):
-    """The launch of plain attention on q, k, v (B, H, N, D), bfloat16 or float16, unit
-    stride along D, self-attention (one N), with its outputs and descriptors made once:
-    returns (launch, out, lse); each launch() writes O (B, H, N, D) in q's dtype and lse2
-    (B, H, N) float32, as ``sinkattn.launch.attention(q, k, v, scale, out_dtype=q.dtype)``
-    returns them."""
-    import torch
-
-    batch, heads, n, dim = q.shape
-    assert k.shape == q.shape and v.shape == q.shape, "self-attention, one head dim"
-    assert q.dtype == k.dtype == v.dtype, "one operand dtype"
-    assert dim in DEFAULT_CONFIGS, "head dims 64 and 128"
-    assert block_m == 64, "one wgmma M per consumer warpgroup"
-    config = DEFAULT_CONFIGS[dim]
-    block_n = block_n or config["BLOCK_N"]
-    stages = stages or config["STAGES"]
-    out = torch.empty(batch, heads, n, dim, device=q.device, dtype=q.dtype)
-    lse = torch.empty(batch, heads, n, device=q.device, dtype=torch.float32)
-    q_desc, k_desc, v_desc = _descriptor(q, block_m), _descriptor(k, block_n), _descriptor(v, block_n)
-    grid = (triton.cdiv(n, 2 * block_m), batch * heads)
-    args = (q_desc, k_desc, v_desc, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-            heads, n, scale / math.log(2))
-    meta = dict(BLOCK_M=block_m, BLOCK_N=block_n, D=dim, STAGES=stages, PINGPONG=pingpong,
-                CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4, maxnreg=MAXNREG)
-
-    def launch():
-        gluon_attention_kernel[grid](*args, **meta)
-    return launch, out, lse
-
-
-def gluon_attention(q, k, v, scale, **config):
-    """(O (B, H, N, D) in q's dtype, lse2 (B, H, N) float32) of plain attention: see
-    ``prepare`` (config: block_n, stages, pingpong)."""
-    launch, out, lse = prepare(q, k, v, scale, **config)
-    launch()
-    return out, lse
