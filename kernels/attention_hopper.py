@@ -34,14 +34,15 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
-# (BLOCK_N, STAGES) by head dim: the K and V rings take 2 * STAGES * BLOCK_N * D * 2 bytes
-# beside the Q tiles' 2 * 64 * D * 2 (D 128: 128 KiB + 32 KiB at 128 keys and 2 stages).
-CONFIGS = {64: dict(BLOCK_N=128, STAGES=4), 128: dict(BLOCK_N=128, STAGES=2)}
+# Per head dim: BLOCK_N keys per tile, STAGES ring slots, CONSUMERS warpgroups of BLOCK_M
+# rows, and the registers: the K and V rings take 2 * STAGES * BLOCK_N * D * 2 bytes beside
+# the Q tiles' CONSUMERS * BLOCK_M * D * 2. The warpgroups (the 1-warp producer padded to
+# one) share the 64K-register file at MAXNREG each; setmaxnreg then moves registers from
+# the producer (PRODUCER_REGS) to the consumers (CONSUMER_REGS).
 BLOCK_M = 64
-# Three warpgroups (the 1-warp producer is padded to one) at 168 registers a thread fill the
-# register file; setmaxnreg moves them to the consumers: 24 for the producer's warpgroup and
-# 240 for each consumer.
-MAXNREG, CONSUMER_REGS, PRODUCER_REGS = 168, 240, 24
+CONFIGS = {64: dict(BLOCK_N=128, STAGES=4, CONSUMERS=2), 128: dict(BLOCK_N=128, STAGES=2, CONSUMERS=2)}
+REGISTERS = {2: dict(MAXNREG=168, CONSUMER_REGS=240, PRODUCER_REGS=24),
+             3: dict(MAXNREG=128, CONSUMER_REGS=160, PRODUCER_REGS=24)}
 
 
 @gluon.jit
@@ -54,8 +55,8 @@ def _tile_offsets(stride_b, stride_h, stride_m, b, h):
 @gluon.jit
 def _producer(q_desc, k_desc, v_desc, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty,
               q_row, q_col, k_row, k_col, v_row, v_col, start_m, N_K,
-              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
-    for wg in gl.static_range(2):
+              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CONSUMERS: gl.constexpr):
+    for wg in gl.static_range(CONSUMERS):
         mbarrier.expect(q_bars.index(wg), q_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(q_desc, [q_row + start_m + wg * BLOCK_M, q_col], q_bars.index(wg),
                                         q_smem.index(wg))
@@ -74,19 +75,21 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_ring, v_ring, q_bars, k_ready, k
 
 @gluon.jit
 def _take_turn(turns, WG: gl.constexpr, round, PINGPONG: gl.constexpr):
-    # Round r of warpgroup 0 follows round r - 1 of warpgroup 1, which follows round r - 1
-    # of warpgroup 0: one arrival per round on the other's barrier.
+    # The consumers issue their products in turn: round r of warpgroup w > 0 follows round r
+    # of warpgroup w - 1, and round r of warpgroup 0 follows round r - 1 of the last one
+    # (round 0 does not wait: a fresh barrier's phase before phase 0 counts as complete).
+    # One arrival per round on the next warpgroup's barrier.
     if PINGPONG:
         if WG == 0:
             mbarrier.wait(turns.index(0), (round & 1) ^ 1)
         else:
-            mbarrier.wait(turns.index(1), round & 1)
+            mbarrier.wait(turns.index(WG), round & 1)
 
 
 @gluon.jit
-def _pass_turn(turns, WG: gl.constexpr, PINGPONG: gl.constexpr):
+def _pass_turn(turns, WG: gl.constexpr, CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr):
     if PINGPONG:
-        mbarrier.arrive(turns.index(1 - WG), count=1)
+        mbarrier.arrive(turns.index((WG + 1) % CONSUMERS), count=1)
 
 
 @gluon.jit
@@ -106,7 +109,7 @@ def _softmax(s, m_i, l_i, start_n, N_K, qk_scale, MASK: gl.constexpr):
 @gluon.jit
 def _step(j, acc, p, m_i, l_i, q, k_ring, v_ring, k_ready, k_empty, v_ready, v_empty, turns, N_K, qk_scale,
           WG: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-          PINGPONG: gl.constexpr, MASK: gl.constexpr,
+          CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr, MASK: gl.constexpr,
           s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
     """Key tile j >= 1: S_j = Q K_j^T and O += P_{j-1} V_{j-1} issued together; the softmax
     of S_j while the P V product computes; then O rescaled by the new max."""
@@ -118,7 +121,7 @@ def _step(j, acc, p, m_i, l_i, q, k_ring, v_ring, k_ready, k_empty, v_ready, v_e
                           use_acc=False, is_async=True)
     mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
     o_tok = warpgroup_mma(p, v_ring.index(prev), acc, is_async=True)
-    _pass_turn(turns, WG, PINGPONG)
+    _pass_turn(turns, WG, CONSUMERS, PINGPONG)
     s = warpgroup_mma_wait(1, deps=(s_tok,))
     mbarrier.arrive(k_empty.index(slot), count=1)
     p_new, m_i, l_i, alpha = _softmax(s, m_i, l_i, j * BLOCK_N, N_K, qk_scale, MASK)
@@ -133,7 +136,7 @@ def _step(j, acc, p, m_i, l_i, q, k_ring, v_ring, k_ready, k_empty, v_ready, v_e
 def _consumer(WG: gl.constexpr, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty, turns,
               O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N_Q, N_K, qk_scale,
               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-              PINGPONG: gl.constexpr):
+              CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr):
     num_warps: gl.constexpr = 4
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -151,7 +154,7 @@ def _consumer(WG: gl.constexpr, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty
     _take_turn(turns, WG, 0, PINGPONG)
     s_tok = warpgroup_mma(q, k_ring.index(0).permute((1, 0)), gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout),
                           use_acc=False, is_async=True)
-    _pass_turn(turns, WG, PINGPONG)
+    _pass_turn(turns, WG, CONSUMERS, PINGPONG)
     s = warpgroup_mma_wait(0, deps=(s_tok,))
     mbarrier.arrive(k_empty.index(0), count=1)
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, row_layout)
@@ -163,11 +166,11 @@ def _consumer(WG: gl.constexpr, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty
     # Tiles 1 .. n - 2 unmasked, the last (from 1) masked.
     for j in range(1, n_tiles - 1):
         acc, p, m_i, l_i = _step(j, acc, p, m_i, l_i, q, k_ring, v_ring, k_ready, k_empty, v_ready, v_empty, turns,
-                                 N_K, qk_scale, WG, BLOCK_M, BLOCK_N, STAGES, PINGPONG, False,
+                                 N_K, qk_scale, WG, BLOCK_M, BLOCK_N, STAGES, CONSUMERS, PINGPONG, False,
                                  s_layout, o_layout, p_layout)
     if n_tiles > 1:
         acc, p, m_i, l_i = _step(n_tiles - 1, acc, p, m_i, l_i, q, k_ring, v_ring, k_ready, k_empty, v_ready, v_empty,
-                                 turns, N_K, qk_scale, WG, BLOCK_M, BLOCK_N, STAGES, PINGPONG, True,
+                                 turns, N_K, qk_scale, WG, BLOCK_M, BLOCK_N, STAGES, CONSUMERS, PINGPONG, True,
                                  s_layout, o_layout, p_layout)
 
     # The last tile's P V.
@@ -175,7 +178,7 @@ def _consumer(WG: gl.constexpr, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty
     mbarrier.wait(v_ready.index(last), ((n_tiles - 1) // STAGES) & 1)
     _take_turn(turns, WG, n_tiles, PINGPONG)
     o_tok = warpgroup_mma(p, v_ring.index(last), acc, is_async=True)
-    _pass_turn(turns, WG, PINGPONG)
+    _pass_turn(turns, WG, CONSUMERS, PINGPONG)
     acc, p = warpgroup_mma_wait(0, deps=(o_tok, p))
     mbarrier.arrive(v_empty.index(last), count=1)
 
@@ -197,17 +200,18 @@ def hopper_attention_kernel(q_desc, k_desc, v_desc, O, LSE, COUNTERS, N_COUNTERS
                             stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
                             H, N_Q, N_K, qk_scale,
                             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
-                            STAGES: gl.constexpr, PINGPONG: gl.constexpr, HAS_COUNTERS: gl.constexpr,
-                            CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
-    """Query rows [pid_m * 2 * BLOCK_M, +2 * BLOCK_M) of head bh; launched with num_warps=4
-    (the default partition: consumer 0) plus a 4-warp worker (consumer 1) and a 1-warp
-    worker (the producer). With COUNTERS, program (0, 0) zeroes the call's N_COUNTERS int32
-    counters first, as the Triton forward does."""
+                            STAGES: gl.constexpr, CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr,
+                            HAS_COUNTERS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                            PRODUCER_REGS: gl.constexpr):
+    """Query rows [pid_m * CONSUMERS * BLOCK_M, +CONSUMERS * BLOCK_M) of head bh; launched
+    with num_warps=4 (the default partition: consumer 0) plus CONSUMERS - 1 4-warp workers
+    (the other consumers) and a 1-warp worker (the producer). With COUNTERS, program (0, 0)
+    zeroes the call's N_COUNTERS int32 counters first, as the Triton forward does."""
     pid_m = gl.program_id(0)
     bh = gl.program_id(1)
     b = bh // H
     h = bh % H
-    start_m = pid_m * (2 * BLOCK_M)
+    start_m = pid_m * (CONSUMERS * BLOCK_M)
     if HAS_COUNTERS:
         if (pid_m == 0) & (bh == 0):
             zeros_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
@@ -219,36 +223,54 @@ def hopper_attention_kernel(q_desc, k_desc, v_desc, O, LSE, COUNTERS, N_COUNTERS
     k_row, k_col = _tile_offsets(stride_kb, stride_kh, stride_kn, b.to(gl.int64), h.to(gl.int64))
     v_row, v_col = _tile_offsets(stride_vb, stride_vh, stride_vn, b.to(gl.int64), h.to(gl.int64))
 
-    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2, BLOCK_M, D], q_desc.layout)
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [CONSUMERS, BLOCK_M, D], q_desc.layout)
     k_ring = gl.allocate_shared_memory(k_desc.dtype, [STAGES, BLOCK_N, D], k_desc.layout)
     v_ring = gl.allocate_shared_memory(v_desc.dtype, [STAGES, BLOCK_N, D], v_desc.layout)
-    q_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    q_bars = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
+    turns = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(2):
+    for i in gl.static_range(CONSUMERS):
         mbarrier.init(q_bars.index(i), count=1)
         mbarrier.init(turns.index(i), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
         # Freed once by each consumer warpgroup.
-        mbarrier.init(k_empty.index(i), count=2)
-        mbarrier.init(v_empty.index(i), count=2)
+        mbarrier.init(k_empty.index(i), count=CONSUMERS)
+        mbarrier.init(v_empty.index(i), count=CONSUMERS)
 
-    # The argument tuples are written inline: a tuple assigned to a variable first turns
-    # its constexprs into tensors.
+    # The partitions' argument tuples are written inline: a tuple assigned to a variable
+    # first turns its constexprs into tensors. Hence one call per consumer count.
     WG0: gl.constexpr = 0
     WG1: gl.constexpr = 1
-    gl.warp_specialize([
-        (_consumer, (WG0, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty, turns,
-                     O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N_Q, N_K, qk_scale,
-                     BLOCK_M, BLOCK_N, D, STAGES, PINGPONG)),
-        (_consumer, (WG1, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty, turns,
-                     O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N_Q, N_K, qk_scale,
-                     BLOCK_M, BLOCK_N, D, STAGES, PINGPONG)),
-        (_producer, (q_desc, k_desc, v_desc, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty,
-                     q_row, q_col, k_row, k_col, v_row, v_col, start_m, N_K, BLOCK_M, BLOCK_N, STAGES)),
-    ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+    WG2: gl.constexpr = 2
+    if CONSUMERS == 2:
+        gl.warp_specialize([
+            (_consumer, (WG0, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty, turns,
+                         O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N_Q, N_K, qk_scale,
+                         BLOCK_M, BLOCK_N, D, STAGES, CONSUMERS, PINGPONG)),
+            (_consumer, (WG1, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty, turns,
+                         O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N_Q, N_K, qk_scale,
+                         BLOCK_M, BLOCK_N, D, STAGES, CONSUMERS, PINGPONG)),
+            (_producer, (q_desc, k_desc, v_desc, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty,
+                         q_row, q_col, k_row, k_col, v_row, v_col, start_m, N_K, BLOCK_M, BLOCK_N, STAGES,
+                         CONSUMERS)),
+        ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+    else:
+        gl.warp_specialize([
+            (_consumer, (WG0, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty, turns,
+                         O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N_Q, N_K, qk_scale,
+                         BLOCK_M, BLOCK_N, D, STAGES, CONSUMERS, PINGPONG)),
+            (_consumer, (WG1, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty, turns,
+                         O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N_Q, N_K, qk_scale,
+                         BLOCK_M, BLOCK_N, D, STAGES, CONSUMERS, PINGPONG)),
+            (_consumer, (WG2, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty, turns,
+                         O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N_Q, N_K, qk_scale,
+                         BLOCK_M, BLOCK_N, D, STAGES, CONSUMERS, PINGPONG)),
+            (_producer, (q_desc, k_desc, v_desc, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty,
+                         q_row, q_col, k_row, k_col, v_row, v_col, start_m, N_K, BLOCK_M, BLOCK_N, STAGES,
+                         CONSUMERS)),
+        ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS])

@@ -291,13 +291,14 @@ def _hopper_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out: Tensor
     hopper = _hopper_kernels(q.device.index or 0)
     batch, heads, n_q, dim = q.shape
     config = {**hopper.CONFIGS[dim], "PINGPONG": True, **settings.kernel_configs.get("hopper_forward", {})}
+    registers = hopper.REGISTERS[config["CONSUMERS"]]
     block_m = hopper.BLOCK_M
-    hopper.hopper_attention_kernel[(_cdiv(n_q, 2 * block_m), batch * heads)](
+    hopper.hopper_attention_kernel[(_cdiv(n_q, config["CONSUMERS"] * block_m), batch * heads)](
         _tma_descriptor(q, block_m), _tma_descriptor(k, config["BLOCK_N"]), _tma_descriptor(v, config["BLOCK_N"]),
         out, lse, counters, 0 if counters is None else counters.shape[0], *_strides(q, k, v, out),
         heads, n_q, k.shape[2], scale * LOG2E,
-        BLOCK_M=block_m, D=dim, HAS_COUNTERS=counters is not None, CONSUMER_REGS=hopper.CONSUMER_REGS,
-        PRODUCER_REGS=hopper.PRODUCER_REGS, num_warps=4, maxnreg=hopper.MAXNREG, **config)
+        BLOCK_M=block_m, D=dim, HAS_COUNTERS=counters is not None, CONSUMER_REGS=registers["CONSUMER_REGS"],
+        PRODUCER_REGS=registers["PRODUCER_REGS"], num_warps=4, maxnreg=registers["MAXNREG"], **config)
 
 
 @functools.lru_cache(maxsize=256)
