@@ -34,15 +34,16 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
-# Per head dim: BLOCK_N keys per tile, STAGES ring slots, CONSUMERS warpgroups of BLOCK_M
-# rows, and the registers: the K and V rings take 2 * STAGES * BLOCK_N * D * 2 bytes beside
-# the Q tiles' CONSUMERS * BLOCK_M * D * 2. The warpgroups (the 1-warp producer padded to
-# one) share the 64K-register file at MAXNREG each; setmaxnreg then moves registers from
-# the producer (PRODUCER_REGS) to the consumers (CONSUMER_REGS).
+# By head dim, where this kernel beats the Triton forward on the H200 (kernels/NOTES.md,
+# session 11: at head dim 64 it does not, with two or three consumer warpgroups; those
+# calls keep the Triton forward): BLOCK_N keys per tile and STAGES ring slots. The K and V
+# rings take 2 * STAGES * BLOCK_N * D * 2 bytes beside the Q tiles' 2 * BLOCK_M * D * 2
+# (128 KiB + 32 KiB at D 128). Three warpgroups (the 1-warp producer padded to one) at
+# MAXNREG registers a thread fill the register file; setmaxnreg then moves them from the
+# producer (PRODUCER_REGS) to the two consumers (CONSUMER_REGS).
 BLOCK_M = 64
-CONFIGS = {64: dict(BLOCK_N=128, STAGES=4, CONSUMERS=2), 128: dict(BLOCK_N=128, STAGES=2, CONSUMERS=2)}
-REGISTERS = {2: dict(MAXNREG=168, CONSUMER_REGS=240, PRODUCER_REGS=24),
-             3: dict(MAXNREG=128, CONSUMER_REGS=160, PRODUCER_REGS=24)}
+CONFIGS = {128: dict(BLOCK_N=128, STAGES=2)}
+MAXNREG, CONSUMER_REGS, PRODUCER_REGS = 168, 240, 24
 
 
 @gluon.jit
@@ -200,13 +201,13 @@ def hopper_attention_kernel(q_desc, k_desc, v_desc, O, LSE, COUNTERS, N_COUNTERS
                             stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
                             H, N_Q, N_K, qk_scale,
                             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
-                            STAGES: gl.constexpr, CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr,
-                            HAS_COUNTERS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                            PRODUCER_REGS: gl.constexpr):
-    """Query rows [pid_m * CONSUMERS * BLOCK_M, +CONSUMERS * BLOCK_M) of head bh; launched
-    with num_warps=4 (the default partition: consumer 0) plus CONSUMERS - 1 4-warp workers
-    (the other consumers) and a 1-warp worker (the producer). With COUNTERS, program (0, 0)
-    zeroes the call's N_COUNTERS int32 counters first, as the Triton forward does."""
+                            STAGES: gl.constexpr, PINGPONG: gl.constexpr, HAS_COUNTERS: gl.constexpr,
+                            CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
+    """Query rows [pid_m * 2 * BLOCK_M, +2 * BLOCK_M) of head bh; launched with num_warps=4
+    (the default partition: consumer 0) plus a 4-warp worker (consumer 1) and a 1-warp
+    worker (the producer). With COUNTERS, program (0, 0) zeroes the call's N_COUNTERS int32
+    counters first, as the Triton forward does."""
+    CONSUMERS: gl.constexpr = 2
     pid_m = gl.program_id(0)
     bh = gl.program_id(1)
     b = bh // H
@@ -243,34 +244,16 @@ def hopper_attention_kernel(q_desc, k_desc, v_desc, O, LSE, COUNTERS, N_COUNTERS
         mbarrier.init(v_empty.index(i), count=CONSUMERS)
 
     # The partitions' argument tuples are written inline: a tuple assigned to a variable
-    # first turns its constexprs into tensors. Hence one call per consumer count.
+    # first turns its constexprs into tensors.
     WG0: gl.constexpr = 0
     WG1: gl.constexpr = 1
-    WG2: gl.constexpr = 2
-    if CONSUMERS == 2:
-        gl.warp_specialize([
-            (_consumer, (WG0, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty, turns,
-                         O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N_Q, N_K, qk_scale,
-                         BLOCK_M, BLOCK_N, D, STAGES, CONSUMERS, PINGPONG)),
-            (_consumer, (WG1, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty, turns,
-                         O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N_Q, N_K, qk_scale,
-                         BLOCK_M, BLOCK_N, D, STAGES, CONSUMERS, PINGPONG)),
-            (_producer, (q_desc, k_desc, v_desc, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty,
-                         q_row, q_col, k_row, k_col, v_row, v_col, start_m, N_K, BLOCK_M, BLOCK_N, STAGES,
-                         CONSUMERS)),
-        ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
-    else:
-        gl.warp_specialize([
-            (_consumer, (WG0, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty, turns,
-                         O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N_Q, N_K, qk_scale,
-                         BLOCK_M, BLOCK_N, D, STAGES, CONSUMERS, PINGPONG)),
-            (_consumer, (WG1, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty, turns,
-                         O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N_Q, N_K, qk_scale,
-                         BLOCK_M, BLOCK_N, D, STAGES, CONSUMERS, PINGPONG)),
-            (_consumer, (WG2, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty, turns,
-                         O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N_Q, N_K, qk_scale,
-                         BLOCK_M, BLOCK_N, D, STAGES, CONSUMERS, PINGPONG)),
-            (_producer, (q_desc, k_desc, v_desc, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty,
-                         q_row, q_col, k_row, k_col, v_row, v_col, start_m, N_K, BLOCK_M, BLOCK_N, STAGES,
-                         CONSUMERS)),
-        ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS])
+    gl.warp_specialize([
+        (_consumer, (WG0, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty, turns,
+                     O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N_Q, N_K, qk_scale,
+                     BLOCK_M, BLOCK_N, D, STAGES, CONSUMERS, PINGPONG)),
+        (_consumer, (WG1, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty, turns,
+                     O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N_Q, N_K, qk_scale,
+                     BLOCK_M, BLOCK_N, D, STAGES, CONSUMERS, PINGPONG)),
+        (_producer, (q_desc, k_desc, v_desc, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty,
+                     q_row, q_col, k_row, k_col, v_row, v_col, start_m, N_K, BLOCK_M, BLOCK_N, STAGES, CONSUMERS)),
+    ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])

@@ -253,19 +253,18 @@ def _tma_layout(shape: tuple, stride: tuple) -> bool:
 
 def hopper_forward_fits(q: Tensor, k: Tensor, v: Tensor, scale: float, settings: Settings) -> bool:
     """Whether the plain forward of this call runs the Gluon kernel (kernels/attention_hopper.py):
-    on an sm_90 GPU with the setting on, float16 or bfloat16 operands, one head dim of 64 or
-    128 for q, k and v, a positive scale (folded into the exponentials), and operands in a
-    layout one TMA descriptor reads (``_tma_layout``), 16-byte aligned."""
+    on an sm_90 GPU with the setting on, float16 or bfloat16 operands, one head dim for q, k
+    and v among those it is faster at (``attention_hopper.CONFIGS``: 128, also the width
+    PixArt-Sigma's 72 is padded to), a positive scale (folded into the exponentials), and
+    operands in a layout one TMA descriptor reads (``_tma_layout``), 16-byte aligned."""
     if not settings.hopper_forward or settings.interpret or q.device.type != "cuda":
         return False
+    hopper = _hopper_kernels(q.device.index or 0)
     dim = q.shape[-1]
-    if (dim not in (64, 128) or k.shape[-1] != dim or v.shape[-1] != dim or not scale > 0
-            or q.dtype not in (torch.float16, torch.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype
-            or q.shape[2] == 0 or k.shape[2] == 0):
-        return False
-    if _hopper_kernels(q.device.index or 0) is None:
-        return False
-    return all(t.data_ptr() % 16 == 0 and _tma_layout(tuple(t.shape), t.stride()) for t in (q, k, v))
+    return (hopper is not None and dim in hopper.CONFIGS and k.shape[-1] == dim and v.shape[-1] == dim
+            and scale > 0 and q.dtype in (torch.float16, torch.bfloat16) and k.dtype == q.dtype
+            and v.dtype == q.dtype and q.shape[2] > 0 and k.shape[2] > 0
+            and all(t.data_ptr() % 16 == 0 and _tma_layout(tuple(t.shape), t.stride()) for t in (q, k, v)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -291,14 +290,13 @@ def _hopper_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out: Tensor
     hopper = _hopper_kernels(q.device.index or 0)
     batch, heads, n_q, dim = q.shape
     config = {**hopper.CONFIGS[dim], "PINGPONG": True, **settings.kernel_configs.get("hopper_forward", {})}
-    registers = hopper.REGISTERS[config["CONSUMERS"]]
     block_m = hopper.BLOCK_M
-    hopper.hopper_attention_kernel[(_cdiv(n_q, config["CONSUMERS"] * block_m), batch * heads)](
+    hopper.hopper_attention_kernel[(_cdiv(n_q, 2 * block_m), batch * heads)](
         _tma_descriptor(q, block_m), _tma_descriptor(k, config["BLOCK_N"]), _tma_descriptor(v, config["BLOCK_N"]),
         out, lse, counters, 0 if counters is None else counters.shape[0], *_strides(q, k, v, out),
         heads, n_q, k.shape[2], scale * LOG2E,
-        BLOCK_M=block_m, D=dim, HAS_COUNTERS=counters is not None, CONSUMER_REGS=registers["CONSUMER_REGS"],
-        PRODUCER_REGS=registers["PRODUCER_REGS"], num_warps=4, maxnreg=registers["MAXNREG"], **config)
+        BLOCK_M=block_m, D=dim, HAS_COUNTERS=counters is not None, CONSUMER_REGS=hopper.CONSUMER_REGS,
+        PRODUCER_REGS=hopper.PRODUCER_REGS, num_warps=4, maxnreg=hopper.MAXNREG, **config)
 
 
 @functools.lru_cache(maxsize=256)

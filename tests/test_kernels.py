@@ -960,15 +960,15 @@ from triton.runtime.jit import mangle_type
 from sinkattn import launch
 from sinkattn.kernels import attention_hopper as hopper
 
-for dim, consumers, counters, out in [(64, 2, True, "*fp32"), (64, 3, False, "*bf16"), (128, 2, False, "*bf16")]:
+for counters, out in [(True, "*fp32"), (False, "*bf16")]:
+    dim = 128
     q = torch.empty(2, 100, 3 * dim, dtype=torch.bfloat16).view(2, 100, 3, dim).transpose(1, 2)
-    config = {**hopper.CONFIGS[dim], "CONSUMERS": consumers}
-    registers = hopper.REGISTERS[consumers]
+    config = hopper.CONFIGS[dim]
     descs = {"q_desc": launch._tma_descriptor(q, hopper.BLOCK_M),
              "k_desc": launch._tma_descriptor(q, config["BLOCK_N"]),
              "v_desc": launch._tma_descriptor(q, config["BLOCK_N"])}
     constexprs = dict(BLOCK_M=hopper.BLOCK_M, D=dim, PINGPONG=True, HAS_COUNTERS=counters,
-                      CONSUMER_REGS=registers["CONSUMER_REGS"], PRODUCER_REGS=registers["PRODUCER_REGS"], **config)
+                      CONSUMER_REGS=hopper.CONSUMER_REGS, PRODUCER_REGS=hopper.PRODUCER_REGS, **config)
     if not counters:
         constexprs["COUNTERS"] = None
     pointers = {"O": out, "LSE": "*fp32", "COUNTERS": "*i32", "qk_scale": "fp32"}
@@ -976,17 +976,17 @@ for dim, consumers, counters, out in [(64, 2, True, "*fp32"), (64, 3, False, "*b
                  mangle_type(descs[p.name]) if p.name in descs else pointers.get(p.name, "i32")
                  for p in hopper.hopper_attention_kernel.params}
     compiled = triton.compile(GluonASTSource(hopper.hopper_attention_kernel, signature, constexprs),
-                              target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": registers["MAXNREG"]})
-    print(dim, consumers, bool(compiled.asm["cubin"]), compiled.metadata.num_warps, compiled.metadata.shared)
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": hopper.MAXNREG})
+    print(out, bool(compiled.asm["cubin"]), compiled.metadata.num_warps, compiled.metadata.shared)
 """
 
 
 def test_hopper_forward_compiles_for_sm90():
-    """The Gluon kernel compiles for sm_90 with this Triton (no GPU needed): both head dims,
-    two or three consumer warpgroups, counters or none, bfloat16 or float32 output; every
-    warpgroup is there and the shared memory fits the 227 KiB a block may use on sm_90. Its
-    numerics are the GPU cases below. In a fresh process without TRITON_INTERPRET: under
-    it, Triton's own library functions are interpreted ones, which no compile accepts."""
+    """The Gluon kernel compiles for sm_90 with this Triton (no GPU needed), counters or none,
+    bfloat16 or float32 output: three warpgroups (two consumers and the producer's, padded),
+    and the shared memory fits the 227 KiB a block may use on sm_90. Its numerics are the
+    GPU cases below. In a fresh process without TRITON_INTERPRET: under it, Triton's own
+    library functions are interpreted ones, which no compile accepts."""
     import os
     import subprocess
     import sys
@@ -995,22 +995,20 @@ def test_hopper_forward_compiles_for_sm90():
     run = subprocess.run([sys.executable, "-c", SM90_COMPILE], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = [line.split() for line in run.stdout.split("\n") if line]
-    assert [(int(dim), int(consumers)) for dim, consumers, *_ in rows] == [(64, 2), (64, 3), (128, 2)]
-    for dim, consumers, cubin, warps, shared in rows:
-        assert cubin == "True" and int(warps) == 4 * (int(consumers) + 1) and int(shared) <= 227 * 1024
+    assert [out for out, *_ in rows] == ["*fp32", "*bf16"]
+    for out, cubin, warps, shared in rows:
+        assert cubin == "True" and int(warps) == 12 and int(shared) <= 227 * 1024
 
 
-HOPPER_SHAPES = [
-    pytest.param((1, 2, 100, 100, 64), "diffusers", id="one-key-tile-d64"),
-    pytest.param((2, 3, 257, 130, 64), "diffusers", id="cross-partial-tile-d64"),
-    pytest.param((2, 3, 300, 77, 128), "contiguous", id="cross-77-contiguous-d128"),
-    pytest.param((1, 2, 1, 333, 128), "diffusers", id="one-query-d128"),
-    pytest.param((2, 24, 4429, 4429, 64), "diffusers", id="sd3-1024"),
+HOPPER_SHAPES = [  # head dim 128 (attention_hopper.CONFIGS), and PixArt-Sigma's 72, padded to it
+    pytest.param((1, 2, 100, 100, 128), "diffusers", id="one-key-tile"),
+    pytest.param((2, 3, 257, 130, 128), "diffusers", id="cross-partial-tile"),
+    pytest.param((2, 3, 300, 77, 128), "contiguous", id="cross-77-contiguous"),
+    pytest.param((1, 2, 1, 333, 128), "diffusers", id="one-query"),
+    pytest.param((2, 3, 300, 300, 72), "diffusers", id="d72-padded"),
     pytest.param((1, 24, 4608, 4608, 128), "diffusers", id="flux-1024"),
-    pytest.param((2, 10, 4096, 77, 64), "diffusers", id="sdxl-cross-tiled"),
+    pytest.param((2, 16, 4096, 4096, 72), "diffusers", id="pixart-self-d72"),
 ]
-
-
 @HOPPER_ONLY
 @pytest.mark.parametrize("mode", [MODES[0], MODES[1], MODES[2], MODES[3], MODES[4]])
 @pytest.mark.parametrize("shape, layout", HOPPER_SHAPES)

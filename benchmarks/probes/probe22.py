@@ -3,11 +3,13 @@ against cuDNN and the Triton forward, per config, on the H200.
 
 Small cases first (one key tile, a partial second, cross-attention, a contiguous layout,
 float32 output), each checked against SDPA (max abs error of O) and a float32 logsumexp
-(max abs error of lse2, log2 units); then for SD3-medium, SD3.5-large, SDXL self and Flux
-(bfloat16, diffusers' strided layout), each (BLOCK_N, STAGES, CONSUMERS, PINGPONG) config is checked
+(max abs error of lse2, log2 units); then for Flux (bfloat16, diffusers' strided layout), each (BLOCK_N, STAGES, PINGPONG) config is checked
 the same way and timed with do_bench (median) through ``launch.attention`` beside the
 Triton forward (``hopper_forward=False``) and cuDNN SDPA; ratios are to cuDNN. Lines are
 appended to probe22.txt as they come, so a kernel that hangs leaves the lines before it.
+Runs 1 and 2 (commits a87d734, 3d8b6c2; probe22_run1.*, probe22_run2.*) also timed head dim 64
+(SD3-medium, SD3.5-large, SDXL self) with two and three consumer warpgroups: the Triton
+forward stayed as fast or faster there, so launch runs this kernel at head dim 128 only.
 
     timeout 300 python3 benchmarks/probes/probe22.py --out DIR     # on the H200
 """
@@ -26,11 +28,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sinkattn import launch, settings
 
-SHAPES = {"sd3m_1024": (2, 24, 4429, 64), "sd35l_1024": (2, 38, 4429, 64),
-          "sdxl_self_64x64": (2, 10, 4096, 64), "flux_1024": (1, 24, 4608, 128)}
-# (BLOCK_N, STAGES, CONSUMERS, PINGPONG) per head dim; the first is attention_hopper.CONFIGS'.
-CONFIGS = {64: [(128, 4, 2, True), (128, 2, 3, True), (128, 3, 3, True), (128, 4, 3, True), (128, 2, 3, False)],
-           128: [(128, 2, 2, True), (128, 2, 2, False)]}
+SHAPES = {"flux_1024": (1, 24, 4608, 128)}  # head dim 128: where launch runs the Gluon forward
+# (BLOCK_N, STAGES, PINGPONG) per head dim; the first is attention_hopper.CONFIGS' with ping-pong.
+CONFIGS = {128: [(128, 2, True), (128, 2, False), (64, 4, True)]}
 # Correctness only: (B, H, Nq, Nk): one key tile, a partial second, odd tails, cross-attention.
 SMALL = [(1, 2, 100, 100), (1, 2, 130, 130), (2, 3, 257, 257), (1, 1, 4096, 4096), (2, 3, 300, 77), (1, 2, 1, 333)]
 
@@ -55,7 +55,7 @@ def _reference_lse2(q, k, scale):
 
 
 def _forward(q, k, v, scale, out_dtype=None, config=None, hopper=True):
-    forced = {"hopper_forward": dict(zip(("BLOCK_N", "STAGES", "CONSUMERS", "PINGPONG"), config))} if config else {}
+    forced = {"hopper_forward": dict(zip(("BLOCK_N", "STAGES", "PINGPONG"), config))} if config else {}
     with settings.override(hopper_forward=hopper, kernel_configs=forced):
         fits = launch.hopper_forward_fits(q, k, v, scale, settings.current())
         assert fits == hopper, "the call did not take the forward asked for"
@@ -96,7 +96,7 @@ def main():
                 f.write(line + "\n")
 
     say(f"torch {torch.__version__} triton {triton.__version__} {torch.cuda.get_device_name()}")
-    for dim, config in ((64, None), (64, CONFIGS[64][1]), (128, None)):
+    for dim, config in ((128, None),):
         for batch, heads, n_q, n_k in SMALL:
             name = f"small B{batch} H{heads} Nq{n_q} Nk{n_k} D{dim} {config or 'default'}"
             try:
@@ -126,7 +126,7 @@ def main():
         say(f"{shape}: cudnn {t_cudnn:.4f} ms ({flops / t_cudnn / 1e9:.0f} TFLOP/s), triton forward {t_triton:.4f} ms "
             f"({t_triton / t_cudnn:.3f}x), max err {triton_row['max_err']:.2e}, lse err {triton_row['lse_max_err']:.2e}")
         for config in CONFIGS[dim]:
-            name = f"gluon BN{config[0]} stages{config[1]} x{config[2]} {'pingpong' if config[3] else 'no-pingpong'}"
+            name = f"gluon BN{config[0]} stages{config[1]} {'pingpong' if config[2] else 'no-pingpong'}"
             try:
                 row = {"config": name, **_check(q, k, v, scale, ref, ref_lse, config=config)}
                 row["ms"] = _bench(lambda: _forward(q, k, v, scale, config=config))
