@@ -1,4 +1,5 @@
-"""Every kernel variant the launchers use compiles for an H100/H200 (sm_90), on any machine.
+"""Every kernel variant the launchers use compiles for an H100/H200 (sm_90), on any machine:
+the Triton kernels and the Gluon forward for Hopper (kernels/attention_hopper.py).
 
 The interpreter runs the kernels' Python, not Triton's compiler: a construct the compiler
 refuses (a Python ``or`` on tensors, a scalar type clash between branches, a constexpr used
@@ -56,6 +57,43 @@ def _compile(kernel, pointers, constexprs, num_warps=4, num_stages=3):
     source = ASTSource(kernel, signature, constants)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def _compile_hopper_forward(counters, out):
+    """The Gluon forward (kernels/attention_hopper.py) for sm_90 as launch._hopper_attention
+    launches it at head dim 128: TMA descriptors over a diffusers-layout tensor, the
+    register caps, with or without counters, ``out`` the output's element type."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    from sinkattn import launch
+    from sinkattn.kernels import attention_hopper as hopper
+
+    dim = 128
+    q = torch.empty(2, 100, 3 * dim, dtype=torch.bfloat16).view(2, 100, 3, dim).transpose(1, 2)
+    config = hopper.CONFIGS[dim]
+    descs = {"q_desc": launch._tma_descriptor(q, hopper.BLOCK_M), "k_desc": launch._tma_descriptor(q, config["BLOCK_N"]),
+             "v_desc": launch._tma_descriptor(q, config["BLOCK_N"])}
+    constexprs = dict(BLOCK_M=hopper.BLOCK_M, D=dim, PINGPONG=True, HAS_COUNTERS=counters,
+                      CONSUMER_REGS=hopper.CONSUMER_REGS, PRODUCER_REGS=hopper.PRODUCER_REGS, **config)
+    if not counters:
+        constexprs["COUNTERS"] = None
+    pointers = {"O": "*" + out, "LSE": "*fp32", "COUNTERS": "*i32", "qk_scale": "fp32"}
+    signature = {param.name: "constexpr" if param.name in constexprs else mangle_type(descs[param.name])
+                 if param.name in descs else pointers.get(param.name, "i32")
+                 for param in hopper.hopper_attention_kernel.params}
+    compiled = triton.compile(GluonASTSource(hopper.hopper_attention_kernel, signature, constexprs),
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": hopper.MAXNREG})
+    # two consumer warpgroups and the producer's (one warp, padded to a warpgroup)
+    assert compiled.metadata.num_warps == 12, compiled.metadata.num_warps
+    return compiled
+
+
+# The Gluon forward's variants: (counters, output element type): the plain call's and the
+# correction route's (float32 output, counters zeroed).
+HOPPER_VARIANTS = {"hopper-forward-bf16": (False, "bf16"), "hopper-forward-counters-fp32": (True, "fp32")}
 
 
 def _dims(d=64, dv=64):
@@ -184,15 +222,19 @@ VARIANTS = [
     "query-stats-merge-rows", "query-stats-merge-means", "trace-mass-stats", "trace-mass-stats-selected",
     *(f"{kernel}-boundary-{dtype}-d{dim}-dv{dim_v}" for dtype, dim, dim_v in ONE_TILE_BOUNDARY
       for kernel in ("short-mass", "short-top1")),
+    *HOPPER_VARIANTS,
 ]
 
 
 def _main():
     """In the child: compile every variant, print {variant: "ok" or the error} as JSON."""
     results = {}
-    for name, kernel, pointers, constexprs in _variants():
+    hopper = ((name, lambda args=args: _compile_hopper_forward(*args)) for name, args in HOPPER_VARIANTS.items())
+    triton_kernels = ((name, lambda args=(kernel, pointers, constexprs): _compile(*args))
+                      for name, kernel, pointers, constexprs in _variants())
+    for name, compile_variant in (*triton_kernels, *hopper):
         try:
-            compiled = _compile(kernel, pointers, constexprs)
+            compiled = compile_variant()
             shared = compiled.metadata.shared
             # An H200 block gets at most 232448 bytes: more is an OutOfResources at launch.
             results[name] = ("no cubin" if not compiled.asm.get("cubin")
