@@ -1,5 +1,5 @@
 """Warp-specialised attention forward for Hopper (sm_90), in Gluon: the plain pass of
-``attention.attention_kernel`` (O and lse2, and the call's counters zeroed), FlashAttention-3's
+``attention.attention_forward_kernel`` (O and lse2, and the call's counters zeroed), FlashAttention-3's
 schedule. ``sinkattn.launch.attention`` launches it on sm_90 when the call allows it
 (``launch.hopper_forward_fits``); everywhere else, under the interpreter and in CI, the
 Triton forward runs. Both are checked against the reference by the same tests.
@@ -29,7 +29,6 @@ the storage's end: ``launch.hopper_forward_fits`` admits only the two layouts wh
 holds (diffusers' (B, N, H*D) view, contiguous (B, H, N, D)).
 """
 
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait

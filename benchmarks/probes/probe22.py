@@ -17,7 +17,6 @@ forward stayed as fast or faster there, so launch runs this kernel at head dim 1
 import argparse
 import json
 import math
-import sys
 import traceback
 from pathlib import Path
 
