@@ -255,7 +255,8 @@ def hopper_forward_fits(q: Tensor, k: Tensor, v: Tensor, scale: float, settings:
     """Whether the plain forward of this call runs the Gluon kernel (kernels/attention_hopper.py):
     on an sm_90 GPU with the setting on, float16 or bfloat16 operands, one head dim for q, k
     and v among those it is faster at (``attention_hopper.CONFIGS``: 128, also the width
-    PixArt-Sigma's 72 is padded to), a positive scale (folded into the exponentials), and
+    PixArt-Sigma's 72 is padded to), a positive scale (folded into the exponentials), fewer
+    than 2**31 query elements (the kernel offsets O and LSE in int32; Q's numel is O's), and
     operands in a layout one TMA descriptor reads (``_tma_layout``), 16-byte aligned."""
     if not settings.hopper_forward or settings.interpret or q.device.type != "cuda":
         return False
@@ -263,7 +264,7 @@ def hopper_forward_fits(q: Tensor, k: Tensor, v: Tensor, scale: float, settings:
     dim = q.shape[-1]
     return (hopper is not None and dim in hopper.CONFIGS and k.shape[-1] == dim and v.shape[-1] == dim
             and scale > 0 and q.dtype in (torch.float16, torch.bfloat16) and k.dtype == q.dtype
-            and v.dtype == q.dtype and q.shape[2] > 0 and k.shape[2] > 0
+            and v.dtype == q.dtype and q.shape[2] > 0 and k.shape[2] > 0 and q.numel() < 2 ** 31
             and all(t.data_ptr() % 16 == 0 and _tma_layout(tuple(t.shape), t.stride()) for t in (q, k, v)))
 
 
