@@ -57,7 +57,8 @@ class Settings:
         run the warp-specialised Gluon kernel (kernels/attention_hopper.py).
     kernel_configs: kernel name -> config dict (block sizes, ``num_warps``, ...) used instead
         of the tuned or default one: "attention_forward", "key_mass", "flagged_tiles",
-        "correction", "short_mass". For experiments and tests.
+        "correction", "short_mass", "hopper_forward" (BLOCK_N, STAGES, PINGPONG of the Gluon
+        forward). For experiments and tests.
     """
 
     route: str = "correction"
