@@ -8,10 +8,12 @@ from sinkattn import settings
 def test_environment_is_parsed():
     got = settings.from_environment({"SINKATTN_ROUTE": "masked", "SINKATTN_AUTOTUNE": "0",
                                      "SINKATTN_ALLOW_TF32": "1", "TRITON_INTERPRET": "1",
-                                     "SINKATTN_SHORT_KEYS": "0"})
-    assert (got.route, got.autotune, got.allow_tf32, got.interpret, got.short_keys) == ("masked", False, True, True, 0)
+                                     "SINKATTN_SHORT_KEYS": "0", "SINKATTN_HOPPER_FORWARD": "0"})
+    assert (got.route, got.autotune, got.allow_tf32, got.interpret, got.short_keys, got.hopper_forward) == (
+        "masked", False, True, True, 0, False)
     default = settings.from_environment({})
-    assert (default.route, default.autotune, default.allow_tf32, default.interpret) == ("correction", True, False, False)
+    assert (default.route, default.autotune, default.allow_tf32, default.interpret, default.hopper_forward) == (
+        "correction", True, False, False, True)
 
 
 def test_override_replaces_the_object_and_restores_it():
