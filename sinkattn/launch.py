@@ -287,10 +287,12 @@ def _tma_descriptor(t: Tensor, block_rows: int):
 
 def _hopper_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out: Tensor, lse: Tensor,
                       counters: Tensor | None, settings: Settings) -> None:
-    """The plain forward by the Gluon kernel into ``out`` and ``lse`` (``attention``'s)."""
+    """The plain forward by the Gluon kernel into ``out`` and ``lse`` (``attention``'s), with
+    the head dim's config or the one the settings force (BLOCK_N and STAGES, and PINGPONG,
+    on by default; a forced config also runs a head dim CONFIGS does not list: probes)."""
     hopper = _hopper_kernels(q.device.index or 0)
     batch, heads, n_q, dim = q.shape
-    config = {**hopper.CONFIGS[dim], "PINGPONG": True, **settings.kernel_configs.get("hopper_forward", {})}
+    config = {"PINGPONG": True, **(settings.kernel_configs.get("hopper_forward") or hopper.CONFIGS[dim])}
     block_m = hopper.BLOCK_M
     hopper.hopper_attention_kernel[(_cdiv(n_q, 2 * block_m), batch * heads)](
         _tma_descriptor(q, block_m), _tma_descriptor(k, config["BLOCK_N"]), _tma_descriptor(v, config["BLOCK_N"]),
