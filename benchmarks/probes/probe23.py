@@ -1,0 +1,124 @@
+"""Probe 23: the warp-specialised Gluon key-mass pass (gluon_key_mass_ws.py, issue 19) against
+the shipped Triton pass (``sinkattn.launch.key_mass``), at SD3-medium and Flux. Written in
+session 11 with no device time left: compile-checked for sm_90 only, not yet run.
+
+On the H200: for each shape (bfloat16, diffusers' strided layout, the forward's lse2 from
+``launch.attention``), the Triton pass's mass over all query rows (one call autotuned, as a
+user's first call is, and one with its first config, as SINKATTN_AUTOTUNE=0 runs) and each
+Gluon config's are compared (max relative error) and timed with do_bench (median). Lines are
+appended to probe23.txt as they come (a hang keeps them).
+
+    timeout 300 python3 benchmarks/probes/probe23.py --out DIR      # on the H200
+    python3 benchmarks/probes/probe23.py --compile-only            # any machine: sm_90
+"""
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # probes/
+
+SHAPES = {"sd3m_1024": (2, 24, 4429, 64), "flux_1024": (1, 24, 4608, 128)}
+CONFIGS = {64: [(64, 4), (64, 2), (64, 6)], 128: [(64, 4), (64, 2), (64, 3)]}  # (BLOCK_M, STAGES)
+
+
+def compile_only():
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    import gluon_key_mass_ws as gk
+    from sinkattn import launch
+
+    ok = True
+    for dim in (64, 128):
+        q = torch.empty(2, 100, 3 * dim, dtype=torch.bfloat16).view(2, 100, 3, dim).transpose(1, 2)
+        for block_m, stages in CONFIGS[dim]:
+            descs = {"q_desc": launch._tma_descriptor(q, block_m), "k_desc": launch._tma_descriptor(q, gk.BLOCK_N)}
+            constexprs = dict(BLOCK_M=block_m, BLOCK_N=gk.BLOCK_N, D=dim, STAGES=stages,
+                              CONSUMER_REGS=gk.CONSUMER_REGS, PRODUCER_REGS=gk.PRODUCER_REGS)
+            pointers = {"LSE": "*fp32", "MASS": "*fp32", "qk_scale": "fp32", "inv_count": "fp32"}
+            signature = {p.name: "constexpr" if p.name in constexprs else mangle_type(descs[p.name])
+                         if p.name in descs else pointers.get(p.name, "i32") for p in gk.gluon_key_mass_kernel.params}
+            name = f"D{dim} BM{block_m} stages{stages}"
+            try:
+                compiled = triton.compile(GluonASTSource(gk.gluon_key_mass_kernel, signature, constexprs),
+                                          target=GPUTarget("cuda", 90, 32),
+                                          options={"num_warps": 4, "maxnreg": gk.MAXNREG})
+                print(f"{name}: ok, {compiled.metadata.num_warps} warps, shared {compiled.metadata.shared} bytes")
+            except Exception as error:  # noqa: BLE001 - reported per config
+                ok = False
+                print(f"{name}: FAILED {type(error).__name__}: {str(error)[-1500:]}")
+    return ok
+
+
+def _bench(fn):
+    import triton
+    fn()
+    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--compile-only", action="store_true")
+    args = parser.parse_args()
+    if args.compile_only:
+        sys.exit(0 if compile_only() else 1)
+
+    import triton
+
+    import gluon_key_mass_ws as gk
+    from sinkattn import launch, settings
+
+    out = Path(args.out) if args.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "probe23.txt").write_text("")
+    results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
+
+    def say(line):
+        print(line, flush=True)
+        if out:
+            with open(out / "probe23.txt", "a") as f:
+                f.write(line + "\n")
+
+    say(f"torch {torch.__version__} triton {triton.__version__} {torch.cuda.get_device_name()}")
+    for shape, (batch, heads, n, dim) in SHAPES.items():
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(batch, n, heads * dim, device="cuda", dtype=torch.bfloat16)
+                   .view(batch, n, heads, dim).transpose(1, 2) for _ in range(3))
+        scale, rows = dim ** -0.5, (0, n)
+        _, lse = launch.attention(q, k, v, scale, out_dtype=q.dtype)
+        entry = results.setdefault(shape, {})
+        for autotune in (True, False):
+            with settings.override(autotune=autotune):
+                want = launch.key_mass(q, k, lse, scale, rows)
+                ms = _bench(lambda: launch.key_mass(q, k, lse, scale, rows))
+            entry[f"triton_autotune_{autotune}_ms"] = ms
+            say(f"{shape} triton key mass (autotune {autotune}): {ms:.4f} ms")
+        for block_m, stages in CONFIGS[dim]:
+            name = f"gluon BM{block_m} stages{stages}"
+            try:
+                run, mass = gk.prepare(q, k, lse, scale, rows, block_m, stages)
+                run()
+                torch.cuda.synchronize()
+                err = ((mass - want).abs().max() / want.abs().max()).item()
+                ms = _bench(run)
+                entry[name] = {"ms": ms, "max_rel_err": err}
+                say(f"{shape} {name}: {ms:.4f} ms, max error {err:.2e} of the largest mass")
+            except Exception as error:  # noqa: BLE001 - reported per config
+                entry[name] = {"error": f"{type(error).__name__}: {error}"[-2000:]}
+                say(f"{shape} {name}: FAILED {entry[name]['error'][-500:]}")
+                traceback.print_exc()
+        if out:
+            (out / "probe23.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
