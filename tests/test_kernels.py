@@ -749,15 +749,18 @@ GRAPH_CALLS = [
 
 @GPU_ONLY
 @pytest.mark.parametrize("kw", GRAPH_CALLS)
-@pytest.mark.parametrize("n_k", [4429, 77], ids=["long-keys", "short-keys"])
-def test_sink_call_replays_in_a_cuda_graph(kw, n_k):
+@pytest.mark.parametrize("n_k, dim", [(4429, 64), (77, 64), (4429, 128)],
+                         ids=["long-keys", "short-keys", "long-keys-d128"])
+def test_sink_call_replays_in_a_cuda_graph(kw, n_k, dim):
     """The study's default calls hold no host synchronisation and no CPU tensor: captured in a
     CUDA graph (after an eager warm-up that autotunes), a replay on new inputs copied into the
     captured ones gives what an eager call gives on them (the random control: a fresh draw
-    from the default generator on every replay, so only its shape and bounds are compared)."""
+    from the default generator on every replay, so only its shape and bounds are compared).
+    Head dim 128 runs the Gluon forward on Hopper (its TMA descriptors are kernel arguments
+    captured with the launch)."""
     from sinkattn import sink_attention
 
-    q, k, v = diffusers_layout(2, 24, 4429, n_k, 64, 64, torch.bfloat16)
+    q, k, v = diffusers_layout(2, 24, 4429, n_k, dim, dim, torch.bfloat16)
     for _ in range(2):
         sink_attention(q, k, v, **kw)
     torch.cuda.synchronize()
@@ -765,7 +768,7 @@ def test_sink_call_replays_in_a_cuda_graph(kw, n_k):
     with torch.cuda.graph(graph):
         captured = sink_attention(q, k, v, **kw)
     for _ in range(2):
-        fresh = diffusers_layout(2, 24, 4429, n_k, 64, 64, torch.bfloat16)
+        fresh = diffusers_layout(2, 24, 4429, n_k, dim, dim, torch.bfloat16)
         for dst, src in zip((q, k, v), fresh):
             dst.copy_(src)
         graph.replay()
