@@ -1,0 +1,150 @@
+"""Probe 24: the persistent variant of the Gluon forward (gluon_forward_persistent.py, issue
+19) against SDPA, and timed beside the shipped Gluon forward and cuDNN at Flux (and SD3-medium,
+where launch runs the Triton forward: the Gluon kernels forced, for comparison). Written in
+session 11 with no device time left: compile-checked for sm_90 only, not yet run.
+
+    timeout 300 python3 benchmarks/probes/probe24.py --out DIR     # on the H200
+    python3 benchmarks/probes/probe24.py --compile-only           # any machine: sm_90
+"""
+
+import argparse
+import json
+import math
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # probes/
+
+SHAPES = {"flux_1024": (1, 24, 4608, 128), "sd3m_1024": (2, 24, 4429, 64)}
+CONFIGS = {128: [(128, 2, True), (128, 2, False)], 64: [(128, 4, True), (128, 2, True)]}  # BLOCK_N, STAGES, PINGPONG
+SMALL = [(1, 2, 100, 100), (2, 3, 257, 130), (1, 2, 1, 333)]  # (B, H, Nq, Nk): one key tile, tails, one row
+
+
+def compile_only():
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    import gluon_forward_persistent as gp
+    from sinkattn import launch
+
+    ok = True
+    for dim, configs in CONFIGS.items():
+        q = torch.empty(2, 100, 3 * dim, dtype=torch.bfloat16).view(2, 100, 3, dim).transpose(1, 2)
+        for block_n, stages, pingpong in configs:
+            descs = {"q_desc": launch._tma_descriptor(q, gp.BLOCK_M), "k_desc": launch._tma_descriptor(q, block_n),
+                     "v_desc": launch._tma_descriptor(q, block_n)}
+            constexprs = dict(BLOCK_N=block_n, D=dim, STAGES=stages, PINGPONG=pingpong,
+                              CONSUMER_REGS_=gp.CONSUMER_REGS, PRODUCER_REGS_=gp.PRODUCER_REGS)
+            pointers = {"O": "*bf16", "LSE": "*fp32", "qk_scale": "fp32"}
+            signature = {p.name: "constexpr" if p.name in constexprs else mangle_type(descs[p.name])
+                         if p.name in descs else pointers.get(p.name, "i32")
+                         for p in gp.persistent_attention_kernel.params}
+            name = f"D{dim} BN{block_n} stages{stages} {'pingpong' if pingpong else 'no-pingpong'}"
+            try:
+                compiled = triton.compile(GluonASTSource(gp.persistent_attention_kernel, signature, constexprs),
+                                          target=GPUTarget("cuda", 90, 32),
+                                          options={"num_warps": 4, "maxnreg": gp.MAXNREG})
+                print(f"{name}: ok, {compiled.metadata.num_warps} warps, shared {compiled.metadata.shared} bytes")
+            except Exception as error:  # noqa: BLE001 - reported per config
+                ok = False
+                print(f"{name}: FAILED {type(error).__name__}: {str(error)[-1500:]}")
+    return ok
+
+
+def _inputs(batch, heads, n_q, n_k, dim, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    return tuple(torch.randn(batch, n, heads * dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+                 .view(batch, n, heads, dim).transpose(1, 2) for n in (n_q, n_k, n_k))
+
+
+def _errors(out, lse, q, k, v, scale):
+    import torch.nn.functional as F
+    ref = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    ref_lse = torch.stack([torch.logsumexp(torch.matmul(q[b].float(), k[b].float().transpose(-1, -2)) * scale, -1)
+                           for b in range(q.shape[0])]) / math.log(2.0)
+    return {"max_err": (out.float() - ref.float()).abs().max().item(), "lse_max_err": (lse - ref_lse).abs().max().item()}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--compile-only", action="store_true")
+    args = parser.parse_args()
+    if args.compile_only:
+        sys.exit(0 if compile_only() else 1)
+
+    import torch.nn.functional as F
+    import triton
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    import gluon_forward_persistent as gp
+    from sinkattn import launch, settings
+
+    out_dir = Path(args.out) if args.out else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "probe24.txt").write_text("")
+    results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
+
+    def say(line):
+        print(line, flush=True)
+        if out_dir:
+            with open(out_dir / "probe24.txt", "a") as f:
+                f.write(line + "\n")
+
+    def bench(fn):
+        fn()
+        return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+    say(f"torch {torch.__version__} triton {triton.__version__} {torch.cuda.get_device_name()}")
+    for dim in (128, 64):
+        for batch, heads, n_q, n_k in SMALL:
+            name = f"small B{batch} H{heads} Nq{n_q} Nk{n_k} D{dim}"
+            try:
+                q, k, v = _inputs(batch, heads, n_q, n_k, dim, seed=n_q)
+                run, out, lse = gp.prepare(q, k, v, dim ** -0.5, programs=3)  # several tiles per program
+                run()
+                torch.cuda.synchronize()
+                say(f"{name}: {json.dumps(_errors(out, lse, q, k, v, dim ** -0.5))}")
+            except Exception as error:  # noqa: BLE001
+                say(f"{name}: FAILED {type(error).__name__}: {str(error)[-500:]}")
+                traceback.print_exc()
+    for shape, (batch, heads, n, dim) in SHAPES.items():
+        scale = dim ** -0.5
+        q, k, v = _inputs(batch, heads, n, n, dim)
+        entry = results.setdefault(shape, {})
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            entry["cudnn_ms"] = bench(lambda: F.scaled_dot_product_attention(q, k, v, scale=scale))
+        forced = {"hopper_forward": {"BLOCK_N": CONFIGS[dim][0][0], "STAGES": CONFIGS[dim][0][1]}}
+        with settings.override(kernel_configs=forced) as shipped:
+            out = torch.empty_like(q, memory_format=torch.contiguous_format)
+            lse = torch.empty(q.shape[:3], device="cuda", dtype=torch.float32)
+            entry["gluon_ms"] = bench(lambda: launch._hopper_attention(q, k, v, scale, out, lse, None, shipped))
+        say(f"{shape}: cudnn {entry['cudnn_ms']:.4f} ms, shipped Gluon forward {entry['gluon_ms']:.4f} ms "
+            f"({entry['gluon_ms'] / entry['cudnn_ms']:.3f}x)")
+        for block_n, stages, pingpong in CONFIGS[dim]:
+            name = f"persistent BN{block_n} stages{stages} {'pingpong' if pingpong else 'no-pingpong'}"
+            try:
+                run, out, lse = gp.prepare(q, k, v, scale, block_n, stages, pingpong)
+                run()
+                torch.cuda.synchronize()
+                row = {**_errors(out, lse, q, k, v, scale), "ms": bench(run)}
+                row["ratio"] = row["ms"] / entry["cudnn_ms"]
+                entry[name] = row
+                say(f"{shape} {name}: {row['ms']:.4f} ms ({row['ratio']:.3f}x cudnn), max err {row['max_err']:.2e}, "
+                    f"lse err {row['lse_max_err']:.2e}")
+            except Exception as error:  # noqa: BLE001 - reported per config
+                entry[name] = {"error": f"{type(error).__name__}: {error}"[-2000:]}
+                say(f"{shape} {name}: FAILED {entry[name]['error'][-500:]}")
+                traceback.print_exc()
+        if out_dir:
+            (out_dir / "probe24.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
