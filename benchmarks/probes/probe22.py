@@ -14,15 +14,12 @@ forward stayed as fast or faster there, so launch runs this kernel at head dim 1
     timeout 300 python3 benchmarks/probes/probe22.py --out DIR     # on the H200
 """
 
-import argparse
 import json
 import math
 import traceback
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sinkattn import launch, settings
@@ -71,30 +68,13 @@ def _check(q, k, v, scale, ref=None, ref_lse=None, **kw):
             "finite": bool(torch.isfinite(out).all().item() and torch.isfinite(lse).all().item())}
 
 
-def _bench(fn):
-    fn()
-    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
-
-
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--shapes", default=",".join(SHAPES))
-    args = parser.parse_args()
-    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "small": [], "shapes": {}}
-    out = Path(args.out) if args.out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "probe22.txt").write_text("")
+    from probe_tools import ProbeLog, arguments, bench
 
-    def say(line):
-        print(line, flush=True)
-        if out:
-            with open(out / "probe22.txt", "a") as f:
-                f.write(line + "\n")
+    args = arguments(("--shapes", ",".join(SHAPES)), compile_only=False)
 
-    say(f"torch {torch.__version__} triton {triton.__version__} {torch.cuda.get_device_name()}")
+    say = ProbeLog(args.out, "probe22")
+    result = {"small": [], "shapes": {}}
     for dim, config in ((128, None),):
         for batch, heads, n_q, n_k in SMALL:
             name = f"small B{batch} H{heads} Nq{n_q} Nk{n_k} D{dim} {config or 'default'}"
@@ -114,11 +94,11 @@ def main():
         scale = dim ** -0.5
         q, k, v = _inputs(batch, heads, n, n, dim)
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            t_cudnn = _bench(lambda: F.scaled_dot_product_attention(q, k, v, scale=scale))
+            t_cudnn = bench(lambda: F.scaled_dot_product_attention(q, k, v, scale=scale))
         ref = F.scaled_dot_product_attention(q, k, v, scale=scale)
         ref_lse = _reference_lse2(q, k, scale)
         triton_row = _check(q, k, v, scale, ref, ref_lse, hopper=False)
-        t_triton = _bench(lambda: _forward(q, k, v, scale, hopper=False))
+        t_triton = bench(lambda: _forward(q, k, v, scale, hopper=False))
         flops = 4 * batch * heads * n * n * dim
         entry = {"cudnn_ms": t_cudnn, "triton_ms": t_triton, "triton_ratio": t_triton / t_cudnn, **triton_row,
                  "configs": []}
@@ -128,7 +108,7 @@ def main():
             name = f"gluon BN{config[0]} stages{config[1]} {'pingpong' if config[2] else 'no-pingpong'}"
             try:
                 row = {"config": name, **_check(q, k, v, scale, ref, ref_lse, config=config)}
-                row["ms"] = _bench(lambda: _forward(q, k, v, scale, config=config))
+                row["ms"] = bench(lambda: _forward(q, k, v, scale, config=config))
                 row["ratio"] = row["ms"] / t_cudnn
                 say(f"{shape} {name}: {row['ms']:.4f} ms ({row['ratio']:.3f}x cudnn, "
                     f"{flops / row['ms'] / 1e9:.0f} TFLOP/s), max err {row['max_err']:.2e}, "
@@ -139,8 +119,7 @@ def main():
                 traceback.print_exc()
             entry["configs"].append(row)
         result["shapes"][shape] = entry
-        if out:
-            (out / "probe22.json").write_text(json.dumps(result, indent=1))
+        say.save(result)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ appended to probe23.txt as they come (a hang keeps them).
     python3 benchmarks/probes/probe23.py --compile-only            # any machine: sm_90
 """
 
-import argparse
-import json
 import sys
 import traceback
 from pathlib import Path
@@ -27,12 +25,8 @@ CONFIGS = {64: [(64, 4), (64, 2), (64, 6)], 128: [(64, 4), (64, 2), (64, 3)]}  #
 
 
 def compile_only():
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.runtime.jit import mangle_type
-
     import gluon_key_mass_ws as gk
+    from probe_tools import compile_sm90
     from sinkattn import launch
 
     ok = True
@@ -43,52 +37,24 @@ def compile_only():
             constexprs = dict(BLOCK_M=block_m, BLOCK_N=gk.BLOCK_N, D=dim, STAGES=stages,
                               CONSUMER_REGS=gk.CONSUMER_REGS, PRODUCER_REGS=gk.PRODUCER_REGS)
             pointers = {"LSE": "*fp32", "MASS": "*fp32", "qk_scale": "fp32", "inv_count": "fp32"}
-            signature = {p.name: "constexpr" if p.name in constexprs else mangle_type(descs[p.name])
-                         if p.name in descs else pointers.get(p.name, "i32") for p in gk.gluon_key_mass_kernel.params}
-            name = f"D{dim} BM{block_m} stages{stages}"
-            try:
-                compiled = triton.compile(GluonASTSource(gk.gluon_key_mass_kernel, signature, constexprs),
-                                          target=GPUTarget("cuda", 90, 32),
-                                          options={"num_warps": 4, "maxnreg": gk.MAXNREG})
-                print(f"{name}: ok, {compiled.metadata.num_warps} warps, shared {compiled.metadata.shared} bytes")
-            except Exception as error:  # noqa: BLE001 - reported per config
-                ok = False
-                print(f"{name}: FAILED {type(error).__name__}: {str(error)[-1500:]}")
+            ok &= compile_sm90(f"D{dim} BM{block_m} stages{stages}", gk.gluon_key_mass_kernel, descs, pointers,
+                               constexprs, gk.MAXNREG)
     return ok
 
 
-def _bench(fn):
-    import triton
-    fn()
-    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
-
-
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--compile-only", action="store_true")
-    args = parser.parse_args()
+    from probe_tools import arguments
+
+    args = arguments()
     if args.compile_only:
         sys.exit(0 if compile_only() else 1)
 
-    import triton
-
     import gluon_key_mass_ws as gk
+    from probe_tools import ProbeLog, bench
     from sinkattn import launch, settings
 
-    out = Path(args.out) if args.out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "probe23.txt").write_text("")
-    results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
-
-    def say(line):
-        print(line, flush=True)
-        if out:
-            with open(out / "probe23.txt", "a") as f:
-                f.write(line + "\n")
-
-    say(f"torch {torch.__version__} triton {triton.__version__} {torch.cuda.get_device_name()}")
+    say = ProbeLog(args.out, "probe23")
+    results = {}
     for shape, (batch, heads, n, dim) in SHAPES.items():
         torch.manual_seed(0)
         q, k, v = (torch.randn(batch, n, heads * dim, device="cuda", dtype=torch.bfloat16)
@@ -99,7 +65,7 @@ def main():
         for autotune in (True, False):
             with settings.override(autotune=autotune):
                 want = launch.key_mass(q, k, lse, scale, rows)
-                ms = _bench(lambda: launch.key_mass(q, k, lse, scale, rows))
+                ms = bench(lambda: launch.key_mass(q, k, lse, scale, rows))
             entry[f"triton_autotune_{autotune}_ms"] = ms
             say(f"{shape} triton key mass (autotune {autotune}): {ms:.4f} ms")
         for block_m, stages in CONFIGS[dim]:
@@ -109,15 +75,14 @@ def main():
                 run()
                 torch.cuda.synchronize()
                 err = ((mass - want).abs().max() / want.abs().max()).item()
-                ms = _bench(run)
+                ms = bench(run)
                 entry[name] = {"ms": ms, "max_rel_err": err}
                 say(f"{shape} {name}: {ms:.4f} ms, max error {err:.2e} of the largest mass")
             except Exception as error:  # noqa: BLE001 - reported per config
                 entry[name] = {"error": f"{type(error).__name__}: {error}"[-2000:]}
                 say(f"{shape} {name}: FAILED {entry[name]['error'][-500:]}")
                 traceback.print_exc()
-        if out:
-            (out / "probe23.json").write_text(json.dumps(results, indent=1))
+        say.save(results)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ session 11 with no device time left: compile-checked for sm_90 only, not yet run
     python3 benchmarks/probes/probe24.py --compile-only           # any machine: sm_90
 """
 
-import argparse
 import json
 import math
 import sys
@@ -24,12 +23,8 @@ SMALL = [(1, 2, 100, 100), (2, 3, 257, 130), (1, 2, 1, 333)]  # (B, H, Nq, Nk): 
 
 
 def compile_only():
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.runtime.jit import mangle_type
-
     import gluon_forward_persistent as gp
+    from probe_tools import compile_sm90
     from sinkattn import launch
 
     ok = True
@@ -40,19 +35,9 @@ def compile_only():
                      "v_desc": launch._tma_descriptor(q, block_n)}
             constexprs = dict(BLOCK_N=block_n, D=dim, STAGES=stages, PINGPONG=pingpong,
                               CONSUMER_REGS_=gp.CONSUMER_REGS, PRODUCER_REGS_=gp.PRODUCER_REGS)
-            pointers = {"O": "*bf16", "LSE": "*fp32", "qk_scale": "fp32"}
-            signature = {p.name: "constexpr" if p.name in constexprs else mangle_type(descs[p.name])
-                         if p.name in descs else pointers.get(p.name, "i32")
-                         for p in gp.persistent_attention_kernel.params}
             name = f"D{dim} BN{block_n} stages{stages} {'pingpong' if pingpong else 'no-pingpong'}"
-            try:
-                compiled = triton.compile(GluonASTSource(gp.persistent_attention_kernel, signature, constexprs),
-                                          target=GPUTarget("cuda", 90, 32),
-                                          options={"num_warps": 4, "maxnreg": gp.MAXNREG})
-                print(f"{name}: ok, {compiled.metadata.num_warps} warps, shared {compiled.metadata.shared} bytes")
-            except Exception as error:  # noqa: BLE001 - reported per config
-                ok = False
-                print(f"{name}: FAILED {type(error).__name__}: {str(error)[-1500:]}")
+            ok &= compile_sm90(name, gp.persistent_attention_kernel, descs, {"O": "*bf16", "LSE": "*fp32",
+                               "qk_scale": "fp32"}, constexprs, gp.MAXNREG)
     return ok
 
 
@@ -71,37 +56,21 @@ def _errors(out, lse, q, k, v, scale):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--compile-only", action="store_true")
-    args = parser.parse_args()
+    from probe_tools import arguments
+
+    args = arguments()
     if args.compile_only:
         sys.exit(0 if compile_only() else 1)
 
     import torch.nn.functional as F
-    import triton
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     import gluon_forward_persistent as gp
+    from probe_tools import ProbeLog, bench
     from sinkattn import launch, settings
 
-    out_dir = Path(args.out) if args.out else None
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "probe24.txt").write_text("")
-    results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
-
-    def say(line):
-        print(line, flush=True)
-        if out_dir:
-            with open(out_dir / "probe24.txt", "a") as f:
-                f.write(line + "\n")
-
-    def bench(fn):
-        fn()
-        return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
-
-    say(f"torch {torch.__version__} triton {triton.__version__} {torch.cuda.get_device_name()}")
+    say = ProbeLog(args.out, "probe24")
+    results = {}
     for dim in (128, 64):
         for batch, heads, n_q, n_k in SMALL:
             name = f"small B{batch} H{heads} Nq{n_q} Nk{n_k} D{dim}"
@@ -142,8 +111,7 @@ def main():
                 entry[name] = {"error": f"{type(error).__name__}: {error}"[-2000:]}
                 say(f"{shape} {name}: FAILED {entry[name]['error'][-500:]}")
                 traceback.print_exc()
-        if out_dir:
-            (out_dir / "probe24.json").write_text(json.dumps(results, indent=1))
+        say.save(results)
 
 
 if __name__ == "__main__":
