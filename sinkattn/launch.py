@@ -208,16 +208,16 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, out_dtype: torch.dt
         sinks = sinks.contiguous()
     if sinks is None and row_peak is None and hopper_forward_fits(q, k, v, scale, settings):
         _hopper_attention(q, k, v, scale, out, lse, counters, settings)
-        return (out if stored == out_dtype else out.to(out_dtype)), lse
-    qo, ko, vo = _operand(q, settings), _operand(k, settings), _operand(v, settings)
-    top_k = 0 if sinks is None else sinks.shape[-1]
-    _launch(
-        "attention_forward", settings, lambda meta: (_cdiv(n_q, meta["BLOCK_M"]), batch * n_heads),
-        qo, ko, vo, out, lse, sinks, row_peak, counters, 0 if counters is None else counters.shape[0],
-        *_strides(qo, ko, vo, out),
-        n_heads, n_q, n_k, apply_start, apply_stop, scale * LOG2E, top_k, eta,
-        HAS_SINKS=sinks is not None, HAS_ROW_PEAK=row_peak is not None, HAS_COUNTERS=counters is not None,
-        **_masked_pass_flags(q, top_k, path, scale, settings), **dims)
+    else:
+        qo, ko, vo = _operand(q, settings), _operand(k, settings), _operand(v, settings)
+        top_k = 0 if sinks is None else sinks.shape[-1]
+        _launch(
+            "attention_forward", settings, lambda meta: (_cdiv(n_q, meta["BLOCK_M"]), batch * n_heads),
+            qo, ko, vo, out, lse, sinks, row_peak, counters, 0 if counters is None else counters.shape[0],
+            *_strides(qo, ko, vo, out),
+            n_heads, n_q, n_k, apply_start, apply_stop, scale * LOG2E, top_k, eta,
+            HAS_SINKS=sinks is not None, HAS_ROW_PEAK=row_peak is not None, HAS_COUNTERS=counters is not None,
+            **_masked_pass_flags(q, top_k, path, scale, settings), **dims)
     return (out if stored == out_dtype else out.to(out_dtype)), lse
 
 
@@ -540,7 +540,8 @@ QUERY_STATS_KEYS_PER_SPLIT, QUERY_STATS_BLOCK_M = 1024, 64
 
 
 def query_stats(q: Tensor, k: Tensor, rows: Tensor, scale: float, means_into: Tensor | None = None,
-                keys_per_split: int = QUERY_STATS_KEYS_PER_SPLIT, block_m: int = QUERY_STATS_BLOCK_M) -> tuple[Tensor, Tensor] | None:
+                keys_per_split: int = QUERY_STATS_KEYS_PER_SPLIT,
+                block_m: int = QUERY_STATS_BLOCK_M) -> tuple[Tensor, Tensor] | None:
     """The top-5 probability sum and the entropy (nats) of the query rows ``rows`` (int64,
     (n,)) of every (b, h): two (B, H, n) float32 tensors, from kernels.query_stats (one pass
     over the keys, split into ranges of ``keys_per_split`` keys (rounded up to the key tile),

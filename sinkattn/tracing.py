@@ -357,9 +357,9 @@ class SinkTracer:
     def _query_stats(self, q, k, scale, rows, into) -> int:
         """Per (batch, head): the mean over sampled image queries of the top-5 probability sum
         and of the row entropy, exact in fp32, written into ``into`` (B, H, 2); returns the
-        number of sampled queries. On the kernels' devices one pass over the keys and a merge (kernels/query_stats.py: 0.78 ms per SD3-medium forward
-        on the H200, probe20; ~12 ms as torch ops, probe18); elsewhere the softmax of the
-        sampled rows in torch."""
+        number of sampled queries. On the kernels' devices one pass over the keys and a merge
+        (kernels/query_stats.py: 0.78 ms per SD3-medium forward on the H200, probe20; ~12 ms
+        as torch ops, probe18); elsewhere the softmax of the sampled rows in torch."""
         m0, m1 = rows
         n = min(self.query_sample, m1 - m0)
         key = (m0, m1, n, str(q.device))

@@ -813,7 +813,8 @@ def test_query_stats_kernel_matches_torch(n_k, dim, dtype, keys_per_split, poiso
 
 
 @pytest.mark.parametrize("selected", ["none", "per-head", "shared"])
-@pytest.mark.parametrize("n_k, top", [(4429 if CUDA else 333, 5), (7, 7), (90, 1)], ids=["sd3-like", "all-keys", "top-1"])
+@pytest.mark.parametrize("n_k, top", [(4429 if CUDA else 333, 5), (7, 7), (90, 1)],
+                         ids=["sd3-like", "all-keys", "top-1"])
 def test_tracer_rows_from_the_kernels_match_torch(n_k, top, selected, monkeypatch):
     """SinkTracer's per-call reductions on the kernels (kernels.trace_stats, and the query
     statistics' merge writing the per-head and head-mean means) against its torch path: every
@@ -929,8 +930,8 @@ def test_a_row_with_one_kept_key_is_not_emptied(kw, poisoned, monkeypatch):
 # -- the warp-specialised forward on Hopper (kernels/attention_hopper.py) ---------------------
 
 HOPPER = CUDA and torch.cuda.get_device_capability() == (9, 0)
-HOPPER_ONLY = pytest.mark.skipif(not HOPPER, reason="the Gluon forward runs on sm_90 only; elsewhere (and under "
-                                 "the interpreter) launch.attention runs the Triton forward, which every other case checks")
+HOPPER_ONLY = pytest.mark.skipif(not HOPPER, reason="the Gluon forward runs on sm_90 only; elsewhere (and under the "
+                                 "interpreter) launch.attention runs the Triton forward, which every other case checks")
 
 
 @pytest.mark.parametrize("layout, fits", [
@@ -964,6 +965,8 @@ HOPPER_SHAPES = [  # head dim 128 (attention_hopper.CONFIGS), and PixArt-Sigma's
     pytest.param((1, 24, 4608, 4608, 128), "diffusers", id="flux-1024"),
     pytest.param((2, 16, 4096, 4096, 72), "diffusers", id="pixart-self-d72"),
 ]
+
+
 @HOPPER_ONLY
 @pytest.mark.parametrize("mode", [MODES[0], MODES[1], MODES[2], MODES[3], MODES[4]])
 @pytest.mark.parametrize("shape, layout", HOPPER_SHAPES)

@@ -74,7 +74,8 @@ def _compile_hopper_forward(counters, out):
     dim = 128
     q = torch.empty(2, 100, 3 * dim, dtype=torch.bfloat16).view(2, 100, 3, dim).transpose(1, 2)
     config = hopper.CONFIGS[dim]
-    descs = {"q_desc": launch._tma_descriptor(q, hopper.BLOCK_M), "k_desc": launch._tma_descriptor(q, config["BLOCK_N"]),
+    descs = {"q_desc": launch._tma_descriptor(q, hopper.BLOCK_M),
+             "k_desc": launch._tma_descriptor(q, config["BLOCK_N"]),
              "v_desc": launch._tma_descriptor(q, config["BLOCK_N"])}
     constexprs = dict(BLOCK_M=hopper.BLOCK_M, D=dim, PINGPONG=True, HAS_COUNTERS=counters,
                       CONSUMER_REGS=hopper.CONSUMER_REGS, PRODUCER_REGS=hopper.PRODUCER_REGS, **config)
