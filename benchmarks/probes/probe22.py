@@ -3,10 +3,11 @@ against cuDNN and the Triton forward, per config, on the H200.
 
 Small cases first (one key tile, a partial second, cross-attention, a contiguous layout,
 float32 output), each checked against SDPA (max abs error of O) and a float32 logsumexp
-(max abs error of lse2, log2 units); then for Flux (bfloat16, diffusers' strided layout), each (BLOCK_N, STAGES, PINGPONG) config is checked
-the same way and timed with do_bench (median) through ``launch.attention`` beside the
-Triton forward (``hopper_forward=False``) and cuDNN SDPA; ratios are to cuDNN. Lines are
-appended to probe22.txt as they come, so a kernel that hangs leaves the lines before it.
+(max abs error of lse2, log2 units); then for Flux (bfloat16, diffusers' strided layout),
+each (BLOCK_N, STAGES, PINGPONG) config is checked the same way and timed with do_bench
+(median) through ``launch.attention`` beside the Triton forward (``hopper_forward=False``)
+and cuDNN SDPA; ratios are to cuDNN. Lines are appended to probe22.txt as they come, so a
+kernel that hangs leaves the lines before it.
 Runs 1 and 2 (commits a87d734, 3d8b6c2; probe22_run1.*, probe22_run2.*) also timed head dim 64
 (SD3-medium, SD3.5-large, SDXL self) with two and three consumer warpgroups: the Triton
 forward stayed as fast or faster there, so launch runs this kernel at head dim 128 only.
@@ -15,13 +16,13 @@ forward stayed as fast or faster there, so launch runs this kernel at head dim 1
 """
 
 import json
-import math
 import traceback
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from probe_tools import ProbeLog, arguments, bench, diffusers_inputs, forward_errors, reference_lse2
 from sinkattn import launch, settings
 
 SHAPES = {"flux_1024": (1, 24, 4608, 128)}  # head dim 128: where launch runs the Gluon forward
@@ -29,25 +30,6 @@ SHAPES = {"flux_1024": (1, 24, 4608, 128)}  # head dim 128: where launch runs th
 CONFIGS = {128: [(128, 2, True), (128, 2, False), (64, 4, True)]}
 # Correctness only: (B, H, Nq, Nk): one key tile, a partial second, odd tails, cross-attention.
 SMALL = [(1, 2, 100, 100), (1, 2, 130, 130), (2, 3, 257, 257), (1, 1, 4096, 4096), (2, 3, 300, 77), (1, 2, 1, 333)]
-
-
-def _inputs(batch, heads, n_q, n_k, dim, seed=0):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-
-    def one(n):
-        return torch.randn(batch, n, heads * dim, device="cuda", dtype=torch.bfloat16,
-                           generator=gen).view(batch, n, heads, dim).transpose(1, 2)
-    return one(n_q), one(n_k), one(n_k)
-
-
-def _reference_lse2(q, k, scale):
-    """float32 logsumexp of the scaled scores per row, in log2 units (B, H, N)."""
-    rows = []
-    for b in range(q.shape[0]):
-        s = torch.matmul(q[b].float(), k[b].float().transpose(-1, -2)) * scale
-        rows.append(torch.logsumexp(s, dim=-1) / math.log(2.0))
-        del s
-    return torch.stack(rows)
 
 
 def _forward(q, k, v, scale, out_dtype=None, config=None, hopper=True):
@@ -61,25 +43,18 @@ def _forward(q, k, v, scale, out_dtype=None, config=None, hopper=True):
 def _check(q, k, v, scale, ref=None, ref_lse=None, **kw):
     out, lse = _forward(q, k, v, scale, **kw)
     torch.cuda.synchronize()
-    ref = F.scaled_dot_product_attention(q, k, v, scale=scale) if ref is None else ref
-    ref_lse = _reference_lse2(q, k, scale) if ref_lse is None else ref_lse
-    return {"max_err": (out.float() - ref.float()).abs().max().item(),
-            "lse_max_err": (lse - ref_lse).abs().max().item(),
-            "finite": bool(torch.isfinite(out).all().item() and torch.isfinite(lse).all().item())}
+    return forward_errors(out, lse, q, k, v, scale, ref, ref_lse)
 
 
 def main():
-    from probe_tools import ProbeLog, arguments, bench
-
     args = arguments(("--shapes", ",".join(SHAPES)), compile_only=False)
-
     say = ProbeLog(args.out, "probe22")
     result = {"small": [], "shapes": {}}
     for dim, config in ((128, None),):
         for batch, heads, n_q, n_k in SMALL:
             name = f"small B{batch} H{heads} Nq{n_q} Nk{n_k} D{dim} {config or 'default'}"
             try:
-                q, k, v = _inputs(batch, heads, n_q, n_k, dim, seed=n_q)
+                q, k, v = diffusers_inputs(batch, heads, n_q, n_k, dim, seed=n_q)
                 row = {"case": name, **_check(q, k, v, dim ** -0.5, config=config)}
                 row["contiguous"] = _check(q.contiguous(), k.contiguous(), v.contiguous(), dim ** -0.5, config=config)
                 row["float32_out"] = _check(q, k, v, dim ** -0.5, out_dtype=torch.float32, config=config)
@@ -92,18 +67,19 @@ def main():
     for shape in args.shapes.split(","):
         batch, heads, n, dim = SHAPES[shape]
         scale = dim ** -0.5
-        q, k, v = _inputs(batch, heads, n, n, dim)
+        q, k, v = diffusers_inputs(batch, heads, n, n, dim)
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
             t_cudnn = bench(lambda: F.scaled_dot_product_attention(q, k, v, scale=scale))
         ref = F.scaled_dot_product_attention(q, k, v, scale=scale)
-        ref_lse = _reference_lse2(q, k, scale)
+        ref_lse = reference_lse2(q, k, scale)
         triton_row = _check(q, k, v, scale, ref, ref_lse, hopper=False)
         t_triton = bench(lambda: _forward(q, k, v, scale, hopper=False))
         flops = 4 * batch * heads * n * n * dim
         entry = {"cudnn_ms": t_cudnn, "triton_ms": t_triton, "triton_ratio": t_triton / t_cudnn, **triton_row,
                  "configs": []}
-        say(f"{shape}: cudnn {t_cudnn:.4f} ms ({flops / t_cudnn / 1e9:.0f} TFLOP/s), triton forward {t_triton:.4f} ms "
-            f"({t_triton / t_cudnn:.3f}x), max err {triton_row['max_err']:.2e}, lse err {triton_row['lse_max_err']:.2e}")
+        say(f"{shape}: cudnn {t_cudnn:.4f} ms ({flops / t_cudnn / 1e9:.0f} TFLOP/s), "
+            f"triton forward {t_triton:.4f} ms ({t_triton / t_cudnn:.3f}x), max err {triton_row['max_err']:.2e}, "
+            f"lse err {triton_row['lse_max_err']:.2e}")
         for config in CONFIGS[dim]:
             name = f"gluon BN{config[0]} stages{config[1]} {'pingpong' if config[2] else 'no-pingpong'}"
             try:

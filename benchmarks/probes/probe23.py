@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # probes/
+from probe_tools import ProbeLog, arguments, bench, compile_sm90, diffusers_inputs  # noqa: E402
 
 SHAPES = {"sd3m_1024": (2, 24, 4429, 64), "flux_1024": (1, 24, 4608, 128)}
 CONFIGS = {64: [(64, 4), (64, 2), (64, 6)], 128: [(64, 4), (64, 2), (64, 3)]}  # (BLOCK_M, STAGES)
@@ -26,7 +27,6 @@ CONFIGS = {64: [(64, 4), (64, 2), (64, 6)], 128: [(64, 4), (64, 2), (64, 3)]}  #
 
 def compile_only():
     import gluon_key_mass_ws as gk
-    from probe_tools import compile_sm90
     from sinkattn import launch
 
     ok = True
@@ -43,22 +43,17 @@ def compile_only():
 
 
 def main():
-    from probe_tools import arguments
-
     args = arguments()
     if args.compile_only:
         sys.exit(0 if compile_only() else 1)
 
     import gluon_key_mass_ws as gk
-    from probe_tools import ProbeLog, bench
     from sinkattn import launch, settings
 
     say = ProbeLog(args.out, "probe23")
     results = {}
     for shape, (batch, heads, n, dim) in SHAPES.items():
-        torch.manual_seed(0)
-        q, k, v = (torch.randn(batch, n, heads * dim, device="cuda", dtype=torch.bfloat16)
-                   .view(batch, n, heads, dim).transpose(1, 2) for _ in range(3))
+        q, k, v = diffusers_inputs(batch, heads, n, n, dim)
         scale, rows = dim ** -0.5, (0, n)
         _, lse = launch.attention(q, k, v, scale, out_dtype=q.dtype)
         entry = results.setdefault(shape, {})

@@ -8,7 +8,6 @@ session 11 with no device time left: compile-checked for sm_90 only, not yet run
 """
 
 import json
-import math
 import sys
 import traceback
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # probes/
+from probe_tools import ProbeLog, arguments, bench, compile_sm90, diffusers_inputs, forward_errors  # noqa: E402
 
 SHAPES = {"flux_1024": (1, 24, 4608, 128), "sd3m_1024": (2, 24, 4429, 64)}
 CONFIGS = {128: [(128, 2, True), (128, 2, False)], 64: [(128, 4, True), (128, 2, True)]}  # BLOCK_N, STAGES, PINGPONG
@@ -24,7 +24,6 @@ SMALL = [(1, 2, 100, 100), (2, 3, 257, 130), (1, 2, 1, 333)]  # (B, H, Nq, Nk): 
 
 def compile_only():
     import gluon_forward_persistent as gp
-    from probe_tools import compile_sm90
     from sinkattn import launch
 
     ok = True
@@ -41,23 +40,7 @@ def compile_only():
     return ok
 
 
-def _inputs(batch, heads, n_q, n_k, dim, seed=0):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    return tuple(torch.randn(batch, n, heads * dim, device="cuda", dtype=torch.bfloat16, generator=gen)
-                 .view(batch, n, heads, dim).transpose(1, 2) for n in (n_q, n_k, n_k))
-
-
-def _errors(out, lse, q, k, v, scale):
-    import torch.nn.functional as F
-    ref = F.scaled_dot_product_attention(q, k, v, scale=scale)
-    ref_lse = torch.stack([torch.logsumexp(torch.matmul(q[b].float(), k[b].float().transpose(-1, -2)) * scale, -1)
-                           for b in range(q.shape[0])]) / math.log(2.0)
-    return {"max_err": (out.float() - ref.float()).abs().max().item(), "lse_max_err": (lse - ref_lse).abs().max().item()}
-
-
 def main():
-    from probe_tools import arguments
-
     args = arguments()
     if args.compile_only:
         sys.exit(0 if compile_only() else 1)
@@ -66,7 +49,6 @@ def main():
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     import gluon_forward_persistent as gp
-    from probe_tools import ProbeLog, bench
     from sinkattn import launch, settings
 
     say = ProbeLog(args.out, "probe24")
@@ -75,17 +57,17 @@ def main():
         for batch, heads, n_q, n_k in SMALL:
             name = f"small B{batch} H{heads} Nq{n_q} Nk{n_k} D{dim}"
             try:
-                q, k, v = _inputs(batch, heads, n_q, n_k, dim, seed=n_q)
+                q, k, v = diffusers_inputs(batch, heads, n_q, n_k, dim, seed=n_q)
                 run, out, lse = gp.prepare(q, k, v, dim ** -0.5, programs=3)  # several tiles per program
                 run()
                 torch.cuda.synchronize()
-                say(f"{name}: {json.dumps(_errors(out, lse, q, k, v, dim ** -0.5))}")
+                say(f"{name}: {json.dumps(forward_errors(out, lse, q, k, v, dim ** -0.5))}")
             except Exception as error:  # noqa: BLE001
                 say(f"{name}: FAILED {type(error).__name__}: {str(error)[-500:]}")
                 traceback.print_exc()
     for shape, (batch, heads, n, dim) in SHAPES.items():
         scale = dim ** -0.5
-        q, k, v = _inputs(batch, heads, n, n, dim)
+        q, k, v = diffusers_inputs(batch, heads, n, n, dim)
         entry = results.setdefault(shape, {})
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
             entry["cudnn_ms"] = bench(lambda: F.scaled_dot_product_attention(q, k, v, scale=scale))
@@ -102,7 +84,7 @@ def main():
                 run, out, lse = gp.prepare(q, k, v, scale, block_n, stages, pingpong)
                 run()
                 torch.cuda.synchronize()
-                row = {**_errors(out, lse, q, k, v, scale), "ms": bench(run)}
+                row = {**forward_errors(out, lse, q, k, v, scale), "ms": bench(run)}
                 row["ratio"] = row["ms"] / entry["cudnn_ms"]
                 entry[name] = row
                 say(f"{shape} {name}: {row['ms']:.4f} ms ({row['ratio']:.3f}x cudnn), max err {row['max_err']:.2e}, "

@@ -1,5 +1,6 @@
 """What probes 22-24 share: their arguments, a do_bench median, their output line by line,
-and the sm_90 compile check of a Gluon kernel (no GPU needed).
+seeded inputs and the errors of a forward against SDPA, and the sm_90 compile check of a
+Gluon kernel (no GPU needed).
 
     args = arguments()                     # --out DIR, --compile-only
     log = ProbeLog(args.out, "probe23")   # DIR/probe23.txt, DIR/probe23.json (no DIR: print only)
@@ -9,6 +10,7 @@ and the sm_90 compile check of a Gluon kernel (no GPU needed).
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 
@@ -22,6 +24,37 @@ def arguments(*extra, compile_only=True):
     for name, default in extra:
         parser.add_argument(name, default=default)
     return parser.parse_args()
+
+
+def diffusers_inputs(batch, heads, n_q, n_k, dim, seed=0):
+    """Seeded bfloat16 q, k, v on the GPU: (B, H, N, D) views of (B, N, H*D) projections."""
+    import torch
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    return tuple(torch.randn(batch, n, heads * dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+                 .view(batch, n, heads, dim).transpose(1, 2) for n in (n_q, n_k, n_k))
+
+
+def reference_lse2(q, k, scale):
+    """float32 logsumexp of the scaled scores per row, in log2 units (B, H, Nq)."""
+    import torch
+    rows = []
+    for b in range(q.shape[0]):
+        s = torch.matmul(q[b].float(), k[b].float().transpose(-1, -2)) * scale
+        rows.append(torch.logsumexp(s, dim=-1) / math.log(2.0))
+        del s
+    return torch.stack(rows)
+
+
+def forward_errors(out, lse, q, k, v, scale, ref=None, ref_lse=None):
+    """Max abs errors of a forward's O against SDPA's and of its lse2 against float32's (the
+    references computed here unless given), and whether both are finite."""
+    import torch
+    import torch.nn.functional as F
+    ref = F.scaled_dot_product_attention(q, k, v, scale=scale) if ref is None else ref
+    ref_lse = reference_lse2(q, k, scale) if ref_lse is None else ref_lse
+    return {"max_err": (out.float() - ref.float()).abs().max().item(),
+            "lse_max_err": (lse - ref_lse).abs().max().item(),
+            "finite": bool(torch.isfinite(out).all().item() and torch.isfinite(lse).all().item())}
 
 
 def compile_sm90(name, kernel, descs, pointers, constexprs, maxnreg):
