@@ -41,6 +41,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warp
 # MAXNREG registers a thread fill the register file; setmaxnreg then moves them from the
 # producer (PRODUCER_REGS) to the two consumers (CONSUMER_REGS).
 BLOCK_M = 64
+CONSUMERS = gl.constexpr(2)  # warpgroups of BLOCK_M query rows per program
 CONFIGS = {128: dict(BLOCK_N=128, STAGES=2)}
 MAXNREG, CONSUMER_REGS, PRODUCER_REGS = 168, 240, 24
 
@@ -55,7 +56,7 @@ def _tile_offsets(stride_b, stride_h, stride_m, b, h):
 @gluon.jit
 def _producer(q_desc, k_desc, v_desc, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty,
               q_row, q_col, k_row, k_col, v_row, v_col, start_m, N_K,
-              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CONSUMERS: gl.constexpr):
+              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
     for wg in gl.static_range(CONSUMERS):
         mbarrier.expect(q_bars.index(wg), q_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(q_desc, [q_row + start_m + wg * BLOCK_M, q_col], q_bars.index(wg),
@@ -75,10 +76,10 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_ring, v_ring, q_bars, k_ready, k
 
 @gluon.jit
 def _take_turn(turns, WG: gl.constexpr, round, PINGPONG: gl.constexpr):
-    # The consumers issue their products in turn: round r of warpgroup w > 0 follows round r
-    # of warpgroup w - 1, and round r of warpgroup 0 follows round r - 1 of the last one
-    # (round 0 does not wait: a fresh barrier's phase before phase 0 counts as complete).
-    # One arrival per round on the next warpgroup's barrier.
+    # The two consumers issue their products in turn: round r of warpgroup 1 follows round r
+    # of warpgroup 0, and round r of warpgroup 0 follows round r - 1 of warpgroup 1 (round 0
+    # does not wait: a fresh barrier's phase before phase 0 counts as complete). One arrival
+    # per round on the other warpgroup's barrier.
     if PINGPONG:
         if WG == 0:
             mbarrier.wait(turns.index(0), (round & 1) ^ 1)
@@ -87,9 +88,9 @@ def _take_turn(turns, WG: gl.constexpr, round, PINGPONG: gl.constexpr):
 
 
 @gluon.jit
-def _pass_turn(turns, WG: gl.constexpr, CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr):
+def _pass_turn(turns, WG: gl.constexpr, PINGPONG: gl.constexpr):
     if PINGPONG:
-        mbarrier.arrive(turns.index((WG + 1) % CONSUMERS), count=1)
+        mbarrier.arrive(turns.index(1 - WG), count=1)
 
 
 @gluon.jit
@@ -109,7 +110,7 @@ def _softmax(s, m_i, l_i, start_n, N_K, qk_scale, MASK: gl.constexpr):
 @gluon.jit
 def _step(j, acc, p, m_i, l_i, q, k_ring, v_ring, k_ready, k_empty, v_ready, v_empty, turns, N_K, qk_scale,
           WG: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-          CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr, MASK: gl.constexpr,
+          PINGPONG: gl.constexpr, MASK: gl.constexpr,
           s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
     """Key tile j >= 1: S_j = Q K_j^T and O += P_{j-1} V_{j-1} issued together; the softmax
     of S_j while the P V product computes; then O rescaled by the new max."""
@@ -121,7 +122,7 @@ def _step(j, acc, p, m_i, l_i, q, k_ring, v_ring, k_ready, k_empty, v_ready, v_e
                           use_acc=False, is_async=True)
     mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
     o_tok = warpgroup_mma(p, v_ring.index(prev), acc, is_async=True)
-    _pass_turn(turns, WG, CONSUMERS, PINGPONG)
+    _pass_turn(turns, WG, PINGPONG)
     s = warpgroup_mma_wait(1, deps=(s_tok,))
     mbarrier.arrive(k_empty.index(slot), count=1)
     p_new, m_i, l_i, alpha = _softmax(s, m_i, l_i, j * BLOCK_N, N_K, qk_scale, MASK)
@@ -136,7 +137,7 @@ def _step(j, acc, p, m_i, l_i, q, k_ring, v_ring, k_ready, k_empty, v_ready, v_e
 def _consumer(WG: gl.constexpr, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty, turns,
               O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N_Q, N_K, qk_scale,
               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-              CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr):
+              PINGPONG: gl.constexpr):
     num_warps: gl.constexpr = 4
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -154,7 +155,7 @@ def _consumer(WG: gl.constexpr, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty
     _take_turn(turns, WG, 0, PINGPONG)
     s_tok = warpgroup_mma(q, k_ring.index(0).permute((1, 0)), gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout),
                           use_acc=False, is_async=True)
-    _pass_turn(turns, WG, CONSUMERS, PINGPONG)
+    _pass_turn(turns, WG, PINGPONG)
     s = warpgroup_mma_wait(0, deps=(s_tok,))
     mbarrier.arrive(k_empty.index(0), count=1)
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, row_layout)
@@ -166,11 +167,11 @@ def _consumer(WG: gl.constexpr, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty
     # Tiles 1 .. n - 2 unmasked, the last (from 1) masked.
     for j in range(1, n_tiles - 1):
         acc, p, m_i, l_i = _step(j, acc, p, m_i, l_i, q, k_ring, v_ring, k_ready, k_empty, v_ready, v_empty, turns,
-                                 N_K, qk_scale, WG, BLOCK_M, BLOCK_N, STAGES, CONSUMERS, PINGPONG, False,
+                                 N_K, qk_scale, WG, BLOCK_M, BLOCK_N, STAGES, PINGPONG, False,
                                  s_layout, o_layout, p_layout)
     if n_tiles > 1:
         acc, p, m_i, l_i = _step(n_tiles - 1, acc, p, m_i, l_i, q, k_ring, v_ring, k_ready, k_empty, v_ready, v_empty,
-                                 turns, N_K, qk_scale, WG, BLOCK_M, BLOCK_N, STAGES, CONSUMERS, PINGPONG, True,
+                                 turns, N_K, qk_scale, WG, BLOCK_M, BLOCK_N, STAGES, PINGPONG, True,
                                  s_layout, o_layout, p_layout)
 
     # The last tile's P V.
@@ -178,7 +179,7 @@ def _consumer(WG: gl.constexpr, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty
     mbarrier.wait(v_ready.index(last), ((n_tiles - 1) // STAGES) & 1)
     _take_turn(turns, WG, n_tiles, PINGPONG)
     o_tok = warpgroup_mma(p, v_ring.index(last), acc, is_async=True)
-    _pass_turn(turns, WG, CONSUMERS, PINGPONG)
+    _pass_turn(turns, WG, PINGPONG)
     acc, p = warpgroup_mma_wait(0, deps=(o_tok, p))
     mbarrier.arrive(v_empty.index(last), count=1)
 
@@ -206,7 +207,6 @@ def hopper_attention_kernel(q_desc, k_desc, v_desc, O, LSE, COUNTERS, N_COUNTERS
     (the default partition: consumer 0) plus a 4-warp worker (consumer 1) and a 1-warp
     worker (the producer). With COUNTERS, program (0, 0) zeroes the call's N_COUNTERS int32
     counters first, as the Triton forward does."""
-    CONSUMERS: gl.constexpr = 2
     pid_m = gl.program_id(0)
     bh = gl.program_id(1)
     b = bh // H
@@ -249,10 +249,10 @@ def hopper_attention_kernel(q_desc, k_desc, v_desc, O, LSE, COUNTERS, N_COUNTERS
     gl.warp_specialize([
         (_consumer, (WG0, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty, turns,
                      O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N_Q, N_K, qk_scale,
-                     BLOCK_M, BLOCK_N, D, STAGES, CONSUMERS, PINGPONG)),
+                     BLOCK_M, BLOCK_N, D, STAGES, PINGPONG)),
         (_consumer, (WG1, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty, turns,
                      O, LSE, stride_ob, stride_oh, stride_om, b, h, bh, start_m, N_Q, N_K, qk_scale,
-                     BLOCK_M, BLOCK_N, D, STAGES, CONSUMERS, PINGPONG)),
+                     BLOCK_M, BLOCK_N, D, STAGES, PINGPONG)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_ring, v_ring, q_bars, k_ready, k_empty, v_ready, v_empty,
-                     q_row, q_col, k_row, k_col, v_row, v_col, start_m, N_K, BLOCK_M, BLOCK_N, STAGES, CONSUMERS)),
+                     q_row, q_col, k_row, k_col, v_row, v_col, start_m, N_K, BLOCK_M, BLOCK_N, STAGES)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
