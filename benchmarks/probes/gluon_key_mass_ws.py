@@ -1,6 +1,7 @@
-"""Candidate warp-specialised key-mass pass in Gluon for Hopper (sm_90), issue 19's next step:
-not shipped, compile-checked only (session 11, no device time left); probe23 checks it
-against ``sinkattn.launch.key_mass`` and times both on the H200.
+"""Candidate warp-specialised key-mass pass in Gluon for Hopper (sm_90), issue 19: not shipped.
+probe23 checks it against ``sinkattn.launch.key_mass`` and times both on the H200: with the
+lse2 loads one pair ahead (run 2) it ties the Triton pass at Flux (0.315 against 0.313 ms)
+and loses at SD3-medium (0.470 against 0.386 ms).
 
 Session 5's Gluon pass (``gluon_key_mass.py``: one partition, cp.async ring, the next
 tile's product in flight) was no faster than the Triton pass. Session 11's Gluon forward

@@ -1,6 +1,7 @@
 """Probe 23: the warp-specialised Gluon key-mass pass (gluon_key_mass_ws.py, issue 19) against
 the shipped Triton pass (``sinkattn.launch.key_mass``), at SD3-medium and Flux. Written in
-session 11 with no device time left: compile-checked for sm_90 only, not yet run.
+session 11; run in session 12 (probe23_run1.txt, probe23_run2.txt: the Gluon pass at best
+ties the Triton pass at Flux and loses at SD3-medium; kernels/NOTES.md, session 12).
 
 On the H200: for each shape (bfloat16, diffusers' strided layout, the forward's lse2 from
 ``launch.attention``), the Triton pass's mass over all query rows (one call autotuned, as a
