@@ -34,7 +34,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
-from sinkattn.kernels.attention_hopper import _tile_offsets
+from sinkattn.kernels.attention_hopper import _pass_turn, _take_turn, _tile_offsets
 
 BLOCK_N = 64
 # BLOCK_M 64: two score tiles and the accumulator, [64, 64] float32 each, take 96 registers;
@@ -86,12 +86,18 @@ def _take(acc, s, lse, q_empty, j, qk_scale, STAGES: gl.constexpr):
 
 
 @gluon.jit
-def _consumer(WG: gl.constexpr, k_smem, q_ring, k_bar, q_ready, q_empty, MASS, LSE, bh, start_n, N_K, m_lo, m_hi,
-              qk_scale, inv_count, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+def _consumer(WG: gl.constexpr, k_smem, q_ring, k_bar, q_ready, q_empty, turns, MASS, LSE, bh, start_n, N_K, m_lo,
+              m_hi, qk_scale, inv_count, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+              PINGPONG: gl.constexpr):
     """Query tiles in pairs (a, b): both products issued, a's exponentials while b's product
     computes, then b's (while the other warpgroup's products use the tensor cores). A product
     left in flight across iterations (issued in one, waited for in the next) made ptxas
-    serialise every wgmma (C7514, triton 3.8): each iteration waits for its own."""
+    serialise every wgmma (C7514, triton 3.8): each iteration waits for its own.
+
+    Both warpgroups read the same query tiles, so without an order they issue their products
+    together and take their exponentials together (probe23 run 2: no faster than the Triton
+    pass). With PINGPONG they issue in turn (the forward's ``_take_turn``/``_pass_turn``, one
+    round per pair), so one warpgroup's products run during the other's exponentials."""
     num_warps: gl.constexpr = 4
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                        instr_shape=[16, BLOCK_M, 16])
@@ -105,8 +111,10 @@ def _consumer(WG: gl.constexpr, k_smem, q_ring, k_bar, q_ready, q_empty, MASS, L
     lse_b = _load_lse(LSE, 1, m_lo, m_hi, BLOCK_M, s_layout)
     for p in range(n_pairs):
         j = 2 * p
+        _take_turn(turns, WG, p, PINGPONG)
         tok_a = _issue(k_tile, q_ring, q_ready, j, BLOCK_M, BLOCK_N, STAGES, s_layout)
         tok_b = _issue(k_tile, q_ring, q_ready, j + 1, BLOCK_M, BLOCK_N, STAGES, s_layout)
+        _pass_turn(turns, WG, PINGPONG)
         next_a = _load_lse(LSE, j + 2, m_lo, m_hi, BLOCK_M, s_layout)
         next_b = _load_lse(LSE, j + 3, m_lo, m_hi, BLOCK_M, s_layout)
         s_a = warpgroup_mma_wait(1, deps=(tok_a,))
@@ -123,7 +131,7 @@ def _consumer(WG: gl.constexpr, k_smem, q_ring, k_bar, q_ready, q_empty, MASS, L
 def gluon_key_mass_kernel(q_desc, k_desc, LSE, MASS, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                           H, N_Q, N_K, M_START, M_STOP, qk_scale, inv_count,
                           BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-                          CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
+                          PINGPONG: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
     """MASS (B*H, N_K) for keys [pid_n * 2 * BLOCK_N, +2 * BLOCK_N) of head bh, over query
     rows [M_START, M_STOP) (at least one); num_warps=4 (consumer 0) plus a 4-warp worker
     (consumer 1) and a 1-warp worker (the producer)."""
@@ -140,7 +148,10 @@ def gluon_key_mass_kernel(q_desc, k_desc, LSE, MASS, stride_qb, stride_qh, strid
     k_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     q_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     mbarrier.init(k_bar, count=1)
+    for i in gl.static_range(2):
+        mbarrier.init(turns.index(i), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(q_ready.index(i), count=1)
         mbarrier.init(q_empty.index(i), count=2)  # freed once by each consumer warpgroup
@@ -149,16 +160,16 @@ def gluon_key_mass_kernel(q_desc, k_desc, LSE, MASS, stride_qb, stride_qh, strid
     WG0: gl.constexpr = 0
     WG1: gl.constexpr = 1
     gl.warp_specialize([
-        (_consumer, (WG0, k_smem, q_ring, k_bar, q_ready, q_empty, MASS, LSE, bh, start_n, N_K, M_START, M_STOP,
-                     qk_scale, inv_count, BLOCK_M, BLOCK_N, STAGES)),
-        (_consumer, (WG1, k_smem, q_ring, k_bar, q_ready, q_empty, MASS, LSE, bh, start_n, N_K, M_START, M_STOP,
-                     qk_scale, inv_count, BLOCK_M, BLOCK_N, STAGES)),
+        (_consumer, (WG0, k_smem, q_ring, k_bar, q_ready, q_empty, turns, MASS, LSE, bh, start_n, N_K, M_START,
+                     M_STOP, qk_scale, inv_count, BLOCK_M, BLOCK_N, STAGES, PINGPONG)),
+        (_consumer, (WG1, k_smem, q_ring, k_bar, q_ready, q_empty, turns, MASS, LSE, bh, start_n, N_K, M_START,
+                     M_STOP, qk_scale, inv_count, BLOCK_M, BLOCK_N, STAGES, PINGPONG)),
         (_producer, (q_desc, k_desc, k_smem, q_ring, k_bar, q_ready, q_empty, q_row, q_col, k_row, k_col, start_n,
                      M_START, M_STOP, BLOCK_M, BLOCK_N, STAGES)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
-def prepare(q, k, lse, scale, rows, block_m=None, stages=None):
+def prepare(q, k, lse, scale, rows, block_m=None, stages=None, pingpong=False):
     """The launch of the pass on q (B, H, Nq, D), k (B, H, Nk, D) (``launch._tma_layout``),
     lse (B, H, Nq) float32 from the forward, query rows ``rows``: returns (launch, mass), each
     launch() writing mass (B, H, Nk) float32 as ``launch.key_mass(q, k, lse, scale, rows)``
@@ -181,8 +192,8 @@ def prepare(q, k, lse, scale, rows, block_m=None, stages=None):
     grid = ((n_k + 2 * BLOCK_N - 1) // (2 * BLOCK_N), batch * heads)
     args = (q_desc, k_desc, lse, mass, *q.stride()[:3], *k.stride()[:3], heads, n_q, n_k, rows[0], rows[1],
             scale / math.log(2), 1.0 / (rows[1] - rows[0]))
-    meta = dict(BLOCK_M=block_m, BLOCK_N=BLOCK_N, D=dim, STAGES=stages, CONSUMER_REGS=CONSUMER_REGS,
-                PRODUCER_REGS=PRODUCER_REGS, num_warps=4, maxnreg=MAXNREG)
+    meta = dict(BLOCK_M=block_m, BLOCK_N=BLOCK_N, D=dim, STAGES=stages, PINGPONG=pingpong,
+                CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4, maxnreg=MAXNREG)
 
     def run():
         gluon_key_mass_kernel[grid](*args, **meta)
