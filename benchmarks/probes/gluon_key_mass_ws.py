@@ -88,7 +88,7 @@ def _take(acc, s, lse, q_empty, j, qk_scale, STAGES: gl.constexpr):
 @gluon.jit
 def _consumer(WG: gl.constexpr, k_smem, q_ring, k_bar, q_ready, q_empty, turns, MASS, LSE, bh, start_n, N_K, m_lo,
               m_hi, qk_scale, inv_count, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-              PINGPONG: gl.constexpr):
+              PINGPONG: gl.constexpr, K_IN_REGISTERS: gl.constexpr):
     """Query tiles in pairs (a, b): both products issued, a's exponentials while b's product
     computes, then b's (while the other warpgroup's products use the tensor cores). A product
     left in flight across iterations (issued in one, waited for in the next) made ptxas
@@ -101,8 +101,14 @@ def _consumer(WG: gl.constexpr, k_smem, q_ring, k_bar, q_ready, q_empty, turns, 
     num_warps: gl.constexpr = 4
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                        instr_shape=[16, BLOCK_M, 16])
-    k_tile = k_smem.index(WG)
     mbarrier.wait(k_bar, 0)
+    if K_IN_REGISTERS:
+        # The program's K tile is every product's left operand: held in registers (32 a thread)
+        # it is read from shared memory once instead of by every wgmma, which with both
+        # operands in shared memory at N = 64 reads as many bytes as it computes FLOPs at peak.
+        k_tile = k_smem.index(WG).load(gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2))
+    else:
+        k_tile = k_smem.index(WG)
     n_pairs = gl.cdiv(m_hi - m_lo, 2 * BLOCK_M)
     acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
     # Each pair's lse2 is loaded one pair ahead: loaded next to its use, its latency from L2
@@ -131,7 +137,8 @@ def _consumer(WG: gl.constexpr, k_smem, q_ring, k_bar, q_ready, q_empty, turns, 
 def gluon_key_mass_kernel(q_desc, k_desc, LSE, MASS, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                           H, N_Q, N_K, M_START, M_STOP, qk_scale, inv_count,
                           BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-                          PINGPONG: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
+                          PINGPONG: gl.constexpr, K_IN_REGISTERS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                          PRODUCER_REGS: gl.constexpr):
     """MASS (B*H, N_K) for keys [pid_n * 2 * BLOCK_N, +2 * BLOCK_N) of head bh, over query
     rows [M_START, M_STOP) (at least one); num_warps=4 (consumer 0) plus a 4-warp worker
     (consumer 1) and a 1-warp worker (the producer)."""
@@ -161,15 +168,15 @@ def gluon_key_mass_kernel(q_desc, k_desc, LSE, MASS, stride_qb, stride_qh, strid
     WG1: gl.constexpr = 1
     gl.warp_specialize([
         (_consumer, (WG0, k_smem, q_ring, k_bar, q_ready, q_empty, turns, MASS, LSE, bh, start_n, N_K, M_START,
-                     M_STOP, qk_scale, inv_count, BLOCK_M, BLOCK_N, STAGES, PINGPONG)),
+                     M_STOP, qk_scale, inv_count, BLOCK_M, BLOCK_N, STAGES, PINGPONG, K_IN_REGISTERS)),
         (_consumer, (WG1, k_smem, q_ring, k_bar, q_ready, q_empty, turns, MASS, LSE, bh, start_n, N_K, M_START,
-                     M_STOP, qk_scale, inv_count, BLOCK_M, BLOCK_N, STAGES, PINGPONG)),
+                     M_STOP, qk_scale, inv_count, BLOCK_M, BLOCK_N, STAGES, PINGPONG, K_IN_REGISTERS)),
         (_producer, (q_desc, k_desc, k_smem, q_ring, k_bar, q_ready, q_empty, q_row, q_col, k_row, k_col, start_n,
                      M_START, M_STOP, BLOCK_M, BLOCK_N, STAGES)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
-def prepare(q, k, lse, scale, rows, block_m=None, stages=None, pingpong=False):
+def prepare(q, k, lse, scale, rows, block_m=None, stages=None, pingpong=False, k_in_registers=False):
     """The launch of the pass on q (B, H, Nq, D), k (B, H, Nk, D) (``launch._tma_layout``),
     lse (B, H, Nq) float32 from the forward, query rows ``rows``: returns (launch, mass), each
     launch() writing mass (B, H, Nk) float32 as ``launch.key_mass(q, k, lse, scale, rows)``
@@ -193,7 +200,7 @@ def prepare(q, k, lse, scale, rows, block_m=None, stages=None, pingpong=False):
     args = (q_desc, k_desc, lse, mass, *q.stride()[:3], *k.stride()[:3], heads, n_q, n_k, rows[0], rows[1],
             scale / math.log(2), 1.0 / (rows[1] - rows[0]))
     meta = dict(BLOCK_M=block_m, BLOCK_N=BLOCK_N, D=dim, STAGES=stages, PINGPONG=pingpong,
-                CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4, maxnreg=MAXNREG)
+                K_IN_REGISTERS=k_in_registers, CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4, maxnreg=MAXNREG)
 
     def run():
         gluon_key_mass_kernel[grid](*args, **meta)

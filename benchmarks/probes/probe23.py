@@ -23,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # probes/
 from probe_tools import ProbeLog, arguments, bench, compile_sm90, diffusers_inputs  # noqa: E402
 
 SHAPES = {"sd3m_1024": (2, 24, 4429, 64), "flux_1024": (1, 24, 4608, 128)}
-# (BLOCK_M, STAGES, PINGPONG); run 3 adds the ping-pong between the consumers
-CONFIGS = {64: [(64, 4, True), (64, 6, True), (64, 8, True), (64, 4, False)],
-           128: [(64, 4, True), (64, 6, True), (64, 3, True), (64, 4, False)]}
+# (BLOCK_M, STAGES, PINGPONG, K_IN_REGISTERS); run 3 added the ping-pong between the
+# consumers, run 4 the K tile held in registers
+CONFIGS = {64: [(64, 4, False, True), (64, 8, False, True), (64, 4, True, True), (64, 4, False, False)],
+           128: [(64, 4, False, True), (64, 3, False, True), (64, 4, True, True), (64, 4, False, False)]}
 
 
 def compile_only():
@@ -35,12 +36,13 @@ def compile_only():
     ok = True
     for dim in (64, 128):
         q = torch.empty(2, 100, 3 * dim, dtype=torch.bfloat16).view(2, 100, 3, dim).transpose(1, 2)
-        for block_m, stages, pingpong in CONFIGS[dim]:
+        for block_m, stages, pingpong, k_in_registers in CONFIGS[dim]:
             descs = {"q_desc": launch._tma_descriptor(q, block_m), "k_desc": launch._tma_descriptor(q, gk.BLOCK_N)}
             constexprs = dict(BLOCK_M=block_m, BLOCK_N=gk.BLOCK_N, D=dim, STAGES=stages, PINGPONG=pingpong,
+                              K_IN_REGISTERS=k_in_registers,
                               CONSUMER_REGS=gk.CONSUMER_REGS, PRODUCER_REGS=gk.PRODUCER_REGS)
             pointers = {"LSE": "*fp32", "MASS": "*fp32", "qk_scale": "fp32", "inv_count": "fp32"}
-            ok &= compile_sm90(f"D{dim} BM{block_m} stages{stages} pingpong {pingpong}", gk.gluon_key_mass_kernel,
+            ok &= compile_sm90(f"D{dim} BM{block_m} stages{stages} pingpong {pingpong} K in registers {k_in_registers}", gk.gluon_key_mass_kernel,
                                descs, pointers, constexprs, gk.MAXNREG)
     return ok
 
@@ -66,10 +68,11 @@ def main():
                 ms = bench(lambda: launch.key_mass(q, k, lse, scale, rows))
             entry[f"triton_autotune_{autotune}_ms"] = ms
             say(f"{shape} triton key mass (autotune {autotune}): {ms:.4f} ms")
-        for block_m, stages, pingpong in CONFIGS[dim]:
-            name = f"gluon BM{block_m} stages{stages}{' pingpong' if pingpong else ''}"
+        for block_m, stages, pingpong, k_in_registers in CONFIGS[dim]:
+            name = (f"gluon BM{block_m} stages{stages}{' pingpong' if pingpong else ''}"
+                    f"{' K in registers' if k_in_registers else ''}")
             try:
-                run, mass = gk.prepare(q, k, lse, scale, rows, block_m, stages, pingpong)
+                run, mass = gk.prepare(q, k, lse, scale, rows, block_m, stages, pingpong, k_in_registers)
                 run()
                 torch.cuda.synchronize()
                 err = ((mass - want).abs().max() / want.abs().max()).item()
