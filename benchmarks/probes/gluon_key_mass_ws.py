@@ -1,7 +1,8 @@
 """Candidate warp-specialised key-mass pass in Gluon for Hopper (sm_90), issue 19: not shipped.
 probe23 checks it against ``sinkattn.launch.key_mass`` and times both on the H200: with the
 lse2 loads one pair ahead (run 2) it ties the Triton pass at Flux (0.315 against 0.313 ms)
-and loses at SD3-medium (0.470 against 0.386 ms).
+and loses at SD3-medium (0.470 against 0.386 ms); ping-pong between the consumers (run 3)
+and the K tile held in registers (run 4) changed neither.
 
 Session 5's Gluon pass (``gluon_key_mass.py``: one partition, cp.async ring, the next
 tile's product in flight) was no faster than the Triton pass. Session 11's Gluon forward
@@ -97,7 +98,8 @@ def _consumer(WG: gl.constexpr, k_smem, q_ring, k_bar, q_ready, q_empty, turns, 
     Both warpgroups read the same query tiles, so without an order they issue their products
     together and take their exponentials together (probe23 run 2: no faster than the Triton
     pass). With PINGPONG they issue in turn (the forward's ``_take_turn``/``_pass_turn``, one
-    round per pair), so one warpgroup's products run during the other's exponentials."""
+    round per pair), so one warpgroup's products run during the other's exponentials; probe23
+    run 3 measured no gain (two CTAs share an SM: four warpgroups interleave anyway)."""
     num_warps: gl.constexpr = 4
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                        instr_shape=[16, BLOCK_M, 16])
