@@ -34,8 +34,9 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
 # By head dim, where this kernel beats the Triton forward on the H200 (kernels/NOTES.md,
-# session 11: at head dim 64 it does not, with two or three consumer warpgroups; those
-# calls keep the Triton forward): BLOCK_N keys per tile and STAGES ring slots. The K and V
+# sessions 11-12: at head dim 64 no variant measured, two or three consumer warpgroups,
+# persistent or not, beat it by more than 3.4% at SD3 shapes, and each lost at SDXL self;
+# those calls keep the Triton forward): BLOCK_N keys per tile and STAGES ring slots. The K and V
 # rings take 2 * STAGES * BLOCK_N * D * 2 bytes beside the Q tiles' 2 * BLOCK_M * D * 2
 # (128 KiB + 32 KiB at D 128). Three warpgroups (the 1-warp producer padded to one) at
 # MAXNREG registers a thread fill the register file; setmaxnreg then moves them from the
