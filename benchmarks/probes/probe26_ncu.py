@@ -11,8 +11,8 @@ on the same seeded tensors; read the second launch of each.
     ncu --clock-control none --section SpeedOfLight --section ComputeWorkloadAnalysis \\
         --section WarpStateStats --section Occupancy --section LaunchStats --section SchedulerStats \\
         --metrics sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,\\
-smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active,\\
-smsp__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active \\
+smsp__issue_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active,\\
+sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active \\
         -k regex:'key_mass' --csv --page details python3 benchmarks/probes/probe26_ncu.py
 """
 
