@@ -84,7 +84,8 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_ring, v_ring, q_bars, q_empty, k
 @gluon.jit
 def _step(c, j, rnd, acc, p, m_i, l_i, q, k_ring, v_ring, k_ready, k_empty, v_ready, v_empty, turns, N_K, qk_scale,
           WG: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CONSUMERS: gl.constexpr,
-          PINGPONG: gl.constexpr, MASK: gl.constexpr, s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
+          PINGPONG: gl.constexpr, MASK: gl.constexpr, s_layout: gl.constexpr, o_layout: gl.constexpr,
+          p_layout: gl.constexpr):
     """The shipped ``_step`` for key tile j >= 1 of a tile, at ring position c, turn round rnd."""
     slot = c % STAGES
     prev = (c - 1) % STAGES
@@ -144,8 +145,8 @@ def _consumer(WG: gl.constexpr, q_smem, k_ring, v_ring, q_bars, q_empty, k_ready
         acc = gl.zeros([ROWS, D], gl.float32, o_layout)
         for j in range(1, n_kv - 1):
             acc, p, m_i, l_i = _step(c0 + j, j, r0 + j, acc, p, m_i, l_i, q, k_ring, v_ring, k_ready, k_empty,
-                                     v_ready, v_empty, turns, N_K, qk_scale, WG, BLOCK_N, STAGES, CONSUMERS, PINGPONG, False,
-                                     s_layout, o_layout, p_layout)
+                                     v_ready, v_empty, turns, N_K, qk_scale, WG, BLOCK_N, STAGES, CONSUMERS,
+                                     PINGPONG, False, s_layout, o_layout, p_layout)
         if n_kv > 1:
             acc, p, m_i, l_i = _step(c0 + n_kv - 1, n_kv - 1, r0 + n_kv - 1, acc, p, m_i, l_i, q, k_ring, v_ring,
                                      k_ready, k_empty, v_ready, v_empty, turns, N_K, qk_scale, WG, BLOCK_N, STAGES,

@@ -27,8 +27,9 @@ One program owns 2 x BLOCK_N keys of one (batch, head), in three partitions:
   accumulator, reduced once at the end.
 
 The row lse2 of each query tile is loaded by the consumers from global memory, one pair of
-tiles ahead (+inf past M_STOP, so those rows add exp2(-inf) = 0). Q tile rows past the head's end read the
-tensor's next rows or TMA's zero fill (``launch._tma_layout``), finite, and weigh nothing.
+tiles ahead (+inf past M_STOP, so those rows add exp2(-inf) = 0). Q tile rows past the
+head's end read the tensor's next rows or TMA's zero fill (``launch._tma_layout``), finite,
+and weigh nothing.
 """
 
 from triton.experimental import gluon
@@ -202,7 +203,8 @@ def prepare(q, k, lse, scale, rows, block_m=None, stages=None, pingpong=False, k
     args = (q_desc, k_desc, lse, mass, *q.stride()[:3], *k.stride()[:3], heads, n_q, n_k, rows[0], rows[1],
             scale / math.log(2), 1.0 / (rows[1] - rows[0]))
     meta = dict(BLOCK_M=block_m, BLOCK_N=BLOCK_N, D=dim, STAGES=stages, PINGPONG=pingpong,
-                K_IN_REGISTERS=k_in_registers, CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4, maxnreg=MAXNREG)
+                K_IN_REGISTERS=k_in_registers, CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS,
+                num_warps=4, maxnreg=MAXNREG)
 
     def run():
         gluon_key_mass_kernel[grid](*args, **meta)

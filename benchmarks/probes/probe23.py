@@ -39,11 +39,11 @@ def compile_only():
         for block_m, stages, pingpong, k_in_registers in CONFIGS[dim]:
             descs = {"q_desc": launch._tma_descriptor(q, block_m), "k_desc": launch._tma_descriptor(q, gk.BLOCK_N)}
             constexprs = dict(BLOCK_M=block_m, BLOCK_N=gk.BLOCK_N, D=dim, STAGES=stages, PINGPONG=pingpong,
-                              K_IN_REGISTERS=k_in_registers,
-                              CONSUMER_REGS=gk.CONSUMER_REGS, PRODUCER_REGS=gk.PRODUCER_REGS)
+                              K_IN_REGISTERS=k_in_registers, CONSUMER_REGS=gk.CONSUMER_REGS,
+                              PRODUCER_REGS=gk.PRODUCER_REGS)
             pointers = {"LSE": "*fp32", "MASS": "*fp32", "qk_scale": "fp32", "inv_count": "fp32"}
-            ok &= compile_sm90(f"D{dim} BM{block_m} stages{stages} pingpong {pingpong} K in registers {k_in_registers}", gk.gluon_key_mass_kernel,
-                               descs, pointers, constexprs, gk.MAXNREG)
+            name = f"D{dim} BM{block_m} stages{stages} pingpong {pingpong} K in registers {k_in_registers}"
+            ok &= compile_sm90(name, gk.gluon_key_mass_kernel, descs, pointers, constexprs, gk.MAXNREG)
     return ok
 
 
