@@ -19,13 +19,13 @@ CUDA graph (the random control too when its generator is on the device).
 from __future__ import annotations
 
 import warnings
-import weakref
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from . import reference
+from .memo import ObjectMemo
 from .reference import SinkAttentionResult, as_generator
 from .selection import control_of, per_head, random_keys, random_uniforms, ranked, value_noise
 from .settings import current as current_settings
@@ -199,10 +199,9 @@ class _Padding(NamedTuple):
     sinks: list
 
 
-# Masks declared unchanging (reuse_key_padding_plans): id -> (a weak reference to the mask,
-# {(batch, keys, top_k, candidates): the plan or None}).
-_PLAN_MEMO: dict = {}
-_PLAN_MEMO_MAX = 64
+# Masks declared unchanging (reuse_key_padding_plans): mask -> {(batch, keys, top_k,
+# candidates): the plan or None}.
+_PLAN_MEMO = ObjectMemo(max_entries=64)
 
 
 def reuse_key_padding_plans(attn_mask: Tensor) -> Tensor:
@@ -211,9 +210,7 @@ def reuse_key_padding_plans(attn_mask: Tensor) -> Tensor:
     call shape and reuse it. The processors declare the masks they prepare once per forward,
     so a PixArt-Sigma forward synchronises once, not once per cross-attention layer. Returns
     the mask."""
-    if len(_PLAN_MEMO) >= _PLAN_MEMO_MAX:  # as validation's memo: emptied when full
-        _PLAN_MEMO.clear()
-    _PLAN_MEMO[id(attn_mask)] = (weakref.ref(attn_mask), {})
+    _PLAN_MEMO.put(attn_mask, {})
     return attn_mask
 
 
@@ -230,13 +227,13 @@ def _padding_plan(call, attn_mask: Tensor, q: Tensor, k: Tensor) -> _Padding | N
             or control_of(call.control).side == "queries" and call.sinks is None
             or isinstance(call.value_target, str) and call.value_target == "noise"):
         return None
-    memo = _PLAN_MEMO.get(id(attn_mask))
-    if memo is None or memo[0]() is not attn_mask or call.sinks is not None:
+    plans = _PLAN_MEMO.get(attn_mask)
+    if plans is None or call.sinks is not None:
         return _read_plan(call, attn_mask, q, k)
     key = (q.shape[0], k.shape[2], call.top_k, tuple(call.candidates))
-    if key not in memo[1]:
-        memo[1][key] = _read_plan(call, attn_mask, q, k)
-    return memo[1][key]
+    if key not in plans:
+        plans[key] = _read_plan(call, attn_mask, q, k)
+    return plans[key]
 
 
 def _read_plan(call, attn_mask: Tensor, q: Tensor, k: Tensor) -> _Padding | None:

@@ -28,13 +28,13 @@ slowest (:class:`Grid`); :func:`input_grid` reads it from a denoiser forward's a
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
+from ..memo import ObjectMemo
 from .core import Tokens
 
 __all__ = ["AttentionCall", "AttentionKind", "ATTENTION_KINDS", "CallInputs", "Grid", "ModelFamily",
@@ -191,14 +191,13 @@ def flux_output(attn, out: Tensor, n_text: int, has_context: bool):
     return out, attn.to_add_out(context.contiguous())
 
 
-# The key-padding masks built from one diffusers mask object: (id, key) -> (a weak reference
-# to it, its version counter (None for inference tensors), (mask, op mask)). PixArt-Sigma,
+# The key-padding masks built from one diffusers mask object: (mask object, key) -> (its
+# version counter (None for inference tensors), (mask, op mask)). PixArt-Sigma,
 # the UNets and Qwen-Image pass one text mask object to every block of a forward: its masks
 # are built once per key (sequence length, batch, heads), and the op mask is declared to the
 # op as unchanging, so the key-padding plan is read from the device once per forward and
 # key, not once per layer. Masks per query are built on every call (no cache holds them).
-_PREPARED: dict = {}
-_PREPARED_MAX = 32
+_PREPARED = ObjectMemo(max_entries=32)
 
 
 def _version(t: Tensor):
@@ -210,9 +209,9 @@ def _memoized_masks(source: Tensor, key: tuple, build: Callable[[], tuple[Tensor
     ``source`` was changed in place, where torch counts it); every call under torch.compile."""
     if torch.compiler.is_compiling():
         return build()
-    hit = _PREPARED.get((id(source), key))
-    if hit is not None and hit[0]() is source and hit[1] == _version(source):
-        return hit[2]
+    hit = _PREPARED.get(source, key)
+    if hit is not None and hit[0] == _version(source):
+        return hit[1]
     from ..ops import reuse_key_padding_plans
 
     mask, op_mask = built = build()
@@ -220,9 +219,7 @@ def _memoized_masks(source: Tensor, key: tuple, build: Callable[[], tuple[Tensor
         return built
     if op_mask is not None:
         reuse_key_padding_plans(op_mask)  # made here, seen by no one else: it does not change
-    if len(_PREPARED) >= _PREPARED_MAX:  # as validation's memo: emptied when full
-        _PREPARED.clear()
-    _PREPARED[(id(source), key)] = (weakref.ref(source), _version(source), built)
+    _PREPARED.put(source, (_version(source), built), key)
     return built
 
 
@@ -444,7 +441,7 @@ PADDING_BIAS = -5000.0
 def _op_mask_of(mask: Tensor | None) -> Tensor | None:
     """The op's mask for a prepared mask: the one built with it (_memoized_masks), else made now."""
     if mask is not None and not torch.compiler.is_compiling():
-        for _, _, (prepared, op_mask) in _PREPARED.values():
+        for _, (prepared, op_mask) in _PREPARED.values():
             if prepared is mask:
                 return op_mask
     return _op_mask(mask)
